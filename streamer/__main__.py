@@ -1,0 +1,6 @@
+"""``python -m streamer`` runs the CLI."""
+
+from streamer.cli import main
+
+if __name__ == "__main__":
+    main()
