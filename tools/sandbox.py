@@ -12,7 +12,7 @@ workdir under /tmp works for every kind, and the backup tool on the host reads t
 
 Command line (for demo and benchmark scripts; the server outlives the command)::
 
-    python -m tools.sandbox start KIND --workdir DIR [--option=--innodb-log-file-size=8M ...]
+    python -m tools.sandbox start KIND --workdir DIR [--sample] [--option=--innodb-log-file-size=8M ...]
     python -m tools.sandbox stop --workdir DIR [--kill]
     python -m tools.sandbox status --workdir DIR
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -124,11 +125,19 @@ def _alive(pid: int) -> bool:
 
 
 def _tail(path: Path, lines: int = 25) -> str:
+    """The [ERROR] lines of a server log (they can be far from the end) followed by its last lines."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return f"(no {path})"
-    return "\n".join(text.splitlines()[-lines:])
+    return _errors_and_tail(text, lines)
+
+
+def _errors_and_tail(text: str, lines: int = 25) -> str:
+    all_lines = text.splitlines()
+    tail = all_lines[-lines:]
+    errors = [line for line in all_lines[:-lines] if "[ERROR]" in line][:10]
+    return "\n".join([*errors, *(["..."] if errors else []), *tail])
 
 
 def _short_socket(workdir: Path) -> Path:
@@ -251,9 +260,15 @@ class Server:
         _forget(self)
 
     def restart(self, options: Sequence[str] | None = None) -> Server:
-        """Stop and start again on the same datadir (same socket), returning the new Server."""
+        """Stop (cleanly) and start again on the same datadir and socket; updates and returns this object."""
         self.stop()
-        return start_server(
+        return self.start_again(options)
+
+    def start_again(self, options: Sequence[str] | None = None) -> Server:
+        """Start again on the same datadir and socket after :meth:`stop` or :meth:`kill` (crash recovery runs)."""
+        if self.running():
+            raise SandboxError(f"{self.kind} server pid {self.pid} is still running")
+        new = start_server(
             self.kind,
             self.workdir,
             datadir=self.datadir,
@@ -261,6 +276,10 @@ class Server:
             options=list(self.options if options is None else options),
             socket=self.socket,
         )
+        _forget(new)
+        self.pid, self._proc, self.version, self.options = new.pid, new._proc, new.version, new.options
+        _LIVE[self.pid] = self
+        return self
 
     def __enter__(self) -> Server:
         return self
@@ -446,7 +465,7 @@ def _log_since(path: Path, offset: int, lines: int = 25) -> str:
             text = fh.read().decode(errors="replace")
     except OSError:
         return f"(no {path})"
-    return "\n".join(text.splitlines()[-lines:])
+    return _errors_and_tail(text, lines)
 
 
 def attach(workdir: Path | str) -> Server:
@@ -474,6 +493,106 @@ def client_argv(server: Server) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# sample data
+
+SAMPLE_SCHEMA = "sample"
+# table -> number of rows load_sample_schema() puts in it; tests compare a restored copy against these.
+SAMPLE_ROWS: dict[str, int] = {
+    "t_plain": 2000,
+    "t_indexed": 1000,
+    "t_compressed": 1000,
+    "t_blob": 20,
+    "t_partitioned": 1000,
+    "t_myisam": 200,
+}
+_SAMPLE_DDL = [
+    "CREATE TABLE t_plain (id INT UNSIGNED NOT NULL PRIMARY KEY, name VARCHAR(64) NOT NULL,"
+    " payload VARBINARY(255) NOT NULL, amount DECIMAL(12,2) NOT NULL) ENGINE=InnoDB",
+    "CREATE TABLE t_indexed (id INT UNSIGNED NOT NULL PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL,"
+    " KEY k_idx (k), KEY c_idx (c(16))) ENGINE=InnoDB",
+    "CREATE TABLE t_compressed (id INT UNSIGNED NOT NULL PRIMARY KEY, doc TEXT NOT NULL) ENGINE=InnoDB"
+    " ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=8",
+    # 40 KB values are stored off-page (BLOB pages), a path a page copier must handle.
+    "CREATE TABLE t_blob (id INT UNSIGNED NOT NULL PRIMARY KEY, data LONGBLOB NOT NULL) ENGINE=InnoDB",
+    "CREATE TABLE t_partitioned (id INT UNSIGNED NOT NULL PRIMARY KEY, v VARCHAR(32) NOT NULL) ENGINE=InnoDB"
+    " PARTITION BY RANGE (id) (PARTITION p0 VALUES LESS THAN (250), PARTITION p1 VALUES LESS THAN (500),"
+    " PARTITION p2 VALUES LESS THAN (750), PARTITION p3 VALUES LESS THAN MAXVALUE)",
+    "CREATE TABLE t_myisam (id INT UNSIGNED NOT NULL PRIMARY KEY, note VARCHAR(64) NOT NULL) ENGINE=MyISAM",
+]
+
+
+def _sample_rows(table: str) -> tuple[str, list[tuple]]:
+    """Deterministic rows for ``table`` (same bytes on every run and flavour)."""
+    n = SAMPLE_ROWS[table]
+    if table == "t_plain":
+        return ("INSERT INTO t_plain VALUES (%s,%s,%s,%s)",
+                [(i, f"name-{i}", hashlib.sha256(b"%d" % i).digest() * 4, f"{i * 7 % 100000}.{i % 100:02d}")
+                 for i in range(1, n + 1)])
+    if table == "t_indexed":
+        return ("INSERT INTO t_indexed VALUES (%s,%s,%s)",
+                [(i, (i * 7919) % 997, f"c-{i:06d}-" + "x" * (i % 100)) for i in range(1, n + 1)])
+    if table == "t_compressed":
+        return ("INSERT INTO t_compressed VALUES (%s,%s)",
+                [(i, f"document {i} " + "lorem ipsum dolor sit amet " * (i % 40 + 1)) for i in range(1, n + 1)])
+    if table == "t_blob":
+        return ("INSERT INTO t_blob VALUES (%s,%s)",
+                [(i, hashlib.sha256(b"blob%d" % i).digest() * 1280) for i in range(1, n + 1)])
+    if table == "t_partitioned":
+        return ("INSERT INTO t_partitioned VALUES (%s,%s)", [(i, f"part-{i}") for i in range(1, n + 1)])
+    if table == "t_myisam":
+        return ("INSERT INTO t_myisam VALUES (%s,%s)", [(i, f"myisam-{i}") for i in range(1, n + 1)])
+    raise KeyError(table)
+
+
+def _insert(cur: Any, sql: str, rows: list[tuple], batch: int = 200) -> None:
+    for i in range(0, len(rows), batch):
+        cur.executemany(sql, rows[i:i + batch])
+
+
+def load_sample_schema(server: Server, schema: str = SAMPLE_SCHEMA) -> None:
+    """(Re)create ``schema`` with the sample tables: plain, secondary-indexed, COMPRESSED, off-page BLOB,
+    partitioned InnoDB tables and one MyISAM table, a few thousand rows in all (about a second)."""
+    conn = server.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{schema}`")
+            cur.execute(f"CREATE DATABASE `{schema}`")
+            cur.execute(f"USE `{schema}`")
+            for ddl in _SAMPLE_DDL:
+                cur.execute(ddl)
+            # InnoDB rows in one transaction (fast); MyISAM ones autocommitted, since MySQL 9's GTID consistency
+            # forbids non-transactional writes inside a transaction.
+            conn.begin()
+            for table in SAMPLE_ROWS:
+                if table != "t_myisam":
+                    _insert(cur, *_sample_rows(table))
+            conn.commit()
+            _insert(cur, *_sample_rows("t_myisam"))
+    finally:
+        conn.close()
+
+
+def table_checksums(server: Server, schema: str = SAMPLE_SCHEMA) -> dict[str, tuple[int, int]]:
+    """``{table: (row count, CHECKSUM TABLE)}`` for every base table in ``schema``, to compare two servers'
+    contents (e.g. the source and a server started on a restored backup of the same flavour)."""
+    conn = server.connect(database=schema)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema=%s"
+                        " AND table_type='BASE TABLE' ORDER BY table_name", (schema,))
+            tables = [r[0] for r in cur.fetchall()]
+            out: dict[str, tuple[int, int]] = {}
+            for t in tables:
+                cur.execute(f"SELECT COUNT(*) FROM `{t}`")
+                count = int(cur.fetchone()[0])
+                cur.execute(f"CHECKSUM TABLE `{t}` EXTENDED")
+                out[t] = (count, int(cur.fetchone()[1] or 0))
+            return out
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # command line
 
 
@@ -487,6 +606,7 @@ def _cli(argv: list[str]) -> int:
     p_start.add_argument("--workdir", required=True, type=Path)
     p_start.add_argument("--datadir", type=Path, default=None)
     p_start.add_argument("--option", action="append", default=[], help="extra server option, repeatable")
+    p_start.add_argument("--sample", action="store_true", help=f"load the `{SAMPLE_SCHEMA}` schema")
     for name in ("stop", "status"):
         p = sub.add_parser(name)
         p.add_argument("--workdir", required=True, type=Path)
@@ -498,6 +618,8 @@ def _cli(argv: list[str]) -> int:
             server = start_server(args.kind, args.workdir, datadir=args.datadir, options=args.option)
             # Detached: leave the server running after we exit.
             _forget(server)
+            if args.sample:
+                load_sample_schema(server)
             print(f"KIND={server.kind}")
             print(f"VERSION={server.version}")
             print(f"SOCKET={server.socket}")
