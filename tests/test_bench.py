@@ -1,0 +1,192 @@
+"""The benchmark harness's own machinery: pipeline measurement, lag arithmetic, report rendering.
+
+The benchmark itself runs by hand (``python -m tools.bench``); these tests keep its measuring honest with real
+processes whose CPU, memory and output are known in advance.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tools import bench
+
+PY = sys.executable
+
+
+def test_pipeline_counts_bytes_cpu_and_rss_of_every_stage(tmp_path: Path) -> None:
+    # Stage 1 holds ~80 MiB and burns CPU, then writes 3 MiB; stage 2 copies it through.
+    producer = (
+        "import sys, time\n"
+        "blob = bytearray(80 * 1024 * 1024)\n"
+        "for i in range(0, len(blob), 4096): blob[i] = 1\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.3: pass\n"
+        "sys.stdout.buffer.write(b'x' * (3 * 1024 * 1024))\n"
+    )
+    out = tmp_path / "out"
+    res = bench.run_pipeline([[PY, "-c", producer], ["cat"]], log_dir=tmp_path / "logs", stdout_path=out)
+    assert res.ok
+    assert [p.argv0 for p in res.procs] == [Path(PY).name, "cat"]
+    assert res.out_bytes == 3 * 1024 * 1024 == out.stat().st_size
+    assert res.procs[0].maxrss >= 80 * bench.MiB
+    assert res.procs[1].maxrss < 40 * bench.MiB
+    assert res.rss_sum == res.procs[0].maxrss + res.procs[1].maxrss
+    assert res.procs[0].user + res.procs[0].sys >= 0.3
+    assert res.cpu >= 0.3
+    assert res.wall >= 0.3
+    assert res.tree_rss_peak >= 50 * bench.MiB  # the sampler saw the big stage while it was alive
+
+
+def test_pipeline_reports_failures_and_feeds_stdin(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.write_bytes(b"hello\n" * 1000)
+    res = bench.run_pipeline([["cat"], ["sh", "-c", "cat >/dev/null; echo oops >&2; exit 3"]],
+                             log_dir=tmp_path / "logs", stdin_path=src)
+    assert not res.ok
+    assert [p.returncode for p in res.procs] == [0, 3]
+    assert Path(res.stderr_paths[1]).read_bytes() == b"oops\n"
+
+
+def test_pipeline_streams_first_stage_stderr_lines_with_times(tmp_path: Path) -> None:
+    script = "import sys, time\nfor i in range(3):\n print(f'>> log scanned up to ({100 + i})', file=sys.stderr," \
+             " flush=True)\n time.sleep(0.2)\n"
+    seen: list[tuple[float, bytes]] = []
+    t0 = time.monotonic()
+    res = bench.run_pipeline([[PY, "-c", script]], log_dir=tmp_path, on_stderr_line=lambda t, ln: seen.append((t, ln)))
+    assert res.ok
+    assert [bench.LOG_SCANNED_RE.search(ln).group(1) for _, ln in seen] == [b"100", b"101", b"102"]
+    times = [t for t, _ in seen]
+    assert t0 <= times[0] < times[1] < times[2]
+    assert times[2] - times[0] >= 0.35  # stamped on arrival, not after the process ended
+    assert Path(res.stderr_paths[0]).read_bytes().count(b"log scanned") == 3
+
+
+def test_pipeline_timeout_kills(tmp_path: Path) -> None:
+    res = bench.run_pipeline([["sleep", "30"]], log_dir=tmp_path, timeout=0.5)
+    assert res.wall < 10
+    assert res.procs[0].returncode == -9
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("200M", 200 * bench.MiB), ("2G", 2 * bench.GiB), ("1.5g", 3 * bench.GiB // 2), ("4096", 4096),
+     ("20GiB", 20 * bench.GiB)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert bench.parse_size(text) == size
+
+
+def test_parse_size_rejects_garbage() -> None:
+    with pytest.raises(Exception, match="not a size"):
+        bench.parse_size("lots")
+
+
+def test_plan_tables_hits_the_size() -> None:
+    for size in (200 * bench.MiB, 2 * bench.GiB, 20 * bench.GiB):
+        tables, rows = bench.plan_tables(size)
+        assert 4 <= tables <= 32
+        assert abs(tables * rows * bench.BYTES_PER_ROW - size) / size < 0.01
+
+
+def test_peer_tail_line_is_parsed() -> None:
+    line = b"[00] 2026-11-24 09:06:21 Redo log (from LSN 146247513 to 211232149) was copied.\n"
+    m = bench.PEER_COPIED_RE.search(line)
+    assert int(m.group(m.lastindex)) == 211232149
+    m = bench.LOG_SCANNED_RE.search(b"[00] 2024-05-10 10:11:12 >> log scanned up to (123456)\n")
+    assert int(m.group(m.lastindex)) == 123456
+
+
+def test_lag_report_interpolates_server_lsn() -> None:
+    # Server writes 1000 bytes/s of redo; the copier is 300 bytes behind at t=1.5 and 100 behind at t=3.
+    samples = [(0.0, 10_000), (1.0, 11_000), (2.0, 12_000), (3.0, 13_000)]
+    scanned = [(1.5, 11_200), (2.0, 11_900), (3.0, 12_900)]
+    rep = bench.lag_report(scanned, samples, capacity=1_000, t_start=1.0, t_end=3.5)
+    assert rep["redo_rate"] == pytest.approx(1000)
+    assert rep["max_lag"] == 300
+    assert rep["median_lag"] == 100
+    assert rep["max_lag_share"] == pytest.approx(0.3)
+    assert rep["server_lsn_start"] == 11_000
+    assert rep["server_lsn_end"] == 13_000  # past the last sample: the last sample
+    assert rep["max_gap"] == pytest.approx(1.0)
+    assert rep["copied"] == 1_700
+
+
+def test_lag_report_without_progress_lines() -> None:
+    rep = bench.lag_report([], [(0.0, 1), (1.0, 5)], capacity=10, t_start=0, t_end=1)
+    assert rep["scanned_lines"] == 0
+    assert "max_lag" not in rep
+
+
+def _series(test: str, tool: str, wall: float, rss: int, out: int, ok: bool = True) -> dict:
+    return {"test": test, "tool": tool, "command": f"{tool} {test}", "ok": ok, "runs": 2, "wall": wall,
+            "wall_min": wall, "wall_max": wall, "cpu": wall / 2, "rss_sum": rss, "tree_rss_peak": rss,
+            "out_bytes": out}
+
+
+def test_ratios_targets_and_render() -> None:
+    series = [
+        _series("backup zstd-1", "innostream", 9.0, 100 * bench.MiB, 1030),
+        _series("backup zstd-1", "mariadb-backup", 10.0, 60 * bench.MiB, 1000),
+        _series("extract zstd-1", "innostream", 12.0, 300 * bench.MiB, 5000),
+        _series("extract zstd-1", "mariadb-backup", 10.0, 50 * bench.MiB, 5000),
+        _series("backup validation", "innostream", 10.0, 90 * bench.MiB, 0),
+        _series("backup validation", "innostream --no-validate", 9.5, 90 * bench.MiB, 0),
+    ]
+    kind = {"kind": "mariadb10", "version": "10.11.19", "series": series, "notes": ["a note"],
+            "dataset": {"tables": 4, "rows": 10, "data_bytes": 2 * bench.GiB, "table_bytes": bench.GiB},
+            "load": [{"tool": "innostream", "ok": True, "wall": 20.0, "sysbench_tps": 900.0, "redo_rate": bench.MiB,
+                      "max_lag": 5 * bench.MiB, "median_lag": bench.MiB, "capacity": 96 * bench.MiB,
+                      "max_lag_share": 5 / 96, "scanned_lines": 20, "max_gap": 1.2, "kept_up": True,
+                      "returncodes": [0], "sysbench": "sysbench oltp_write_only run", "command": "innostream backup"}]}
+    kind["ratios"] = bench.compute_ratios(series)
+    by_test = {r["test"]: r for r in kind["ratios"]}
+    assert by_test["backup zstd-1"]["wall"] == pytest.approx(0.9)
+    assert by_test["extract zstd-1"]["wall"] == pytest.approx(1.2)
+    assert by_test["backup zstd-1"]["bytes"] == pytest.approx(1.03)
+    targets = {t["target"]: t for t in bench.compute_targets(kind)}
+    assert targets["backup zstd-1: wall ours/peer <= 1.0"]["met"] == "yes"
+    assert targets["extract zstd-1: wall ours/peer <= 1.0"]["met"] == "**no**"
+    assert targets["compressed size within 5% of zstd -1"]["met"] == "yes"
+    assert targets["peak RSS < 256.0 MiB"]["met"] == "**no**"  # the extract's 300 MiB
+    assert targets["page validation < 10% of backup time"]["measured"] == "5.0%"
+    assert targets["log copier keeps up under sysbench load"]["met"] == "yes"
+    kind["targets"] = list(targets.values())
+    env = {"date": "now", "cores": 2, "cpu": "cpu", "memory": bench.GiB, "kernel": "k", "python": "3.11",
+           "loadavg_start": (1.0, 1.0, 1.0), "loadavg_end": (2.0, 2.0, 2.0), "innostream": "0.1",
+           "mariadb-backup": "mb", "zstd": "z", "sysbench": "s"}
+    text = bench.render({"environment": env, "runs": 2, "command": "python -m tools.bench", "kinds": [kind]})
+    assert "| backup zstd-1 | innostream | yes | 9.00 |" in text
+    assert "| extract zstd-1 | 1.20 |" in text
+    assert "mariadb-backup backup zstd-1" in text  # exact commands listed
+    assert "* a note" in text
+
+
+def test_failed_series_gets_no_ratio() -> None:
+    series = [_series("backup zstd-1", "innostream", 1.0, 1, 1, ok=False),
+              _series("backup zstd-1", "mariadb-backup", 1.0, 1, 1)]
+    assert bench.compute_ratios(series) == []
+
+
+def test_write_doc_keeps_hand_written_text(tmp_path: Path) -> None:
+    doc = tmp_path / "B.md"
+    bench.write_doc(doc, "first table")
+    assert "first table" in doc.read_text()
+    doc.write_text(doc.read_text().replace("# Benchmarks", "# Benchmarks\n\nintro by hand") + "\n## Analysis\nmine\n")
+    bench.write_doc(doc, "second table")
+    text = doc.read_text()
+    assert "second table" in text
+    assert "first table" not in text
+    assert "intro by hand" in text
+    assert text.rstrip().endswith("## Analysis\nmine")
+
+
+def test_tree_rss_sees_grandchildren(tmp_path: Path) -> None:
+    # sh -> python (holds 60 MiB): wait4 on sh would fold it in, the sampler must see it live.
+    script = "b = bytearray(60 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(0.6)"
+    res = bench.run_pipeline([["sh", "-c", f'"{PY}" -c "$0"; true', script]], log_dir=tmp_path, sample_interval=0.05)
+    assert res.ok
+    assert res.tree_rss_peak >= 60 * bench.MiB
