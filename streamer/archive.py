@@ -1,0 +1,749 @@
+"""Writer and reader of the innostream archive (docs/FORMAT.md).
+
+The writer is fed by several copier threads at once; it cuts data into 1 MiB chunks, drops all-zero 4 KiB blocks,
+compresses chunks in a small thread pool (python-zstandard releases the GIL) and writes the frames in sequence order
+from one output thread. A bounded queue of in-flight frames gives back-pressure by blocking the copiers.
+
+The reader parses frames from a pipe in one pass, verifies every checksum, the sequence and the file state machine,
+decompresses and hands data to a sink in parallel, and hashes each file in order on the consumer side. Memory is
+bounded by the frame caps times the number of frames in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
+
+import xxhash
+import zstandard
+
+from formats import archive as fa
+from formats.errors import (
+    BadMagic,
+    ChecksumMismatch,
+    Corrupt,
+    FormatError,
+    InnostreamError,
+    Truncated,
+    UnsupportedVersion,
+)
+from streamer.errors import Interrupted, TargetError
+
+ZERO_BLOCK = bytes(fa.HOLE_UNIT)
+ZERO_CHUNK = bytes(fa.CHUNK_SIZE)
+
+
+def read_exact(stream: BinaryIO, n: int, *, offset: int, what: str) -> bytes:
+    """Read exactly ``n`` bytes from a pipe or file; the only loop over short reads.
+
+    Raises:
+        Truncated: the input ended first (``offset`` = where the structure started, ``what`` names it).
+    """
+    data = stream.read(n)
+    if data is None:
+        data = b""
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = stream.read(n - got)
+        if not more:
+            raise Truncated(f"archive ends inside {what} ({got} of {n} bytes)", offset=offset)
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def hash_zeros(hasher: Any, count: int) -> None:
+    """Feed ``count`` zero bytes (a hole) to a hash."""
+    while count > 0:
+        step = min(count, fa.CHUNK_SIZE)
+        hasher.update(ZERO_CHUNK[:step] if step < fa.CHUNK_SIZE else ZERO_CHUNK)
+        count -= step
+
+
+def nonzero_extents(mv: memoryview, offset: int) -> Iterator[tuple[int, int]]:
+    """Yield (start, end) positions in ``mv`` whose bytes must be stored.
+
+    ``mv`` holds file bytes starting at absolute ``offset``; extents never cross a multiple of CHUNK_SIZE, and
+    HOLE_UNIT-aligned blocks that are all zero are left out.
+    """
+    n = len(mv)
+    pos = 0
+    unit = fa.HOLE_UNIT
+    while pos < n:
+        chunk_end = min(n, pos + fa.CHUNK_SIZE - (offset + pos) % fa.CHUNK_SIZE)
+        start = -1
+        p = pos
+        while p < chunk_end:
+            q = min(chunk_end, p + unit - (offset + p) % unit)
+            if mv[p:q] == ZERO_BLOCK[: q - p]:
+                if start >= 0:
+                    yield start, p
+                    start = -1
+            elif start < 0:
+                start = p
+            p = q
+        if start >= 0:
+            yield start, chunk_end
+        pos = chunk_end
+
+
+_tls = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cctx = getattr(_tls, "cctx", None)
+    if cctx is None or _tls.level != level:
+        cctx = _tls.cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        _tls.level = level
+    return cctx
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx = getattr(_tls, "dctx", None)
+    if dctx is None:
+        dctx = _tls.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def _done(value: Any) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
+@dataclass
+class _WFile:
+    name: str
+    pos: int = 0
+    frames: int = 0
+    ended: bool = False
+    sha: Any = field(default_factory=hashlib.sha256)
+
+
+class ArchiveWriter:
+    """Write an innostream archive to ``out`` (a pipe or file), one pass, thread-safe.
+
+    ``write`` may be called from several threads (one thread per file at a time); offsets within a file strictly
+    increase, gaps are holes. All-zero 4 KiB blocks are skipped by the writer itself. In-flight memory is bounded by
+    ``max_inflight`` chunks of at most 1 MiB; callers block when it is full.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        *,
+        level: int = 1,
+        threads: int = 2,
+        meta: dict | None = None,
+        compress: bool = True,
+        max_inflight: int | None = None,
+    ) -> None:
+        self._out = out
+        self._level = level
+        self._compress = compress
+        self._lock = threading.Lock()
+        self._files: dict[int, _WFile] = {}
+        self._names: set[str] = set()
+        self._seq = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._digest = xxhash.xxh3_128()
+        self.frames = 0
+        self.raw_bytes = 0
+        self.stored_bytes = 0
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="isz")
+        self._queue: queue.Queue[Future | None] = queue.Queue(maxsize=max_inflight or 2 * max(1, threads) + 2)
+        header = fa.build_stream_header(meta, fa.FEATURE_ZSTD if compress else 0)
+        self._digest.update(header)
+        self._out.write(header)
+        self._drainer = threading.Thread(target=self._drain, name="isw-out", daemon=True)
+        self._drainer.start()
+
+    # -- output thread -----------------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        while True:
+            fut = self._queue.get()
+            if fut is None:
+                return
+            if self._error is not None:
+                continue  # keep consuming so that producers never block forever
+            try:
+                header, payload = fut.result()
+                self._digest.update(header)
+                self._out.write(header)
+                if payload:
+                    self._out.write(payload)
+                self.frames += 1
+                self.stored_bytes += len(payload)
+            except BaseException as exc:
+                self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, BrokenPipeError):
+                raise Interrupted("output pipe closed by the reader; the stream is incomplete") from err
+            if isinstance(err, InnostreamError):
+                raise err
+            if isinstance(err, OSError):
+                raise TargetError(f"cannot write the archive: {err.strerror or err}") from err
+            raise err
+        if self._closed:
+            raise TargetError("archive writer is closed")
+
+    def _submit(self, make: Callable[[int], Future], raw_len: int = 0) -> None:
+        """Assign the next sequence number and queue the frame; blocks while too many are in flight."""
+        with self._lock:
+            self._check()
+            fut = make(self._seq)
+            self._seq += 1
+            self.raw_bytes += raw_len
+            self._queue.put(fut)
+
+    def _build_data(self, seq: int, file_id: int, offset: int, raw: bytes | memoryview) -> tuple[bytes, bytes]:
+        payload: bytes | memoryview = raw
+        flags = 0
+        if self._compress:
+            comp = _compressor(self._level).compress(raw)
+            if len(comp) < len(raw):
+                payload, flags = comp, fa.FLAG_ZSTD
+        payload = bytes(payload)
+        return fa.build_frame_header(fa.FRAME_DATA, flags, file_id, seq, offset, len(raw), payload), payload
+
+    # -- public interface --------------------------------------------------------------------------------------
+    def begin_file(self, name: str, *, mode: int = 0o640) -> int:
+        """Start a file (relative POSIX path); return its id for ``write``/``end_file``."""
+        why = fa.check_name(name)
+        if why:
+            raise ValueError(f"unsafe archive member name {name!r}: {why}")
+        payload = fa.build_file_begin(name, mode & 0o7777)
+        with self._lock:
+            self._check()
+            if name in self._names:
+                raise ValueError(f"file {name!r} is already in the archive")
+            self._names.add(name)
+            file_id = len(self._files) + 1
+            self._files[file_id] = _WFile(name)
+            seq = self._seq
+            self._seq += 1
+            header = fa.build_frame_header(fa.FRAME_FILE_BEGIN, 0, file_id, seq, 0, len(payload), payload)
+            self._queue.put(_done((header, payload)))
+        return file_id
+
+    def _file(self, file_id: int) -> _WFile:
+        f = self._files.get(file_id)
+        if f is None or f.ended:
+            raise ValueError(f"file id {file_id} is not open")
+        return f
+
+    def write(self, file_id: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` at ``offset`` of an open file (copied if mutable); blocks when the queue is full."""
+        self._check()
+        f = self._file(file_id)
+        if offset < f.pos:
+            raise ValueError(f"write at {offset} before the end of the previous write ({f.pos}) in {f.name}")
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if offset + len(data) > fa.MAX_FILE_SIZE:
+            raise ValueError(f"{f.name} would exceed {fa.MAX_FILE_SIZE} bytes")
+        if offset > f.pos:
+            hash_zeros(f.sha, offset - f.pos)
+        f.sha.update(data)
+        mv = memoryview(data)
+        for a, b in nonzero_extents(mv, offset):
+            f.frames += 1
+            piece = mv[a:b]
+            pos = offset + a
+            self._submit(
+                lambda seq, piece=piece, pos=pos: self._pool.submit(self._build_data, seq, file_id, pos, piece), b - a
+            )
+        f.pos = offset + len(data)
+
+    def end_file(self, file_id: int, size: int) -> None:
+        """Finish a file of ``size`` bytes (trailing bytes past the last write are zeros)."""
+        f = self._file(file_id)
+        if size < f.pos:
+            raise ValueError(f"size {size} of {f.name} is below the end of its data ({f.pos})")
+        hash_zeros(f.sha, size - f.pos)
+        f.pos = size
+        f.ended = True
+        payload = fa.build_file_end(size, f.frames, f.sha.digest())
+        self._submit(
+            lambda seq: _done(
+                (fa.build_frame_header(fa.FRAME_FILE_END, 0, file_id, seq, 0, len(payload), payload), payload)
+            )
+        )
+
+    def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None:
+        """Add a small whole file (metadata files)."""
+        file_id = self.begin_file(name, mode=mode)
+        if data:
+            self.write(file_id, 0, data)
+        self.end_file(file_id, len(data))
+
+    def close(self, trailer: dict | None = None) -> None:
+        """Flush every frame and write the trailer (file list plus ``trailer``, e.g. the LSN range)."""
+        with self._lock:
+            self._check()
+            open_files = [f.name for f in self._files.values() if not f.ended]
+            if open_files:
+                raise ValueError(f"files not ended: {', '.join(open_files[:5])}")
+            self._closed = True
+            self._queue.put(None)
+        self._drainer.join()
+        self._pool.shutdown(wait=True)
+        self._closed = False
+        self._check()
+        self._closed = True
+        info = dict(trailer or {})
+        info["files"] = [[f.name, f.pos, f.sha.hexdigest()] for f in self._files.values()]
+        raw = fa.build_trailer(self.frames, len(self._files), self.raw_bytes, self.stored_bytes, self._digest.digest(),
+                               info)
+        payload, flags = raw, 0
+        if self._compress and len(raw) > 4096:
+            comp = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
+            if len(comp) < len(raw):
+                payload, flags = comp, fa.FLAG_ZSTD
+        if len(raw) > fa.MAX_TRAILER_LEN or len(payload) > fa.MAX_TRAILER_LEN:
+            raise ValueError("trailer too large")
+        header = fa.build_frame_header(fa.FRAME_TRAILER, flags, 0, self._seq, 0, len(raw), payload)
+        try:
+            self._out.write(header)
+            self._out.write(payload)
+            self._out.flush()
+        except BrokenPipeError as exc:
+            raise Interrupted("output pipe closed by the reader; the stream is incomplete") from exc
+        self.frames += 1
+
+    def abort(self) -> None:
+        """Stop: drop queued frames, never write a trailer. Safe to call more than once."""
+        if self._error is None:
+            self._error = Interrupted("archive writer aborted")
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._drainer.join(timeout=30)
+
+
+# ==================================================================================================================
+# Reader
+# ==================================================================================================================
+
+
+@dataclass
+class Frame:
+    """One verified frame: header checks, payload checksum and sequence already passed."""
+
+    header: fa.FrameHeader
+    payload: bytes  # stored bytes (compressed if FLAG_ZSTD)
+    pos: int  # archive offset of the frame header
+
+    @property
+    def type(self) -> int:
+        return self.header.type
+
+
+def _field_diagnosis(h: fa.FrameHeader, expected_seq: int, next_file_id: int, open_ids: set[int]) -> str:
+    """Name the header field that looks wrong after a header checksum mismatch (best effort)."""
+    known_types = set(fa.FRAME_NAMES)
+    if h.type not in known_types and not h.type & fa.FRAME_OPTIONAL_BIT:
+        return f"type {h.type:#x} is unknown"
+    if h.flags & ~fa.KNOWN_FLAGS:
+        return f"flags {h.flags:#x} has unknown bits"
+    if h.reserved1 or h.reserved2:
+        return "a reserved field is not zero"
+    if h.seq != expected_seq:
+        return f"seq is {h.seq}, expected {expected_seq}"
+    if h.stored_len > fa.frame_cap(h.type) or h.raw_len > fa.frame_cap(h.type):
+        return f"stored_len {h.stored_len} / raw_len {h.raw_len} over the cap"
+    if h.type == fa.FRAME_FILE_BEGIN and h.file_id != next_file_id:
+        return f"file_id {h.file_id}, expected {next_file_id}"
+    if h.type in (fa.FRAME_DATA, fa.FRAME_FILE_END) and h.file_id not in open_ids:
+        return f"file_id {h.file_id} is not an open file"
+    if h.type == fa.FRAME_TRAILER and h.file_id:
+        return f"file_id {h.file_id} on the trailer"
+    if h.type != fa.FRAME_DATA and h.offset:
+        return f"offset {h.offset} on a {fa.FRAME_NAMES.get(h.type, 'optional')} frame"
+    if h.offset > fa.MAX_FILE_SIZE:
+        return f"offset {h.offset} over the cap"
+    if not h.flags & fa.FLAG_ZSTD and h.stored_len != h.raw_len:
+        return f"stored_len {h.stored_len} != raw_len {h.raw_len} on an uncompressed frame"
+    return "field not identified (offset, lengths or payload checksum)"
+
+
+class FrameReader:
+    """Parse frames from a binary stream in one pass, verifying checksums, caps and the sequence."""
+
+    def __init__(self, inp: BinaryIO, *, header_prefix: bytes = b"") -> None:
+        self._inp = inp
+        fixed = header_prefix + read_exact(inp, fa.STREAM_HEADER_SIZE - len(header_prefix), offset=0,
+                                           what="the stream header")
+        _, _, _, meta_len, _ = fa.parse_stream_header_fixed(fixed)
+        blob = read_exact(inp, meta_len, offset=fa.STREAM_HEADER_SIZE, what="the stream metadata")
+        self.header = fa.parse_stream_header(fixed, blob)
+        self.meta = self.header.meta
+        self.pos = self.header.size
+        self.digest = xxhash.xxh3_128()
+        self.digest.update(fixed + blob)
+        self.seq = 0
+        self.stored_bytes = 0
+        self.last_header: bytes | None = None
+        # hints for naming a damaged field; maintained by the consumer
+        self.next_file_id = 1
+        self.open_ids: set[int] = set()
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self
+
+    def __next__(self) -> Frame:
+        pos = self.pos
+        first = self._inp.read(fa.FRAME_HEADER_SIZE)
+        if not first:
+            raise Truncated(f"archive ends after frame {self.seq - 1} without a trailer", offset=pos)
+        if len(first) < fa.FRAME_HEADER_SIZE:
+            first += read_exact(self._inp, fa.FRAME_HEADER_SIZE - len(first), offset=pos,
+                                what=f"the header of frame {self.seq}")
+        h = fa.unpack_frame_header(first)
+        where = {"offset": pos, "frame": self.seq}
+        if h.magic != fa.FRAME_MAGIC:
+            raise BadMagic(f"frame magic {h.magic!r}, expected {fa.FRAME_MAGIC!r}", **where)
+        if not fa.header_checksum_ok(first, h):
+            if first == self.last_header:
+                raise Corrupt(f"frame {h.seq} duplicated", **where)
+            why = _field_diagnosis(h, self.seq, self.next_file_id, self.open_ids)
+            raise ChecksumMismatch(f"frame header checksum mismatch: {why}", **where)
+        if h.seq != self.seq:
+            if h.seq == self.seq - 1 and first == self.last_header:
+                raise Corrupt(f"frame {h.seq} duplicated", **where)
+            if h.seq > self.seq:
+                raise Corrupt(f"frame {self.seq} missing (next frame is {h.seq}): frames dropped or reordered", **where)
+            raise Corrupt(f"frame {h.seq} out of order (expected {self.seq}): frames duplicated or reordered", **where)
+        if h.flags & ~fa.KNOWN_FLAGS or h.reserved1 or h.reserved2:
+            raise Corrupt(f"frame flags {h.flags:#x} or reserved fields not understood", **where)
+        known = h.type in fa.FRAME_NAMES
+        if not known and not h.type & fa.FRAME_OPTIONAL_BIT:
+            raise UnsupportedVersion(f"frame type {h.type:#x} is unknown and not optional", **where)
+        cap = fa.frame_cap(h.type)
+        if h.stored_len > cap or h.raw_len > cap:
+            raise Corrupt(f"frame length {max(h.stored_len, h.raw_len)} exceeds the cap {cap}", **where)
+        if not h.flags & fa.FLAG_ZSTD and h.stored_len != h.raw_len:
+            raise Corrupt(f"uncompressed frame with stored_len {h.stored_len} != raw_len {h.raw_len}", **where)
+        if h.flags & fa.FLAG_ZSTD and not self.header.required_features & fa.FEATURE_ZSTD:
+            raise Corrupt("compressed frame in a stream that did not declare zstd", **where)
+        payload = read_exact(self._inp, h.stored_len, offset=pos + fa.FRAME_HEADER_SIZE,
+                             what=f"the payload of frame {self.seq}")
+        if fa.xxh3(payload) != h.payload_xxh3:
+            raise ChecksumMismatch(f"payload checksum mismatch in frame {self.seq}", **where)
+        self.pos = pos + fa.FRAME_HEADER_SIZE + h.stored_len
+        self.seq += 1
+        self.last_header = first
+        if h.type != fa.FRAME_TRAILER:
+            self.digest.update(first)
+            self.stored_bytes += h.stored_len
+        return Frame(h, payload, pos)
+
+    def expect_eof(self) -> None:
+        """After the trailer: the input must end."""
+        extra = self._inp.read(1)
+        if extra:
+            raise Corrupt("data after the trailer", offset=self.pos)
+
+
+def decompress(frame: Frame) -> bytes:
+    """The raw bytes of a frame, decompressing a zstd payload only after its declared size matched."""
+    h = frame.header
+    if not h.flags & fa.FLAG_ZSTD:
+        return frame.payload
+    where = {"offset": frame.pos, "frame": h.seq}
+    try:
+        size = zstandard.frame_content_size(frame.payload)
+    except zstandard.ZstdError as exc:
+        raise Corrupt(f"bad zstd frame: {exc}", **where) from None
+    if size != h.raw_len:
+        raise Corrupt(f"zstd frame declares {size} bytes, the header {h.raw_len}", **where)
+    try:
+        raw = _decompressor().decompress(frame.payload, max_output_size=h.raw_len)
+    except zstandard.ZstdError as exc:
+        raise Corrupt(f"zstd frame does not decompress: {exc}", **where) from None
+    if len(raw) != h.raw_len:
+        raise Corrupt(f"zstd frame gave {len(raw)} bytes, expected {h.raw_len}", **where)
+    return raw
+
+
+class Sink(Protocol):
+    """Where verified file data goes: the target directory, or nowhere (verify, list)."""
+
+    def begin(self, name: str, mode: int) -> Any: ...
+    def write_at(self, handle: Any, offset: int, data: bytes) -> None: ...  # any thread, any order
+    def end(self, handle: Any, size: int) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class NullSink:
+    """A sink that writes nothing (verify, list)."""
+
+    def begin(self, name: str, mode: int) -> Any:
+        return name
+
+    def write_at(self, handle: Any, offset: int, data: bytes) -> None:
+        return None
+
+    def end(self, handle: Any, size: int) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+
+@dataclass
+class FileResult:
+    """What the archive said about one file, after verification."""
+
+    name: str
+    mode: int
+    size: int = -1
+    data_frames: int = 0
+    stored_bytes: int = 0
+    sha256: str = ""
+
+
+@dataclass
+class ArchiveSummary:
+    """Result of reading a whole archive."""
+
+    format: str
+    meta: dict[str, Any]
+    files: list[FileResult]
+    trailer: dict[str, Any]
+    frames: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    archive_bytes: int = 0
+    skipped_frames: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _RFile:
+    result: FileResult
+    handle: Any
+    file_id: int
+    end: int = 0  # end of the last DATA frame (frames are checked in stream order)
+    hashed: int = 0  # bytes hashed so far
+    sha: Any = field(default_factory=hashlib.sha256)
+    observer: Any = None  # optional ordered consumer of (offset, raw) for page validation
+
+
+ObserverFactory = Callable[[str, dict[str, Any]], Any]
+
+
+def read_archive(
+    inp: BinaryIO,
+    sink: Sink,
+    *,
+    parallel: int = 2,
+    header_prefix: bytes = b"",
+    verify_data: bool = True,
+    observer_factory: ObserverFactory | None = None,
+    on_file_done: Callable[[FileResult], None] | None = None,
+) -> ArchiveSummary:
+    """Read a whole archive into ``sink``, verifying everything; raise on the first problem.
+
+    With ``verify_data=False`` (``list``) payloads are checksummed but not decompressed nor hashed per file.
+    ``observer_factory(name, meta)`` may return an object with ``feed(offset, raw)`` and ``finish(size)`` that sees a
+    file's bytes in order (page validation).
+    """
+    reader = FrameReader(inp, header_prefix=header_prefix)
+    files: dict[int, _RFile] = {}
+    names: set[str] = set()
+    results: list[FileResult] = []
+    summary = ArchiveSummary("innostream", reader.meta, results, {})
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="isx") if verify_data else None
+    pending: deque[tuple[Future, Callable[[Any], None]]] = deque()
+    max_pending = 2 * max(1, parallel) + 2
+
+    def settle(limit: int) -> None:
+        while pending and (len(pending) > limit or pending[0][0].done()):
+            fut, then = pending.popleft()
+            then(fut.result())
+
+    def data_job(frame: Frame, rf: _RFile) -> bytes:
+        raw = decompress(frame)
+        sink.write_at(rf.handle, frame.header.offset, raw)
+        return raw
+
+    def hash_in_order(rf: _RFile, offset: int) -> Callable[[bytes], None]:
+        def then(raw: bytes) -> None:
+            if offset > rf.hashed:
+                hash_zeros(rf.sha, offset - rf.hashed)
+            rf.sha.update(raw)
+            rf.hashed = offset + len(raw)
+            if rf.observer is not None:
+                rf.observer.feed(offset, raw)
+
+        return then
+
+    def end_in_order(rf: _RFile, frame: Frame, size: int, nframes: int, digest: bytes) -> Callable[[Any], None]:
+        def then(_: Any) -> None:
+            where = {"file": rf.result.name, "offset": frame.pos, "frame": frame.header.seq}
+            if nframes != rf.result.data_frames:
+                raise Corrupt(f"FILE_END counts {nframes} data frames, the archive had {rf.result.data_frames}",
+                              **where)
+            if verify_data:
+                hash_zeros(rf.sha, size - rf.hashed)
+                if rf.sha.digest() != digest:
+                    raise ChecksumMismatch("file digest (sha256) mismatch", **where)
+                if rf.observer is not None:
+                    rf.observer.finish(size)
+            rf.result.size = size
+            rf.result.sha256 = digest.hex()
+            sink.end(rf.handle, size)
+            if on_file_done is not None:
+                on_file_done(rf.result)
+
+        return then
+
+    try:
+        for frame in reader:
+            h = frame.header
+            where = {"offset": frame.pos, "frame": h.seq}
+            if h.type == fa.FRAME_FILE_BEGIN:
+                if h.file_id != reader.next_file_id or h.offset:
+                    raise Corrupt(f"FILE_BEGIN with file_id {h.file_id}, expected {reader.next_file_id}", **where)
+                name, mode = fa.parse_file_begin(frame.payload)
+                why = fa.check_name(name)
+                if why:
+                    raise fa_unsafe(name, why, where)
+                if name in names:
+                    raise Corrupt("duplicate file in the archive", file=name, **where)
+                names.add(name)
+                reader.next_file_id += 1
+                reader.open_ids.add(h.file_id)
+                result = FileResult(name, mode)
+                results.append(result)
+                rf = _RFile(result, sink.begin(name, mode), h.file_id)
+                if observer_factory is not None and verify_data:
+                    rf.observer = observer_factory(name, reader.meta)
+                files[h.file_id] = rf
+            elif h.type == fa.FRAME_DATA:
+                rf = files.get(h.file_id)  # type: ignore[assignment]
+                if rf is None or h.file_id not in reader.open_ids:
+                    raise Corrupt(f"DATA for file_id {h.file_id}, which is not open", **where)
+                if h.raw_len == 0:
+                    raise Corrupt("empty DATA frame", file=rf.result.name, **where)
+                if h.offset < rf.end:
+                    raise Corrupt(f"DATA at {h.offset} overlaps the previous frame (ends at {rf.end})",
+                                  file=rf.result.name, **where)
+                if h.offset + h.raw_len > fa.MAX_FILE_SIZE:
+                    raise Corrupt(f"DATA ends beyond the file size cap {fa.MAX_FILE_SIZE}", file=rf.result.name,
+                                  **where)
+                rf.end = h.offset + h.raw_len
+                rf.result.data_frames += 1
+                rf.result.stored_bytes += h.stored_len
+                summary.raw_bytes += h.raw_len
+                if pool is not None:
+                    pending.append((pool.submit(data_job, frame, rf), hash_in_order(rf, h.offset)))
+            elif h.type == fa.FRAME_FILE_END:
+                rf = files.get(h.file_id)  # type: ignore[assignment]
+                if rf is None or h.file_id not in reader.open_ids:
+                    raise Corrupt(f"FILE_END for file_id {h.file_id}, which is not open", **where)
+                size, nframes, digest = fa.parse_file_end(frame.payload)
+                if size < rf.end:
+                    raise Corrupt(f"file size {size} is below the end of its data ({rf.end})", file=rf.result.name,
+                                  **where)
+                reader.open_ids.discard(h.file_id)
+                pending.append((_done(None), end_in_order(rf, frame, size, nframes, digest)))
+            elif h.type == fa.FRAME_TRAILER:
+                settle(0)
+                _check_trailer(reader, frame, summary, results, verify_data)
+                reader.expect_eof()
+                summary.archive_bytes = reader.pos
+                summary.frames = reader.seq
+                summary.stored_bytes = reader.stored_bytes
+                sink.finish()
+                return summary
+            else:
+                summary.skipped_frames += 1
+                summary.warnings.append(f"skipped optional frame type {h.type:#x} at offset {frame.pos}")
+            settle(max_pending)
+        raise AssertionError("unreachable")  # FrameReader raises Truncated at EOF
+    except BaseException:
+        for fut, _ in pending:
+            fut.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            pool = None
+        sink.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def fa_unsafe(name: str, why: str, where: dict) -> InnostreamError:
+    """The error for an archive member that would land outside the target."""
+    from streamer.errors import UnsafePath
+
+    return UnsafePath(f"refusing archive member {name!r}: {why}", **where)
+
+
+def _check_trailer(
+    reader: FrameReader, frame: Frame, summary: ArchiveSummary, results: list[FileResult], verify_data: bool
+) -> None:
+    h = frame.header
+    where = {"offset": frame.pos, "frame": h.seq}
+    if h.file_id or h.offset:
+        raise Corrupt("TRAILER with a file_id or offset", **where)
+    if reader.open_ids:
+        names = [r.name for r in results if r.size < 0]
+        raise Corrupt(f"{len(names)} file(s) without FILE_END before the trailer: {', '.join(names[:5])}", **where)
+    raw = decompress(frame)
+    frames, nfiles, raw_bytes, stored_bytes, digest, info = fa.parse_trailer(raw)
+    if frames != h.seq:
+        raise Corrupt(f"trailer counts {frames} frames, the archive had {h.seq}", **where)
+    if nfiles != len(results):
+        raise Corrupt(f"trailer counts {nfiles} files, the archive had {len(results)}", **where)
+    if raw_bytes != summary.raw_bytes:
+        raise Corrupt(f"trailer counts {raw_bytes} data bytes, the archive had {summary.raw_bytes}", **where)
+    if stored_bytes != reader.stored_bytes:
+        raise Corrupt(f"trailer counts {stored_bytes} stored bytes, the archive had {reader.stored_bytes}", **where)
+    if digest != reader.digest.digest():
+        raise ChecksumMismatch("stream digest mismatch in the trailer", **where)
+    listed = info.get("files")
+    if not isinstance(listed, list) or len(listed) != len(results):
+        raise Corrupt("trailer file list does not match the archive", **where)
+    for entry, r in zip(listed, results, strict=True):
+        if not isinstance(entry, list) or len(entry) < 3 or entry[0] != r.name or entry[1] != r.size or (
+            entry[2] != r.sha256
+        ):
+            raise Corrupt("trailer file list does not match the archive", file=r.name, **where)
+    summary.trailer = info
+
+
+__all__ = [
+    "ArchiveSummary",
+    "ArchiveWriter",
+    "FileResult",
+    "FormatError",
+    "Frame",
+    "FrameReader",
+    "NullSink",
+    "read_archive",
+    "read_exact",
+]

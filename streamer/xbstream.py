@@ -1,0 +1,346 @@
+"""xbstream interop: a writer that ``mbstream -x`` / ``xbstream -x`` extract, and a one-pass reader of both dialects.
+
+The writer emits only ``P`` and ``E`` chunks with flags 0 (the subset both C readers accept), at most 10 MiB of payload
+each; holes are written as zeros because Percona has no seek chunk. The reader checks every CRC, keeps per-file offsets
+(out-of-order chunks are errors, as in mbstream), caps every length, streams payloads in bounded pieces and, unlike
+mbstream, reports a file without its ``E`` chunk as an error.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from formats import xbstream as fx
+from formats.archive import check_name
+from formats.errors import BadMagic, ChecksumMismatch, Corrupt, InnostreamError, Truncated, UnsupportedVersion
+from streamer.archive import ArchiveSummary, FileResult, Sink, read_exact
+from streamer.errors import Interrupted, TargetError, UnsafePath
+
+#: largest payload we accept in one chunk; real writers use 10 MiB (or one larger ds_write). Payloads are read in
+#: READ_PIECE pieces, so this caps the work a hostile length can cause, not memory.
+MAX_CHUNK_PAYLOAD = 1 << 32
+READ_PIECE = 4 << 20
+ZEROS = bytes(1 << 20)
+
+DIALECTS = ("auto", "mariadb", "percona")
+
+
+class XbstreamWriter:
+    """Write an xbstream (``P``/``E`` chunks) to ``out``; same interface as :class:`streamer.archive.ArchiveWriter`.
+
+    Thread-safe: each chunk (header + payload) is written under one lock, so files interleave at chunk granularity.
+    ``level``/``threads``/``compress`` are accepted for interface compatibility and ignored (xbstream payloads are
+    raw; compress the whole stream with ``zstd`` if wanted).
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        *,
+        level: int = 1,
+        threads: int = 2,
+        meta: dict | None = None,
+        compress: bool = True,
+        chunk_size: int = fx.XB_STREAM_MIN_CHUNK_SIZE,
+    ) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._chunk = chunk_size
+        self._files: dict[int, list[Any]] = {}  # id -> [path bytes, pos, ended]
+        self._names: set[str] = set()
+        self._error: BaseException | None = None
+        self._closed = False
+        self.meta = meta or {}
+
+    def _emit(self, *parts: bytes | memoryview) -> None:
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise TargetError("xbstream writer is closed")
+            try:
+                for part in parts:
+                    self._out.write(part)
+            except BrokenPipeError as exc:
+                self._error = Interrupted("output pipe closed by the reader; the stream is incomplete")
+                raise self._error from exc
+            except OSError as exc:
+                self._error = TargetError(f"cannot write the stream: {exc.strerror or exc}")
+                raise self._error from exc
+
+    def begin_file(self, name: str, *, mode: int = 0o640) -> int:
+        """Start a file; returns its id."""
+        why = check_name(name)
+        path = name.encode()
+        if why or len(path) >= fx.FN_REFLEN:
+            raise ValueError(f"unsafe or too long xbstream member name {name!r}: {why or 'too long'}")
+        with self._lock:
+            if name in self._names:
+                raise ValueError(f"file {name!r} is already in the stream")
+            self._names.add(name)
+            file_id = len(self._files) + 1
+            self._files[file_id] = [path, 0, False]
+        return file_id
+
+    def _state(self, file_id: int) -> list[Any]:
+        st = self._files.get(file_id)
+        if st is None or st[2]:
+            raise ValueError(f"file id {file_id} is not open")
+        return st
+
+    def _zeros(self, st: list[Any], upto: int) -> None:
+        while st[1] < upto:
+            n = min(upto - st[1], len(ZEROS), self._chunk)
+            piece = memoryview(ZEROS)[:n]
+            self._emit(fx.build_payload_header(st[0], st[1], piece), piece)
+            st[1] += n
+
+    def write(self, file_id: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at ``offset``; a gap since the previous write is written as zeros."""
+        st = self._state(file_id)
+        if offset < st[1]:
+            raise ValueError(f"write at {offset} before the end of the previous write ({st[1]})")
+        self._zeros(st, offset)
+        mv = memoryview(data).cast("B")
+        for a in range(0, len(mv), self._chunk):
+            piece = mv[a : a + self._chunk]
+            self._emit(fx.build_payload_header(st[0], st[1], piece), piece)
+            st[1] += len(piece)
+
+    def end_file(self, file_id: int, size: int) -> None:
+        """Pad to ``size`` with zeros and write the ``E`` chunk."""
+        st = self._state(file_id)
+        if size < st[1]:
+            raise ValueError(f"size {size} is below the end of the data ({st[1]})")
+        self._zeros(st, size)
+        st[2] = True
+        self._emit(fx.build_eof_chunk(st[0]))
+
+    def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None:
+        """Add a small whole file."""
+        file_id = self.begin_file(name, mode=mode)
+        self.write(file_id, 0, data)
+        self.end_file(file_id, len(data))
+
+    def close(self, trailer: dict | None = None) -> None:
+        """Flush. xbstream has no trailer: ``trailer`` is ignored (the metadata files carry the LSNs)."""
+        open_files = [st[0].decode() for st in self._files.values() if not st[2]]
+        if open_files:
+            raise ValueError(f"files not ended: {', '.join(open_files[:5])}")
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._out.flush()
+            except BrokenPipeError as exc:
+                raise Interrupted("output pipe closed by the reader; the stream is incomplete") from exc
+            self._closed = True
+
+    def abort(self) -> None:
+        """Stop writing; nothing more goes out."""
+        with self._lock:
+            self._closed = True
+            if self._error is None:
+                self._error = Interrupted("xbstream writer aborted")
+
+
+class _Input:
+    """A pipe with a small push-back buffer (to tell MariaDB seek from Percona sparse) and a byte position."""
+
+    def __init__(self, inp: BinaryIO, prefix: bytes = b"") -> None:
+        self._inp = inp
+        self._buf = prefix
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        if self._buf:
+            head, self._buf = self._buf[:n], self._buf[n:]
+            if len(head) < n:
+                more = self._inp.read(n - len(head)) or b""
+                head += more
+            self.pos += len(head)
+            return head
+        data = self._inp.read(n) or b""
+        self.pos += len(data)
+        return data
+
+    def exact(self, n: int, what: str, at: int) -> bytes:
+        data = read_exact(self, n, offset=at, what=what)  # type: ignore[arg-type]
+        return data
+
+    def peek(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            more = self._inp.read(n - len(self._buf))
+            if not more:
+                break
+            self._buf += more
+        return self._buf[:n]
+
+
+@dataclass
+class _XFile:
+    result: FileResult
+    handle: Any
+    pos: int = 0
+
+
+def read_xbstream(
+    inp: BinaryIO,
+    sink: Sink,
+    *,
+    header_prefix: bytes = b"",
+    dialect: str = "auto",
+    on_file_done: Callable[[FileResult], None] | None = None,
+) -> ArchiveSummary:
+    """Read an xbstream into ``sink`` chunk by chunk; raise on the first problem.
+
+    Raises:
+        BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion, UnsafePath: named with the stream offset.
+    """
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect {dialect!r}")
+    src = _Input(inp, header_prefix)
+    files: dict[bytes, _XFile] = {}
+    done: set[bytes] = set()
+    results: list[FileResult] = []
+    summary = ArchiveSummary("xbstream", {"dialect": dialect}, results, {})
+    chunks = 0
+
+    def open_file(path: bytes, at: int) -> _XFile:
+        xf = files.get(path)
+        if xf is not None:
+            return xf
+        try:
+            name = path.decode()
+        except UnicodeDecodeError:
+            raise Corrupt("file name is not UTF-8", offset=at) from None
+        why = check_name(name)
+        if why:
+            raise UnsafePath(f"refusing archive member {name!r}: {why}", offset=at)
+        if path in done:
+            raise Corrupt("duplicate file in the stream (chunk after its end-of-file)", file=name, offset=at)
+        result = FileResult(name, 0o640)
+        results.append(result)
+        xf = files[path] = _XFile(result, sink.begin(name, 0o640))
+        return xf
+
+    def copy_payload(xf: _XFile, length: int, offset: int, crc_prefix: int, stored: int, at: int,
+                     sparse: list[tuple[int, int]] | None) -> int:
+        """Stream ``length`` payload bytes to the file; return the CRC."""
+        crc = crc_prefix
+        if sparse is None:
+            pos = offset
+            left = length
+            while left:
+                piece = src.exact(min(left, READ_PIECE), f"the payload of the chunk at {at:#x}", at)
+                crc = zlib.crc32(piece, crc)
+                sink.write_at(xf.handle, pos, piece)
+                pos += len(piece)
+                left -= len(piece)
+            return crc
+        payload = src.exact(length, f"the payload of the chunk at {at:#x}", at)
+        crc = zlib.crc32(payload, crc)
+        pos, used = offset, 0
+        for skip, n in sparse:
+            pos += skip
+            if used + n > length:
+                raise Corrupt("sparse map covers more than the payload", file=xf.result.name, offset=at)
+            sink.write_at(xf.handle, pos, payload[used : used + n])
+            pos += n
+            used += n
+        return crc
+
+    try:
+        while True:
+            at = src.pos
+            prefix = src.read(fx.CHUNK_HEADER_CONSTANT_LEN)
+            if not prefix:
+                break
+            if len(prefix) < fx.CHUNK_HEADER_CONSTANT_LEN:
+                raise Truncated(f"stream ends inside the chunk header at {at:#x}", offset=at)
+            magic, flags, ctype, path_len = fx.unpack_prefix(prefix)
+            if magic != fx.XB_STREAM_CHUNK_MAGIC:
+                raise BadMagic(f"wrong chunk magic at offset {at:#x}", offset=at)
+            if path_len == 0 or path_len >= fx.FN_REFLEN:
+                raise Corrupt(f"chunk path length {path_len} at {at:#x} (must be 1..{fx.FN_REFLEN - 1})", offset=at)
+            path = src.exact(path_len, "the chunk path", at)
+            chunks += 1
+            if ctype == fx.XB_CHUNK_TYPE_EOF:
+                xf = open_file(path, at)
+                files.pop(path)
+                done.add(path)
+                xf.result.size = xf.pos
+                sink.end(xf.handle, xf.pos)
+                if on_file_done is not None:
+                    on_file_done(xf.result)
+                continue
+            is_seek = False
+            if ctype == fx.XB_CHUNK_TYPE_SEEK:
+                if dialect == "mariadb":
+                    is_seek = True
+                elif dialect == "auto":
+                    after = src.peek(fx.SEEK_TAIL_LEN + 8)
+                    is_seek = len(after) == fx.SEEK_TAIL_LEN or after[fx.SEEK_TAIL_LEN :] == fx.XB_STREAM_CHUNK_MAGIC
+            if ctype == fx.XB_CHUNK_TYPE_PAYLOAD or (ctype == fx.XB_CHUNK_TYPE_SPARSE and not is_seek):
+                xf = open_file(path, at)
+                sparse: list[tuple[int, int]] | None = None
+                crc = 0
+                if ctype == fx.XB_CHUNK_TYPE_PAYLOAD:
+                    length, offset, checksum = fx.unpack_payload_tail(src.exact(fx.PAYLOAD_TAIL_LEN, "a chunk header",
+                                                                                at))
+                else:
+                    map_len, length, offset, checksum = fx.unpack_sparse_tail(
+                        src.exact(fx.SPARSE_TAIL_LEN, "a chunk header", at))
+                    if map_len > fx.XB_STREAM_MIN_CHUNK_SIZE // 8 or length > 64 << 20:
+                        raise Corrupt(f"sparse chunk map of {map_len} entries / {length} bytes at {at:#x}",
+                                      file=xf.result.name, offset=at)
+                    raw_map = src.exact(map_len * fx.SPARSE_ENTRY_LEN, "a sparse map", at)
+                    crc = zlib.crc32(raw_map)
+                    sparse = [(int.from_bytes(raw_map[i : i + 4], "little"),
+                               int.from_bytes(raw_map[i + 4 : i + 8], "little"))
+                              for i in range(0, len(raw_map), 8)]
+                if length > MAX_CHUNK_PAYLOAD:
+                    raise Corrupt(f"chunk payload length {length} exceeds the cap {MAX_CHUNK_PAYLOAD}",
+                                  file=xf.result.name, offset=at)
+                if offset != xf.pos:
+                    raise Corrupt(f"out-of-order chunk: offset {offset:#x}, expected {xf.pos:#x}",
+                                  file=xf.result.name, offset=at)
+                if flags & fx.XB_STREAM_FLAG_REWRITE:
+                    raise UnsupportedVersion("REWRITE chunks are not supported", file=xf.result.name, offset=at)
+                got = copy_payload(xf, length, offset, crc, length, at, sparse)
+                if got != checksum:
+                    raise ChecksumMismatch(
+                        f"invalid checksum at offset {at:#x}: expected {checksum:#010x}, read {got:#010x}",
+                        file=xf.result.name, offset=at)
+                xf.pos = offset + length + (sum(s for s, _ in sparse) if sparse else 0)
+                xf.result.data_frames += 1
+                xf.result.stored_bytes += length
+                summary.raw_bytes += length
+            elif is_seek:
+                xf = open_file(path, at)
+                xf.pos = fx.unpack_u64(src.exact(fx.SEEK_TAIL_LEN, "a seek chunk", at))
+            elif ctype in (fx.XB_CHUNK_TYPE_RENAME, fx.XB_CHUNK_TYPE_REMOVE):
+                raise UnsupportedVersion(
+                    f"chunk type {chr(ctype)!r} (MariaDB rename/remove, written for DDL during backup) is not supported"
+                    " by extract", offset=at)
+            else:
+                raise UnsupportedVersion(f"unknown chunk type {ctype:#x} at offset {at:#x}", offset=at)
+        if files:
+            names = [xf.result.name for xf in files.values()]
+            raise Truncated(f"stream ended without the end-of-file chunk of {len(names)} file(s): "
+                            f"{', '.join(names[:5])}", offset=src.pos)
+        summary.frames = chunks
+        summary.archive_bytes = src.pos
+        summary.stored_bytes = summary.raw_bytes
+        sink.finish()
+        return summary
+    except BaseException:
+        sink.abort()
+        raise
+
+
+__all__ = ["DIALECTS", "InnostreamError", "XbstreamWriter", "read_xbstream"]
