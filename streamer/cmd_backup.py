@@ -1,0 +1,93 @@
+"""``innostream backup``: option parsing only; the work is :func:`streamer.backup.run_backup`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from streamer.backup import BackupConfig, main_argv, run_backup
+from streamer.connection import ConnectionOptions
+from streamer.log import log
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@click.command("backup")
+@click.option("--datadir", type=_DIR, help="The server's data directory (default: ask the server); must be the "
+              "server's own.")
+@click.option("--target-dir", type=_DIR, help="Write the backup here (created if missing; an existing empty "
+              "directory is fine; existing files are never overwritten).")
+@click.option("--stream", "stream", is_flag=True, help="Write the backup as one archive to stdout.")
+@click.option("--format", "stream_format", type=click.Choice(["innostream", "xbstream"]), default="innostream",
+              show_default=True, help="Stream format with --stream.")
+@click.option("--compress", "compress", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True,
+              help="Compression of the innostream archive.")
+@click.option("--compress-level", type=click.IntRange(-7, 22), default=1, show_default=True,
+              help="zstd level.")
+@click.option("--compress-threads", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--parallel", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Threads copying data files.")
+@click.option("--innodb-data-home-dir", type=_DIR, help="Where ibdata* live (default: the server's setting).")
+@click.option("--innodb-log-group-home-dir", type=_DIR, help="Where the redo log lives (default: the server's).")
+@click.option("--innodb-undo-directory", type=_DIR, help="Where undo tablespaces live (default: the server's).")
+@click.option("--defaults-file", type=click.Path(dir_okay=False),
+              help="Read [client] options only from this file.")
+@click.option("-u", "--user", help="Server user (needs RELOAD, PROCESS, BACKUP_ADMIN/RELOAD and SELECT).")
+@click.option("-p", "--password", help="Password (better: [client] password= in an option file).")
+@click.option("--host", help="Server host; localhost or nothing means the unix socket.")
+@click.option("-P", "--port", type=int)
+@click.option("-S", "--socket", help="Unix socket of the server.")
+@click.option("--no-lock", is_flag=True, help="Do not block DDL or commits. Only if no DDL runs during the backup "
+              "and you accept non-InnoDB tables and the binlog position being inconsistent.")
+@click.option("--read-buffer-size", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="MiB read at a time per copier thread.")
+def backup_cmd(datadir: Path | None, target_dir: Path | None, stream: bool, stream_format: str, compress: str,
+               compress_level: int, compress_threads: int, parallel: int, innodb_data_home_dir: Path | None,
+               innodb_log_group_home_dir: Path | None, innodb_undo_directory: Path | None,
+               defaults_file: str | None, user: str | None, password: str | None, host: str | None,
+               port: int | None, socket: str | None, no_lock: bool, read_buffer_size: int) -> None:
+    """Hot physical backup of a running server into --target-dir or as a stream on stdout.
+
+    \b
+    A log-copying thread follows the redo log from the current checkpoint while the data files are copied page
+    by page (each page validated, torn pages re-read). DDL is blocked for the whole backup (MariaDB BACKUP STAGE
+    BLOCK_DDL, MySQL LOCK INSTANCE FOR BACKUP): CREATE/DROP/ALTER/RENAME TABLE wait until it ends; reads and
+    writes go on. Commits are blocked briefly at the end while non-InnoDB files, the binlog position and the
+    final LSN are taken.
+
+    \b
+    Copied: ibdata*, undo tablespaces, mysql.ibd, */*.ibd, .frm/.MYD/.MYI/.MAD/.MAI/.CSV/.opt/.par/.TRG/.sdi...,
+    Aria logs; the redo as xtrabackup_logfile (MySQL) or ib_logfile0 (MariaDB). Not copied: the live redo files,
+    ibtmp1, #innodb_temp, doublewrite files, binlogs, relay logs, auto.cnf, keys, pid and socket files.
+
+    \b
+    innostream backup --target-dir /backups/today
+    innostream backup --stream | ssh host 'innostream extract -C /backups/today'
+    """
+    if (target_dir is None) == (not stream):
+        raise click.UsageError("give exactly one of --target-dir DIR and --stream")
+    if stream and sys.stdout.isatty():
+        raise click.UsageError("--stream writes binary data; redirect stdout to a file or a pipe")
+    if not stream and (stream_format != "innostream" or compress != "zstd"):
+        log.warning("--format and --compress only apply to --stream; ignored")
+    config = BackupConfig(
+        connection=ConnectionOptions(user=user, password=password, host=host, port=port, socket=socket,
+                                     defaults_file=defaults_file),
+        datadir=datadir,
+        target_dir=target_dir,
+        data_home_dir=innodb_data_home_dir,
+        log_dir=innodb_log_group_home_dir,
+        undo_dir=innodb_undo_directory,
+        parallel=parallel,
+        stream_format=stream_format,
+        compress=compress != "none",
+        compress_level=compress_level,
+        compress_threads=compress_threads,
+        lock=not no_lock,
+        chunk_size=read_buffer_size << 20,
+        argv=main_argv(),
+    )
+    out = sys.stdout.buffer if stream else None
+    run_backup(config, out)
