@@ -1,0 +1,401 @@
+"""Read-only inspection of tablespace files and data directories: what a DBA asks before and after a backup.
+
+For one tablespace: the server family, page sizes, space id, checksum algorithms seen, pages by type and every page
+the server would reject, with the reason. For a data directory: the same for each tablespace, as a table, plus the
+redo files (delegated to ``streamer.redo_inspect`` when that module is present). Nothing is ever written.
+
+The page checks are exactly the backup's (``formats.buf0checksum.validate_pages``), including its bounded re-reads
+of pages that look torn, so a page that a running server is writing at that moment is not reported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from formats.buf0checksum import checksum_algorithm, page_is_corrupted, validate_pages
+from formats.errors import FormatError
+from formats.fil0fil import BE16, FIL_PAGE_TYPE, page_type_name
+from formats.fsp0fsp import FLAVORS, PAGE_COMPRESSION_ALGORITHMS, SpaceInfo, guess_flavor, space_info
+from streamer.errors import SourceError
+
+READ_SIZE = 4 << 20  # bytes per read, a whole number of pages of any size
+PAGE0_READ = 65536  # the largest page size: enough for page 0 and its encryption info
+RETRIES = 3  # re-reads of a page that fails, 100 ms apart (the backup tools retry 10 times per batch)
+RETRY_SLEEP = 0.1
+MAX_LISTED = 1000  # invalid pages kept per file; the count is always exact
+
+#: Redo files: MariaDB 10.8+ ib_logfile0, MySQL 8.0.30+ #innodb_redo/#ib_redoN, backup copies of both.
+REDO_FILE = re.compile(r"^(ib_logfile\d+|#ib_redo\d+(_tmp)?|xtrabackup_logfile)$")
+REDO_DIR = "#innodb_redo"
+#: Tablespace files in a data directory (system, undo, temporary, file-per-table, general).
+TABLESPACE_FILE = re.compile(r"^(ibdata\d+|ibtmp\d+|undo_?\d+|.+\.ibd|.+\.ibu|.+\.ibt)$")
+
+
+@dataclass
+class TablespaceReport:
+    """The inspection result for one file; ``asdict`` of it is the --json form."""
+
+    path: str
+    flavor: str | None = None
+    flavor_source: str = ""  # option | flags | datadir | default
+    space_id: int | None = None
+    flags: int | None = None
+    logical_page_size: int | None = None
+    physical_page_size: int | None = None
+    full_crc32: bool | None = None
+    page_compressed: bool | None = None
+    compression_algo: str | None = None
+    encrypted: bool | None = None
+    file_size: int = 0
+    pages: int = 0
+    fsp_size: int | None = None
+    first_page_no: int = 0
+    checksums: dict[str, int] = field(default_factory=dict)
+    page_types: dict[str, int] = field(default_factory=dict)
+    invalid_count: int = 0
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+    note: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.invalid_count == 0
+
+
+def detect_datadir_flavor(datadir: Path) -> str | None:
+    """The server family of a data directory from files only one of them writes."""
+    if (datadir / REDO_DIR).is_dir() or (datadir / "mysql.ibd").exists():
+        return "mysql"
+    if any((datadir / n).exists() for n in ("aria_log_control", "ib_logfile0", "mariadb_upgrade_info")):
+        return "mariadb"
+    return None
+
+
+def _resolve_flavor(path: Path, page0: bytes, flavor: str | None) -> tuple[str, str]:
+    if flavor:
+        return flavor, "option"
+    if guessed := guess_flavor(page0):
+        return guessed, "flags"
+    for d in (path.parent, path.parent.parent):
+        if found := detect_datadir_flavor(d):
+            return found, "datadir"
+    # Legacy flags without MySQL 8's SDI bit: a MariaDB file (crc32 or ROW_FORMAT=COMPRESSED) far more often.
+    return "mariadb", "default"
+
+
+def _read_at(fd: int, offset: int, size: int) -> bytes:
+    return os.pread(fd, size, offset)
+
+
+def _recheck(fd: int, info: SpaceInfo, page_no: int, file_page: int) -> str | None:
+    """Re-read one failing page a few times: a page being written by the server is only transiently torn."""
+    ps = info.physical_page_size
+    reason: str | None = "unreadable"
+    for attempt in range(RETRIES):
+        if attempt:
+            time.sleep(RETRY_SLEEP)
+        page = _read_at(fd, file_page * ps, ps)
+        if len(page) < ps:
+            return None  # the file shrank (truncated undo, dropped table): nothing left to judge
+        reason = page_is_corrupted(page, info, page_no)
+        if reason is None:
+            return None
+    return reason
+
+
+def inspect_tablespace(
+    path: Path, flavor: str | None = None, *, info: SpaceInfo | None = None, first_page_no: int = 0
+) -> TablespaceReport:
+    """Inspect one tablespace file. ``info``/``first_page_no`` are for ibdata2.. (no FSP header of their own).
+
+    Problems with the file (unreadable, not a tablespace) land in ``report.error`` rather than raising, so a data
+    directory report lists every file.
+    """
+    rep = TablespaceReport(path=str(path), first_page_no=first_page_no)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        rep.error = f"cannot open: {exc.strerror}"
+        return rep
+    try:
+        rep.file_size = os.fstat(fd).st_size
+        if info is None:
+            page0 = _read_at(fd, 0, PAGE0_READ)
+            if len(page0) < 150:
+                rep.error = f"too short for a tablespace ({len(page0)} bytes)"
+                return rep
+            if page0.count(0) == len(page0):
+                rep.note = "page 0 is all zero (not yet initialised by the server); pages not checked"
+                return rep
+            rep.flavor, rep.flavor_source = _resolve_flavor(path, page0, flavor)
+            try:
+                info = space_info(page0, rep.flavor)
+            except FormatError as exc:
+                rep.error = str(exc)
+                return rep
+        else:
+            rep.flavor, rep.flavor_source = info.flavor, "option"
+        _fill_info(rep, info)
+        _scan(fd, rep, info, first_page_no)
+    finally:
+        os.close(fd)
+    return rep
+
+
+def _fill_info(rep: TablespaceReport, info: SpaceInfo) -> None:
+    rep.space_id = info.space_id
+    rep.flags = info.flags
+    rep.logical_page_size = info.logical_page_size
+    rep.physical_page_size = info.physical_page_size
+    rep.full_crc32 = info.full_crc32
+    rep.page_compressed = info.page_compressed
+    rep.compression_algo = PAGE_COMPRESSION_ALGORITHMS.get(info.compression_algo) if info.page_compressed else None
+    rep.encrypted = info.encrypted
+    rep.fsp_size = info.size_in_pages
+
+
+def _scan(fd: int, rep: TablespaceReport, info: SpaceInfo, first_page_no: int) -> None:
+    ps = info.physical_page_size
+    size = rep.file_size
+    rep.pages = size // ps
+    if size % ps:
+        rep.note = f"file ends with a partial page of {size % ps} bytes (not checked)"
+    checksums: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    chunk_pages = max(1, READ_SIZE // ps)
+    for file_page in range(0, rep.pages, chunk_pages):
+        want = min(chunk_pages, rep.pages - file_page) * ps
+        buf = _read_at(fd, file_page * ps, want)
+        if len(buf) < want:  # the file shrank under us
+            buf = buf[: len(buf) // ps * ps]
+        mv = memoryview(buf)
+        for page_no, _reason in validate_pages(mv, info, first_page_no + file_page):
+            reason = _recheck(fd, info, page_no, page_no - first_page_no)
+            if reason is not None:
+                rep.invalid_count += 1
+                if len(rep.invalid) < MAX_LISTED:
+                    rep.invalid.append((page_no, reason))
+        for i in range(len(buf) // ps):
+            page = mv[i * ps : (i + 1) * ps]
+            types[page_type_name(BE16.unpack_from(page, FIL_PAGE_TYPE)[0], info.flavor, info.full_crc32)] += 1
+            checksums[checksum_algorithm(page, info)] += 1
+    rep.checksums = dict(checksums.most_common())
+    rep.page_types = dict(types.most_common())
+
+
+def _system_files(datadir: Path) -> list[Path]:
+    return sorted(datadir.glob("ibdata*"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+
+
+def _redo_entries(paths: list[Path]) -> list[dict[str, Any]]:
+    """Delegate redo files to ``streamer.redo_inspect.inspect_redo`` when it exists (written by the redo helper)."""
+    out = []
+    have = importlib.util.find_spec("streamer.redo_inspect") is not None
+    for p in paths:
+        if not have:
+            out.append({"path": str(p), "note": "redo inspection is not available in this build"})
+            continue
+        try:
+            result = importlib.import_module("streamer.redo_inspect").inspect_redo(p)
+            out.append({"path": str(p), **(result if isinstance(result, dict) else {"result": result})})
+        except FormatError as exc:
+            out.append({"path": str(p), "error": str(exc)})
+    return out
+
+
+def is_redo_path(path: Path) -> bool:
+    """Whether ``path`` names a redo file or MySQL's redo directory."""
+    return path.name == REDO_DIR or bool(REDO_FILE.match(path.name))
+
+
+def inspect_datadir(datadir: Path, flavor: str | None = None) -> dict[str, Any]:
+    """Inspect every tablespace under ``datadir`` (and its redo files); the result is JSON-ready."""
+    if flavor is None:
+        flavor = detect_datadir_flavor(datadir)
+    reports: list[TablespaceReport] = []
+    sys_files = _system_files(datadir)
+    if sys_files:
+        first = inspect_tablespace(sys_files[0], flavor)
+        reports.append(first)
+        info = _info_of(first)
+        next_page = first.pages
+        for extra in sys_files[1:]:
+            if info is None:
+                reports.append(TablespaceReport(path=str(extra), error="ibdata1 unreadable; continuation not checked"))
+                continue
+            rep = inspect_tablespace(extra, info=info, first_page_no=next_page)
+            next_page += rep.pages
+            reports.append(rep)
+    redo: list[Path] = []
+    for root, dirs, files in os.walk(datadir):
+        dirs.sort()
+        rel_root = Path(root)
+        for name in sorted(files):
+            p = rel_root / name
+            if REDO_FILE.match(name):
+                redo.append(p)
+            elif p.parent == datadir and name.startswith("ibdata"):
+                continue
+            elif TABLESPACE_FILE.match(name):
+                reports.append(inspect_tablespace(p, flavor))
+    return {
+        "datadir": str(datadir),
+        "flavor": flavor,
+        "tablespaces": [report_dict(r) for r in reports],
+        "redo": _redo_entries(redo),
+        "invalid_pages": sum(r.invalid_count for r in reports),
+        "errors": sum(1 for r in reports if r.error),
+    }
+
+
+def _info_of(rep: TablespaceReport) -> SpaceInfo | None:
+    if rep.space_id is None or rep.flavor is None or rep.logical_page_size is None:
+        return None
+    return SpaceInfo(
+        space_id=rep.space_id,
+        flags=rep.flags or 0,
+        flavor=rep.flavor,
+        logical_page_size=rep.logical_page_size,
+        physical_page_size=rep.physical_page_size or rep.logical_page_size,
+        full_crc32=bool(rep.full_crc32),
+        page_compressed=bool(rep.page_compressed),
+        encrypted=bool(rep.encrypted),
+    )
+
+
+def report_dict(rep: TablespaceReport) -> dict[str, Any]:
+    """The JSON form of a tablespace report."""
+    d = asdict(rep)
+    d["invalid"] = [{"page": no, "reason": why} for no, why in rep.invalid]
+    d["ok"] = rep.ok
+    return d
+
+
+def inspect_path(path: Path, flavor: str | None = None) -> dict[str, Any]:
+    """Inspect a tablespace file, a redo file, ``#innodb_redo`` or a data directory; JSON-ready result.
+
+    Raises:
+        SourceError: the path does not exist.
+    """
+    if flavor is not None and flavor not in FLAVORS:
+        raise SourceError(f"unknown flavor {flavor!r}", hint="use mysql or mariadb")
+    if not path.exists():
+        raise SourceError(f"{path} does not exist")
+    if path.is_dir() and path.name == REDO_DIR:
+        files = sorted(p for p in path.iterdir() if REDO_FILE.match(p.name))
+        return {"kind": "redo", "redo": _redo_entries(files)}
+    if path.is_dir():
+        return {"kind": "datadir", **inspect_datadir(path, flavor)}
+    if is_redo_path(path):
+        return {"kind": "redo", "redo": _redo_entries([path])}
+    rep = inspect_tablespace(path, flavor)
+    return {"kind": "tablespace", **report_dict(rep)}
+
+
+# --- Text rendering ------------------------------------------------------------------------------------------------
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
+
+
+def render_tablespace(d: dict[str, Any], listed: int = 20) -> str:
+    """A human-readable block for one tablespace report."""
+    lines = [f"file:             {d['path']}"]
+    if d.get("error"):
+        lines.append(f"error:            {d['error']}")
+        return "\n".join(lines)
+    if d.get("flavor") is None:
+        lines.append(f"note:             {d.get('note')}")
+        return "\n".join(lines)
+    feats = ["full_crc32" if d["full_crc32"] else "legacy checksums"]
+    if d["page_compressed"]:
+        feats.append(f"page_compressed ({d['compression_algo']})")
+    if d["encrypted"]:
+        feats.append("encrypted")
+    if d["physical_page_size"] != d["logical_page_size"]:
+        feats.append("ROW_FORMAT=COMPRESSED")
+    lines += [
+        f"server family:    {d['flavor']} (from {d['flavor_source']})",
+        f"space id:         {d['space_id']}",
+        f"flags:            {d['flags']:#x} ({', '.join(feats)})",
+        f"page size:        {d['logical_page_size']} logical, {d['physical_page_size']} physical",
+        f"pages:            {d['pages']} in {d['file_size']} bytes (FSP_SIZE {d['fsp_size']})",
+        f"checksums seen:   {_counts(d['checksums'])}",
+        f"page types:       {_counts(d['page_types'])}",
+    ]
+    if d.get("note"):
+        lines.append(f"note:             {d['note']}")
+    if d["invalid_count"]:
+        lines.append(f"invalid pages:    {d['invalid_count']}")
+        lines += [f"  page {x['page']}: {x['reason']}" for x in d["invalid"][:listed]]
+        if d["invalid_count"] > listed:
+            lines.append(f"  ... {d['invalid_count'] - listed} more (use --json for up to {MAX_LISTED})")
+    else:
+        lines.append("invalid pages:    none")
+    return "\n".join(lines)
+
+
+def render_datadir(d: dict[str, Any]) -> str:
+    """A table of all tablespaces of a data directory, then the invalid pages and redo files."""
+    base = Path(d["datadir"])
+    rows = [("SPACE", "PAGE", "PHYS", "PAGES", "CHECKSUM", "FEATURES", "INVALID", "FILE")]
+    problems: list[str] = []
+    for t in d["tablespaces"]:
+        rel = os.path.relpath(t["path"], base)
+        if t.get("error") or t.get("flavor") is None:
+            rows.append(("-", "-", "-", str(t.get("pages", 0)), "-", "-", "error" if t.get("error") else "-", rel))
+            problems.append(f"{rel}: {t.get('error') or t.get('note')}")
+            continue
+        feats = [f for f, on in (("fcrc32", t["full_crc32"]), ("pcomp", t["page_compressed"]),
+                                 ("enc", t["encrypted"])) if on]  # fmt: skip
+        if t["physical_page_size"] != t["logical_page_size"]:
+            feats.append("zip")
+        main_algo = next((k for k in t["checksums"] if k != "zero"), "zero")
+        rows.append((str(t["space_id"]), str(t["logical_page_size"]), str(t["physical_page_size"]), str(t["pages"]),
+                     main_algo, ",".join(feats) or "-", str(t["invalid_count"]), rel))  # fmt: skip
+        problems += [f"{rel}: page {x['page']}: {x['reason']}" for x in t["invalid"][:20]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]  # all but FILE
+    out = [f"data directory:   {d['datadir']} ({d['flavor'] or 'family unknown'})"]
+    for r in rows:
+        pairs = enumerate(zip(r[:-1], widths, strict=True))
+        cells = (c.rjust(w) if i in (0, 1, 2, 3, 6) else c.ljust(w) for i, (c, w) in pairs)
+        out.append("  ".join([*cells, r[-1]]))
+    out.append(f"{len(d['tablespaces'])} tablespaces, {d['invalid_pages']} invalid pages, {d['errors']} unreadable")
+    if problems:
+        out.append("problems:")
+        out += [f"  {p}" for p in problems]
+    for r in d["redo"]:
+        out.append(render_redo(r))
+    return "\n".join(out)
+
+
+def render_redo(r: dict[str, Any]) -> str:
+    """Redo inspection results as ``key: value`` lines (whatever ``inspect_redo`` returned)."""
+    lines = [f"redo:             {r.get('path')}"]
+    lines += [f"  {k}: {v}" for k, v in r.items() if k != "path"]
+    return "\n".join(lines)
+
+
+def render(result: dict[str, Any]) -> str:
+    """Text form of any ``inspect_path`` result."""
+    if result["kind"] == "datadir":
+        return render_datadir(result)
+    if result["kind"] == "redo":
+        return "\n".join(render_redo(r) for r in result["redo"])
+    return render_tablespace(result)
+
+
+def result_ok(result: dict[str, Any]) -> bool:
+    """True when no invalid page and no unreadable tablespace was found."""
+    if result["kind"] == "datadir":
+        return result["invalid_pages"] == 0 and result["errors"] == 0
+    if result["kind"] == "tablespace":
+        return bool(result["ok"])
+    return not any("error" in r for r in result["redo"])
