@@ -1,0 +1,40 @@
+"""``innostream prepare`` and ``innostream restore``: thin click commands over :mod:`streamer.prepare` and
+:mod:`streamer.restore`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from streamer.prepare import PrepareConfig, prepare_backup
+from streamer.restore import RestoreConfig, restore_backup
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@click.command("prepare")
+@click.option("--target-dir", required=True, type=_DIR, help="The backup directory (from backup or extract).")
+@click.option("--server-binary", type=click.Path(dir_okay=False, path_type=Path),
+              help="mysqld/mariadbd to run crash recovery with (default: the flavour's server on PATH).")
+@click.option("--use-memory", default="128M", show_default=True, help="InnoDB buffer pool size for recovery.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait for recovery and shutdown.")
+@click.option("--server-option", "server_options", multiple=True, metavar="OPT",
+              help="Extra option for the server, e.g. --server-option=--innodb-log-file-size=256M (repeatable).")
+def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, timeout: float,
+                server_options: tuple[str, ...]) -> None:
+    """Apply the backup's redo log with the real server so the directory is a consistent data directory."""
+    result = prepare_backup(PrepareConfig(target_dir.resolve(), server_binary, use_memory, timeout, server_options))
+    state = "already prepared" if result.already_prepared else "prepared"
+    click.echo(f"innostream: {target_dir}: {state} ({result.flavor}, last_lsn {result.last_lsn})", err=True)
+
+
+@click.command("restore")
+@click.option("--target-dir", required=True, type=_DIR, help="The prepared backup directory.")
+@click.option("--datadir", required=True, type=_DIR, help="Empty (or missing) data directory to fill.")
+@click.option("--move", is_flag=True, help="Move files instead of copying them (like --move-back).")
+def restore_cmd(target_dir: Path, datadir: Path, move: bool) -> None:
+    """Copy (or move) a prepared backup into an empty data directory (like xtrabackup --copy-back)."""
+    result = restore_backup(RestoreConfig(target_dir.resolve(), datadir.resolve(), move))
+    verb = "moved" if move else "copied"
+    click.echo(f"innostream: {verb} {result.files} files ({result.bytes} bytes) to {datadir}", err=True)

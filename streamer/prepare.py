@@ -1,0 +1,674 @@
+"""``innostream prepare``: make a backup directory a data directory the server starts on, consistent at last_lsn.
+
+We do not re-implement redo apply: the flavour's own server binary runs crash recovery on the backup directory
+(networking off, private socket, no binlog, no replica or event threads, grant tables skipped), we check it
+recovered up to ``last_lsn``, shut it down cleanly and record ``backup_type = full-prepared``.
+
+* MariaDB 10.8+ (mariadb-backup layout): the backup's ``ib_logfile0`` already is a log the server recovers from
+  (header + checkpoint at 12288 = checkpoint LSN, mini-transactions after it; creator ``Backup x.y.z``).
+* MySQL 8.0.30+ (Percona XtraBackup layout): ``xtrabackup_logfile`` holds the 2048-byte header of the server redo
+  file plus 512-byte blocks from ``align_down(checkpoint, 512)``. Like PXB's ``xtrabackup_init_temp_log`` we make
+  ``#innodb_redo/#ib_redo0`` of it: start LSN = that block, both checkpoint blocks = the checkpoint, CRC-32C
+  recomputed, FILE_FULL cleared, zero-padded to a size the server accepts.
+
+A rerun after an interruption is safe: the redo the server finds is always the newest (our file, or the log the
+server itself rewrote), and applying redo is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import crc32c
+import pymysql
+
+from formats.errors import Corrupt, FormatError, Truncated, UnsupportedVersion
+from formats.xtrabackup_meta import (
+    BACKUP_MY_CNF,
+    BACKUP_TYPE_FULL,
+    BACKUP_TYPE_FULL_PREPARED,
+    BACKUP_TYPE_INCREMENTAL,
+    BACKUP_TYPE_LOG_APPLIED,
+    MB_CHECKPOINTS,
+    MB_INFO,
+    XTRABACKUP_CHECKPOINTS,
+    XTRABACKUP_INFO,
+    Checkpoints,
+    build_checkpoints,
+    parse_backup_my_cnf,
+    parse_checkpoints,
+    parse_info,
+)
+from streamer.errors import InnostreamError, PrepareError
+from streamer.log import log
+
+# --- MySQL 8.0.30+ redo file header (log0constants.h / log0files_io.cc; innodb-formats.md §4.1) --------------------
+# Kept minimal here on purpose: only what prepare rewrites. Offsets are those of log_file_header_serialize and
+# log_checkpoint_header_serialize.
+OS_FILE_LOG_BLOCK_SIZE = 512
+LOG_FILE_HDR_SIZE = 4 * OS_FILE_LOG_BLOCK_SIZE  # header, checkpoint 1, encryption, checkpoint 2
+LOG_CHECKPOINT_1 = 1 * OS_FILE_LOG_BLOCK_SIZE
+LOG_CHECKPOINT_2 = 3 * OS_FILE_LOG_BLOCK_SIZE
+LOG_HEADER_FORMAT = 0
+LOG_HEADER_START_LSN = 8
+LOG_HEADER_CREATOR = 16
+LOG_HEADER_CREATOR_END = 48
+LOG_HEADER_FLAGS = 48
+LOG_CHECKPOINT_LSN = 8
+LOG_BLOCK_CHECKSUM = 508
+LOG_HEADER_FLAG_FILE_FULL = 1 << (4 - 1)
+LOG_FORMAT_8_0_30 = 6  # Log_format::VERSION_8_0_30, still current in 8.4/9.x
+LOG_BLOCK_MAX_NO = 0x40000000
+LOG_BLOCK_FLUSH_BIT_MASK = 0x80000000
+LOG_BLOCK_HDR = struct.Struct(">IHHI")  # hdr_no, data_len, first_rec_group, epoch_no
+assert LOG_BLOCK_HDR.size == 12
+#: PXB pads the prepared redo file to 64 KiB steps, grows it by 1/8 and keeps at least 8 MiB (128 x 64 KiB).
+REDO_PAD_UNIT = 64 * 1024
+REDO_MIN_SIZE = 128 * REDO_PAD_UNIT
+MYSQL_REDO_DIR = "#innodb_redo"
+MYSQL_PREPARED_REDO = "#ib_redo0"
+XTRABACKUP_LOGFILE = "xtrabackup_logfile"
+
+# --- MariaDB 10.8+ ib_logfile0 (log0log.h; innodb-formats.md §5.1) -------------------------------------------------
+MARIADB_LOGFILE = "ib_logfile0"
+MARIADB_LOG_START_OFFSET = 12288
+MARIADB_FORMAT_10_8 = 0x50687973
+MARIADB_FORMAT_ENC_10_8 = 0xD0687973
+
+
+def _crc_block(block: bytes | bytearray) -> int:
+    return crc32c.crc32c(bytes(block[:LOG_BLOCK_CHECKSUM]))
+
+
+@dataclass(frozen=True)
+class MysqlRedoPlan:
+    """What :func:`build_mysql_prepare_redo` found in ``xtrabackup_logfile`` and the file it made of it."""
+
+    checkpoint_lsn: int
+    start_lsn: int
+    end_lsn: int  # LSN after the last valid byte of redo in the copy
+    data: bytes  # header + blocks, to be zero-padded to ``file_size``
+    file_size: int
+
+
+def build_mysql_prepare_redo(logfile: bytes, *, page_size: int = 16384, creator: str | None = None) -> MysqlRedoPlan:
+    """Turn the bytes of ``xtrabackup_logfile`` into the ``#ib_redo0`` the server recovers from (PXB's recipe).
+
+    Raises:
+        Truncated: shorter than the 2048-byte header.
+        UnsupportedVersion: the header's format is not 6 (8.0.30+).
+        Corrupt: no checkpoint block with a good checksum, or no valid block at the checkpoint.
+    """
+    file = XTRABACKUP_LOGFILE
+    if len(logfile) < LOG_FILE_HDR_SIZE:
+        raise Truncated(f"redo copy is {len(logfile)} bytes, shorter than its {LOG_FILE_HDR_SIZE}-byte header",
+                        file=file)
+    header = bytearray(logfile[:LOG_FILE_HDR_SIZE])
+    fmt = struct.unpack_from(">I", header, LOG_HEADER_FORMAT)[0]
+    if fmt != LOG_FORMAT_8_0_30:
+        raise UnsupportedVersion(f"redo log format {fmt}, expected {LOG_FORMAT_8_0_30} (MySQL 8.0.30+)", file=file,
+                                 offset=LOG_HEADER_FORMAT)
+    checkpoints = []
+    for off in (LOG_CHECKPOINT_1, LOG_CHECKPOINT_2):
+        block = header[off:off + OS_FILE_LOG_BLOCK_SIZE]
+        lsn = struct.unpack_from(">Q", block, LOG_CHECKPOINT_LSN)[0]
+        if lsn and struct.unpack_from(">I", block, LOG_BLOCK_CHECKSUM)[0] == _crc_block(block):
+            checkpoints.append(lsn)
+    if not checkpoints:
+        raise Corrupt("no checkpoint block with a valid checksum in the redo copy", file=file, offset=LOG_CHECKPOINT_1)
+    checkpoint = max(checkpoints)
+    start = checkpoint - checkpoint % OS_FILE_LOG_BLOCK_SIZE
+
+    # Walk the blocks as recovery will (log_block_is_valid): the copy ends at the first block whose number or
+    # checksum is wrong, or inside the first block that is not full.
+    end = None
+    epoch_prev = None
+    offset = LOG_FILE_HDR_SIZE
+    lsn = start
+    while offset + OS_FILE_LOG_BLOCK_SIZE <= len(logfile):
+        block = logfile[offset:offset + OS_FILE_LOG_BLOCK_SIZE]
+        hdr_no, data_len, _first, epoch = LOG_BLOCK_HDR.unpack_from(block)
+        if (hdr_no & ~LOG_BLOCK_FLUSH_BIT_MASK) != 1 + (lsn // OS_FILE_LOG_BLOCK_SIZE) % LOG_BLOCK_MAX_NO:
+            break
+        if struct.unpack_from(">I", block, LOG_BLOCK_CHECKSUM)[0] != _crc_block(block):
+            break
+        if epoch_prev is not None and epoch not in (epoch_prev, epoch_prev + 1):
+            break
+        epoch_prev = epoch
+        data_len &= 0x7FFF
+        end = lsn + data_len
+        offset += OS_FILE_LOG_BLOCK_SIZE
+        lsn += OS_FILE_LOG_BLOCK_SIZE
+        if data_len < OS_FILE_LOG_BLOCK_SIZE:
+            break
+    if end is None or end < checkpoint:
+        raise Corrupt(f"the redo copy has no valid block at the checkpoint LSN {checkpoint}", file=file,
+                      offset=LOG_FILE_HDR_SIZE, lsn=checkpoint)
+
+    struct.pack_into(">Q", header, LOG_HEADER_START_LSN, start)
+    flags = struct.unpack_from(">I", header, LOG_HEADER_FLAGS)[0]
+    struct.pack_into(">I", header, LOG_HEADER_FLAGS, flags & ~LOG_HEADER_FLAG_FILE_FULL)
+    if creator is not None:
+        raw = creator.encode()[: LOG_HEADER_CREATOR_END - LOG_HEADER_CREATOR - 1]
+        header[LOG_HEADER_CREATOR:LOG_HEADER_CREATOR_END] = raw.ljust(LOG_HEADER_CREATOR_END - LOG_HEADER_CREATOR,
+                                                                      b"\0")
+    for off in (LOG_CHECKPOINT_1, LOG_CHECKPOINT_2):
+        block = bytearray(OS_FILE_LOG_BLOCK_SIZE)
+        struct.pack_into(">Q", block, LOG_CHECKPOINT_LSN, checkpoint)
+        header[off:off + OS_FILE_LOG_BLOCK_SIZE] = block
+    for off in (0, LOG_CHECKPOINT_1, LOG_CHECKPOINT_2):
+        struct.pack_into(">I", header, off + LOG_BLOCK_CHECKSUM, _crc_block(header[off:off + OS_FILE_LOG_BLOCK_SIZE]))
+
+    data = bytes(header) + logfile[LOG_FILE_HDR_SIZE:offset]
+    size = -(-len(data) // REDO_PAD_UNIT) * REDO_PAD_UNIT
+    size = max(size + size // 8, REDO_MIN_SIZE)
+    unit = max(REDO_PAD_UNIT, page_size)
+    size = -(-size // unit) * unit
+    return MysqlRedoPlan(checkpoint, start, end, data, size)
+
+
+def mariadb_log_end_lsn(head: bytes, file_size: int) -> tuple[int, int]:
+    """Return ``(first_lsn, end_lsn)`` of a mariadb-backup ``ib_logfile0``: its bytes after 12288 are contiguous
+    from first_lsn (the backup copy never wraps), so the file size bounds the redo it holds.
+
+    Raises:
+        Truncated / UnsupportedVersion / ChecksumMismatch-like Corrupt: not a 10.8+ log header.
+    """
+    if len(head) < 512 or file_size < MARIADB_LOG_START_OFFSET:
+        raise Truncated(f"{MARIADB_LOGFILE} is {file_size} bytes, shorter than its header", file=MARIADB_LOGFILE)
+    fmt = struct.unpack_from(">I", head, 0)[0]
+    if fmt not in (MARIADB_FORMAT_10_8, MARIADB_FORMAT_ENC_10_8):
+        raise UnsupportedVersion(f"{MARIADB_LOGFILE} format 0x{fmt:08x} is not MariaDB 10.8+", file=MARIADB_LOGFILE)
+    if struct.unpack_from(">I", head, 508)[0] != crc32c.crc32c(head[:508]):
+        raise Corrupt(f"{MARIADB_LOGFILE} header checksum mismatch", file=MARIADB_LOGFILE, offset=508)
+    first_lsn = struct.unpack_from(">Q", head, 8)[0]
+    return first_lsn, first_lsn + file_size - MARIADB_LOG_START_OFFSET
+
+
+# --- configuration and result -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Options of ``innostream prepare``."""
+
+    target_dir: Path
+    server_binary: Path | None = None
+    use_memory: str = "128M"
+    timeout: float = 3600.0
+    server_options: tuple[str, ...] = ()
+
+
+@dataclass
+class PrepareResult:
+    """What prepare did: for tests, the CLI summary and the benchmark."""
+
+    flavor: str
+    already_prepared: bool = False
+    last_lsn: int = 0
+    recovered_lsn: int | None = None
+    server_version: str = ""
+    seconds: float = 0.0
+    log_lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BackupDir:
+    """The facts prepare and restore need from a backup directory's metadata files."""
+
+    path: Path
+    checkpoints_file: Path
+    checkpoints: Checkpoints
+    flavor: str
+    info: dict[str, str]
+    my_cnf: dict[str, str]
+
+
+def read_backup_dir(target: Path) -> BackupDir:
+    """Read and check a backup directory's metadata. Raises PrepareError if it is not a complete backup."""
+    if not target.is_dir():
+        raise PrepareError(f"backup directory {target} does not exist")
+    cp_file = next((target / n for n in (XTRABACKUP_CHECKPOINTS, MB_CHECKPOINTS) if (target / n).is_file()), None)
+    if cp_file is None:
+        raise PrepareError(f"{target} has no {XTRABACKUP_CHECKPOINTS}: not a backup, or the backup did not finish",
+                           hint="the metadata files are written last, when a backup completes")
+    try:
+        cp = parse_checkpoints(cp_file.read_bytes(), file=str(cp_file))
+    except FormatError as exc:
+        raise PrepareError(f"cannot read backup metadata: {exc}") from None
+    info_file = next((target / n for n in (XTRABACKUP_INFO, MB_INFO) if (target / n).is_file()), None)
+    info = parse_info(info_file.read_bytes(), file=str(info_file)) if info_file else {}
+    cnf = target / BACKUP_MY_CNF
+    my_cnf = parse_backup_my_cnf(cnf.read_bytes(), file=str(cnf)) if cnf.is_file() else {}
+    if (target / XTRABACKUP_LOGFILE).is_file() or (target / MYSQL_REDO_DIR).is_dir():
+        flavor = "mysql"
+    elif (target / MARIADB_LOGFILE).is_file():
+        flavor = "mariadb"
+    elif "mariadb" in info.get("server_version", "").lower():
+        flavor = "mariadb"
+    else:
+        raise PrepareError(f"{target} holds no redo log copy ({XTRABACKUP_LOGFILE} or {MARIADB_LOGFILE})",
+                           hint="the backup is incomplete")
+    return BackupDir(target, cp_file, cp, flavor, info, my_cnf)
+
+
+# --- the server binary --------------------------------------------------------------------------------------------
+
+_VERSION_RE = re.compile(r"\bVer\s+(\d+)\.(\d+)\.(\d+)(\S*)")
+
+
+def server_binary_version(binary: Path) -> tuple[str, tuple[int, int, int], str]:
+    """Run ``binary --version``: return (flavor, (major, minor, patch), the whole line)."""
+    try:
+        res = subprocess.run([str(binary), "--no-defaults", "--version"], capture_output=True, text=True,
+                             timeout=60, check=False, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise PrepareError(f"cannot run server binary {binary}: {exc.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise PrepareError(f"server binary {binary} --version did not answer in 60 s") from None
+    text = (res.stdout + res.stderr).strip()
+    m = _VERSION_RE.search(text)
+    if res.returncode != 0 or m is None:
+        raise PrepareError(f"{binary} does not look like a MySQL/MariaDB server: {text[:200]!r}")
+    flavor = "mariadb" if "mariadb" in text.lower() else "mysql"
+    return flavor, (int(m.group(1)), int(m.group(2)), int(m.group(3))), text.splitlines()[0]
+
+
+def _backup_version(bd: BackupDir) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", bd.info.get("server_version", ""))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def find_server_binary(bd: BackupDir, explicit: Path | None) -> tuple[Path, str]:
+    """Pick the server binary: ``--server-binary``, else the flavour's server on PATH or in the usual places.
+
+    The binary must be of the backup's flavour and, when the backup records it, the same major.minor version:
+    an older server cannot read a newer data dictionary and a newer one would upgrade the backup in place.
+    """
+    want = _backup_version(bd)
+    candidates: list[Path]
+    if explicit is not None:
+        candidates = [explicit]
+    else:
+        names = ("mariadbd", "mysqld") if bd.flavor == "mariadb" else ("mysqld",)
+        dirs = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/usr/local/mysql/bin", "/usr/libexec"]
+        seen: set[Path] = set()
+        candidates = []
+        for d in dirs:
+            for n in names:
+                p = Path(d or ".") / n
+                if p.is_file() and os.access(p, os.X_OK) and p.resolve() not in seen:
+                    seen.add(p.resolve())
+                    candidates.append(p)
+    if not candidates:
+        raise PrepareError(f"no {bd.flavor} server binary found on PATH",
+                           hint="pass --server-binary PATH (the mysqld/mariadbd that made the backup)")
+    problems = []
+    for binary in candidates:
+        flavor, version, line = server_binary_version(binary)
+        if flavor != bd.flavor:
+            problems.append(f"{binary} is {flavor} ({line}), the backup is {bd.flavor}")
+            continue
+        if want is not None and version[:2] != want:
+            problems.append(f"{binary} is {'.'.join(map(str, version))}, the backup was taken from "
+                            f"{bd.info.get('server_version')}")
+            continue
+        return binary, line
+    raise PrepareError("wrong server binary: " + "; ".join(problems),
+                       hint="pass --server-binary with the server of the backup's flavour and version")
+
+
+# --- running the server -------------------------------------------------------------------------------------------
+
+#: Error-log lines worth showing in the condensed output (the rest only with --verbose).
+_INTERESTING = re.compile(
+    r"\[ERROR\]|crash recovery|End of log|To recover|Starting to parse|scanned up to|Apply batch|"
+    r"Recovered|Rolled back|rollback|log sequence number|ready for connections|Shutdown complete|Resizing redo|"
+    r"Applying log|Database was not shutdown normally|Starting crash|progress|Last binlog",
+    re.IGNORECASE,
+)
+_BORING = re.compile(r"max_open_files|Could not increase|Using .* instructions|io_uring|CA certificate|"
+                     r"Insecure configuration|--secure-file-priv|deprecated", re.IGNORECASE)
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T]\s?\d?\d:\d\d:\d\d(?:\.\d+)?Z?\s+\d+\s+")
+
+
+class ErrorLogFollower:
+    """Follow the server's error log from a thread and pass condensed lines to the logger."""
+
+    def __init__(self, path: Path, sink: Callable[[str], None]) -> None:
+        self.path = path
+        self.sink = sink
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="errlog-follower", daemon=True)
+
+    def __enter__(self) -> ErrorLogFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        pos = 0
+        partial = ""
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                pos += len(chunk)
+                text = partial + chunk.decode(errors="replace")
+                *full, partial = text.split("\n")
+                for line in full:
+                    self._line(line)
+            if stopping:
+                if partial:
+                    self._line(partial)
+                return
+            self._stop.wait(0.2)
+
+    def _line(self, line: str) -> None:
+        line = line.rstrip()
+        if not line:
+            return
+        self.lines.append(line)
+        short = _TIMESTAMP.sub("", line)
+        if _INTERESTING.search(short) and not _BORING.search(short):
+            self.sink(short)
+        else:
+            log.debug("server: %s", short)
+
+
+def _server_argv(binary: Path, bd: BackupDir, run: Path, config: PrepareConfig) -> list[str]:
+    target = bd.path
+    argv = [
+        str(binary), "--no-defaults", f"--datadir={target}", f"--socket={run / 'mysqld.sock'}",
+        "--skip-networking", f"--pid-file={run / 'mysqld.pid'}", f"--log-error={run / 'prepare.err'}",
+        f"--innodb-buffer-pool-size={config.use_memory}", "--skip-grant-tables", "--event-scheduler=DISABLED",
+        "--innodb-buffer-pool-dump-at-shutdown=OFF", "--innodb-buffer-pool-load-at-startup=OFF",
+        "--performance-schema=OFF", f"--tmpdir={run}",
+    ]
+    if os.geteuid() == 0:
+        argv.append("--user=root")
+    cnf = bd.my_cnf
+    for key in ("innodb_page_size", "innodb_data_file_path"):
+        if cnf.get(key):
+            argv.append(f"--{key.replace('_', '-')}={cnf[key]}")
+    if bd.flavor == "mysql":
+        argv += ["--skip-log-bin", "--skip-replica-start", "--log-error-verbosity=3", "--mysqlx=OFF",
+                 "--innodb-redo-log-capacity=8M", "--loose-auto-generate-certs=OFF",
+                 "--loose-sha256-password-auto-generate-rsa-keys=OFF",
+                 "--loose-caching-sha2-password-auto-generate-rsa-keys=OFF"]
+    else:
+        argv += ["--skip-slave-start", "--skip-log-bin", f"--innodb-undo-directory={target}"]
+        for key in ("innodb_checksum_algorithm", "innodb_undo_tablespaces", "innodb_log_file_size"):
+            if cnf.get(key):
+                argv.append(f"--{key.replace('_', '-')}={cnf[key]}")
+    return argv + list(config.server_options)
+
+
+def _alive(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
+
+
+def _recovered_lsn(flavor: str, lines: list[str]) -> int | None:
+    """The LSN crash recovery reached, from the server's own messages."""
+    patterns = (
+        [r"End of log at LSN=(\d+)", r"log sequence number (\d+); transaction id"]
+        if flavor == "mariadb"
+        else [r"scanned up to log sequence number (\d+)", r"Log background threads are being started"]
+    )
+    for pat in patterns:
+        for line in lines:
+            m = re.search(pat, line)
+            if m and m.groups():
+                return int(m.group(1))
+    return None
+
+
+def _innodb_lsn(conn: pymysql.connections.Connection) -> int | None:
+    with conn.cursor() as cur:
+        cur.execute("SHOW ENGINE INNODB STATUS")
+        row = cur.fetchone()
+    m = re.search(r"Log sequence number\s+(\d+)", row[2] if row else "")
+    return int(m.group(1)) if m else None
+
+
+def _missing_tablespaces(conn: pymysql.connections.Connection, flavor: str, target: Path) -> list[str]:
+    """Tablespace files the data dictionary knows but the backup lacks (a file lost between backup and prepare)."""
+    if flavor == "mariadb":
+        sql = "SELECT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES WHERE FILENAME IS NOT NULL"
+    else:
+        sql = "SELECT PATH FROM information_schema.INNODB_DATAFILES"
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        paths = [r[0] for r in cur.fetchall()]
+    missing = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_absolute():
+            path = target / p
+        if "#innodb_temp" in p or path.name.startswith("ibtmp"):
+            continue
+        if not path.exists():
+            missing.append(p)
+    return missing
+
+
+@contextlib.contextmanager
+def _run_dir() -> Iterator[Path]:
+    """A short private directory under /tmp for socket, pid and error log (chroot wrappers share /tmp)."""
+    run = Path(tempfile.mkdtemp(prefix="innostream-prepare-", dir="/tmp"))
+    ok = False
+    try:
+        yield run
+        ok = True
+    finally:
+        if ok:
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def _start_and_recover(binary: Path, bd: BackupDir, config: PrepareConfig, result: PrepareResult) -> None:
+    with _run_dir() as run:
+        argv = _server_argv(binary, bd, run, config)
+        log.debug("prepare: %s", " ".join(argv))
+        err = run / "prepare.err"
+        before = {p.name for p in bd.path.iterdir()}
+        with ErrorLogFollower(err, lambda s: log.info("server: %s", s)) as follower:
+            with open(run / "server.out", "wb") as out:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            try:
+                conn = _wait_ready(proc, run / "mysqld.sock", config.timeout, err)
+                try:
+                    missing = _missing_tablespaces(conn, bd.flavor, bd.path)
+                    live_lsn = _innodb_lsn(conn)
+                finally:
+                    conn.close()
+                _shutdown(proc, config.timeout, err)
+            except BaseException:
+                if _alive(proc):
+                    proc.kill()
+                    proc.wait()
+                raise
+        result.log_lines = follower.lines
+        if proc.returncode != 0:
+            raise PrepareError(f"the server exited with code {proc.returncode} at shutdown", file=str(err),
+                               hint=_last_errors(follower.lines))
+        result.recovered_lsn = _recovered_lsn(bd.flavor, follower.lines)
+        if result.recovered_lsn is None:
+            result.recovered_lsn = live_lsn
+        if missing:
+            raise PrepareError(f"{len(missing)} tablespace file(s) known to the data dictionary are missing from "
+                               f"the backup: {', '.join(missing[:5])}", hint="the backup is incomplete")
+        # Files the server creates on a first start that would make every restore of this backup the same
+        # server (auto.cnf holds server_uuid) or carry keys generated here.
+        for name in {p.name for p in bd.path.iterdir()} - before:
+            if name == "auto.cnf" or name.endswith(".pem"):
+                (bd.path / name).unlink()
+
+
+def _last_errors(lines: list[str]) -> str:
+    errors = [_TIMESTAMP.sub("", line) for line in lines if "[ERROR]" in line]
+    return ("server said: " + " | ".join(errors[-3:])) if errors else "see the server error log"
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], sock: Path, timeout: float, err: Path) -> pymysql.Connection:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not _alive(proc):
+            lines = err.read_text(errors="replace").splitlines() if err.exists() else []
+            raise PrepareError(f"crash recovery failed: the server exited with code {proc.returncode}",
+                               hint=_last_errors(lines) + f" (full log kept in {err})")
+        if sock.exists():
+            try:
+                return pymysql.connect(unix_socket=str(sock), user="root", autocommit=True, connect_timeout=10)
+            except pymysql.MySQLError:
+                pass
+        if time.monotonic() > deadline:
+            raise PrepareError(f"the server did not finish crash recovery within {timeout:.0f} s",
+                               hint=f"see {err}; raise --timeout for large backups")
+        time.sleep(0.2)
+
+
+def _shutdown(proc: subprocess.Popen[bytes], timeout: float, err: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise PrepareError(f"the server did not shut down within {timeout:.0f} s", hint=f"see {err}") from None
+
+
+# --- the steps ----------------------------------------------------------------------------------------------------
+
+
+def _stage_mysql_redo(bd: BackupDir, server_version: str) -> int:
+    """Create ``#innodb_redo/#ib_redo0`` from ``xtrabackup_logfile`` unless a redo dir with files exists already
+    (an interrupted prepare: the server's own newer log wins). Returns the end LSN of the copied redo (or 0)."""
+    redo_dir = bd.path / MYSQL_REDO_DIR
+    if redo_dir.is_dir() and any(re.fullmatch(r"#ib_redo\d+", p.name) for p in redo_dir.iterdir()):
+        log.info("prepare: %s exists from an earlier, interrupted prepare; recovering from it", MYSQL_REDO_DIR)
+        return 0
+    logfile = bd.path / XTRABACKUP_LOGFILE
+    if not logfile.is_file():
+        raise PrepareError(f"{logfile} is missing", hint="the backup is incomplete")
+    m = re.match(r"(\d+\.\d+\.\d+)", server_version)
+    try:
+        plan = build_mysql_prepare_redo(logfile.read_bytes(), page_size=int(bd.my_cnf.get("innodb_page_size", 16384)),
+                                        creator=f"MySQL {m.group(1)}" if m else None)
+    except FormatError as exc:
+        raise PrepareError(f"the redo log copy is unusable: {exc}") from None
+    redo_dir.mkdir(exist_ok=True)
+    tmp = redo_dir / (MYSQL_PREPARED_REDO + ".innostream-tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(plan.data)
+        fh.truncate(plan.file_size)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.rename(redo_dir / MYSQL_PREPARED_REDO)
+    log.info("prepare: %s/%s: redo %d..%d, checkpoint %d, %d bytes", MYSQL_REDO_DIR, MYSQL_PREPARED_REDO,
+             plan.start_lsn, plan.end_lsn, plan.checkpoint_lsn, plan.file_size)
+    return plan.end_lsn
+
+
+def _check_mariadb_redo(bd: BackupDir) -> int:
+    path = bd.path / MARIADB_LOGFILE
+    if not path.is_file():
+        raise PrepareError(f"{path} is missing", hint="the backup is incomplete")
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    try:
+        _first, end = mariadb_log_end_lsn(head, path.stat().st_size)
+    except FormatError as exc:
+        raise PrepareError(f"the redo log copy is unusable: {exc}") from None
+    return end
+
+
+def _write_checkpoints(bd: BackupDir, cp: Checkpoints) -> None:
+    tmp = bd.checkpoints_file.with_name(bd.checkpoints_file.name + ".tmp")
+    tmp.write_bytes(build_checkpoints(cp, bd.flavor))
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(bd.checkpoints_file)
+
+
+def prepare_backup(config: PrepareConfig) -> PrepareResult:
+    """Run crash recovery on the backup with the real server and mark it full-prepared.
+
+    Raises:
+        PrepareError: the backup is incomplete or of a kind we cannot prepare, the binary is wrong, recovery
+            failed or stopped short of last_lsn, or tablespace files are missing.
+    """
+    started = time.monotonic()
+    bd = read_backup_dir(Path(config.target_dir))
+    cp = bd.checkpoints
+    result = PrepareResult(flavor=bd.flavor, last_lsn=cp.last_lsn)
+    if cp.backup_type == BACKUP_TYPE_FULL_PREPARED:
+        log.info("prepare: %s is already prepared (backup_type = %s); nothing to do", bd.path, cp.backup_type)
+        result.already_prepared = True
+        return result
+    if cp.backup_type == BACKUP_TYPE_INCREMENTAL:
+        raise PrepareError("this is an incremental backup; applying deltas is not supported yet",
+                           file=str(bd.checkpoints_file))
+    if cp.backup_type not in (BACKUP_TYPE_FULL, BACKUP_TYPE_LOG_APPLIED):
+        raise PrepareError(f"cannot prepare a backup of type {cp.backup_type!r}", file=str(bd.checkpoints_file))
+    if bd.flavor == "mysql" and cp.backup_type == BACKUP_TYPE_LOG_APPLIED:
+        raise PrepareError("a MySQL backup in 'log-applied' state (xtrabackup --apply-log-only) is not supported")
+
+    binary, line = find_server_binary(bd, config.server_binary)
+    result.server_version = line
+    log.info("prepare: %s backup in %s, LSN %d..%d, with %s", bd.flavor, bd.path, cp.to_lsn, cp.last_lsn, line)
+    if cp.backup_type == BACKUP_TYPE_FULL:
+        copy_end = _stage_mysql_redo(bd, bd.info.get("server_version", "")) if bd.flavor == "mysql" else (
+            _check_mariadb_redo(bd))
+        if copy_end and cp.last_lsn and copy_end < cp.last_lsn:
+            raise PrepareError(f"the redo log copy ends at LSN {copy_end}, before the backup's last_lsn "
+                               f"{cp.last_lsn}: it is truncated or damaged", lsn=copy_end,
+                               hint="the backup is incomplete; take a new one")
+    _start_and_recover(binary, bd, config, result)
+    if cp.backup_type == BACKUP_TYPE_FULL and cp.last_lsn and (
+        result.recovered_lsn is None or result.recovered_lsn < cp.last_lsn
+    ):
+        raise PrepareError(f"crash recovery reached LSN {result.recovered_lsn}, not the backup's last_lsn "
+                           f"{cp.last_lsn}", lsn=result.recovered_lsn,
+                           hint="the redo log copy is damaged; the backup directory was partly recovered, "
+                                "restore it from the original before trying again")
+    _write_checkpoints(bd, cp.with_type(BACKUP_TYPE_FULL_PREPARED))
+    result.seconds = time.monotonic() - started
+    log.info("prepare: recovered to LSN %s (last_lsn %d) in %.1f s; backup_type = %s", result.recovered_lsn,
+             cp.last_lsn, result.seconds, BACKUP_TYPE_FULL_PREPARED)
+    return result
+
+
+__all__ = [
+    "BackupDir",
+    "InnostreamError",
+    "MysqlRedoPlan",
+    "PrepareConfig",
+    "PrepareResult",
+    "build_mysql_prepare_redo",
+    "find_server_binary",
+    "mariadb_log_end_lsn",
+    "prepare_backup",
+    "read_backup_dir",
+]
