@@ -257,11 +257,8 @@ def read_server_facts(session: Session) -> ServerFacts:
         want = ".".join(map(str, MIN_VERSION[flavor]))
         raise SourceError(f"{flavor} {version} is not supported; innostream needs {flavor} {want} or newer")
     placeholders = ",".join(["%s"] * len(_VARIABLES))
-    rows = session.query(
-        f"SELECT LOWER(VARIABLE_NAME), VARIABLE_VALUE FROM "
-        f"{'performance_schema' if flavor == 'mysql' else 'information_schema'}.GLOBAL_VARIABLES "
-        f"WHERE LOWER(VARIABLE_NAME) IN ({placeholders})", _VARIABLES)
-    variables = {str(k): ("" if v is None else str(v)) for k, v in rows}
+    rows = session.query(f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({placeholders})", _VARIABLES)
+    variables = {str(k).lower(): ("" if v is None else str(v)) for k, v in rows}
     datadir = Path(variables.get("datadir") or ".")
 
     def under_datadir(value: str | None) -> Path:

@@ -1,0 +1,331 @@
+"""The backup engine's parts, each against real files and real servers: sink, option files, enumeration, page
+copier (torn and corrupt pages), locks and the MySQL redo log consumer."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from formats.buf0checksum import validate_pages
+from formats.errors import Corrupt
+from formats.fsp0fsp import space_info
+from streamer.backup import enumerate_files, parse_data_file_path
+from streamer.connection import (
+    BackupLocks,
+    ConnectionOptions,
+    RedoConsumer,
+    Session,
+    current_lsn,
+    read_log_status,
+    read_option_files,
+    read_server_facts,
+    resolve_options,
+)
+from streamer.copier import FileCopier, SourceFile
+from streamer.errors import FileExistsInTarget, Interrupted, SourceError, UnsafePath
+from streamer.sink import DirSink
+
+# --- DirSink ------------------------------------------------------------------------------------------------------
+
+
+def test_dirsink_creates_missing_relative_target_and_writes_holes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sink = DirSink(Path("a/b/backup"))
+    assert sink.root == tmp_path / "a/b/backup"
+    fid = sink.begin_file("db/t.ibd")
+    sink.write(fid, 0, b"x" * 10)
+    sink.write(fid, 1 << 20, b"y" * 10)  # gap of ~1 MiB becomes a hole
+    sink.end_file(fid, (2 << 20))  # trailing gap too
+    sink.add_bytes("meta", b"hello")
+    sink.close()
+    path = tmp_path / "a/b/backup/db/t.ibd"
+    data = path.read_bytes()
+    assert len(data) == 2 << 20
+    assert data[:10] == b"x" * 10
+    assert data[(1 << 20):(1 << 20) + 10] == b"y" * 10
+    assert data[10:(1 << 20)] == bytes((1 << 20) - 10)
+    assert path.stat().st_blocks * 512 < len(data)  # sparse
+    assert (tmp_path / "a/b/backup/meta").read_bytes() == b"hello"
+
+
+def test_dirsink_existing_empty_target_ok_but_never_overwrites(tmp_path):
+    (tmp_path / "t").mkdir()
+    sink = DirSink(tmp_path / "t")
+    sink.add_bytes("ibdata1", b"new")
+    (tmp_path / "t2").mkdir()
+    (tmp_path / "t2" / "ibdata1").write_bytes(b"old")
+    sink2 = DirSink(tmp_path / "t2")
+    with pytest.raises(FileExistsInTarget) as info:
+        sink2.begin_file("ibdata1")
+    assert info.value.exit_code == 6
+    assert f"[Errno {errno.EEXIST}] File exists" in str(info.value)
+    assert "t2/ibdata1" in str(info.value)
+    assert (tmp_path / "t2" / "ibdata1").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", "", "a//b", "./a"])
+def test_dirsink_rejects_unsafe_names(tmp_path, name):
+    sink = DirSink(tmp_path)
+    with pytest.raises(UnsafePath):
+        sink.begin_file(name)
+
+
+def test_dirsink_refuses_symlinked_directory_escape(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "db").symlink_to(outside)
+    sink = DirSink(target)
+    with pytest.raises(UnsafePath):
+        sink.begin_file("db/t.ibd")
+    assert not list(outside.iterdir())
+
+
+def test_dirsink_close_refuses_unfinished_and_abort_closes(tmp_path):
+    sink = DirSink(tmp_path)
+    sink.begin_file("a")
+    with pytest.raises(Exception, match="unfinished"):
+        sink.close()
+    sink.abort()
+    sink.abort()  # idempotent
+
+
+# --- option files and parsing -------------------------------------------------------------------------------------
+
+
+def test_option_files_client_group_include_and_precedence(tmp_path):
+    inc = tmp_path / "inc.cnf"
+    inc.write_text("[client]\nsocket = /tmp/from-include.sock\n")
+    cnf = tmp_path / "my.cnf"
+    cnf.write_text(
+        "# comment\n[mysqld]\nuser=mysql\n[client]\nuser = backup\npassword = \"se#cret\"\nport=3307 # inline\n"
+        f"!include {inc}\n[mysql]\nuser=ignored\n"
+    )
+    opts = read_option_files(str(cnf))
+    assert opts == {"user": "backup", "password": "se#cret", "port": "3307", "socket": "/tmp/from-include.sock"}
+    args = resolve_options(ConnectionOptions(defaults_file=str(cnf), user="cli"))
+    assert args["user"] == "cli"
+    assert args["password"] == "se#cret"
+    assert args["unix_socket"] == "/tmp/from-include.sock"
+    args = resolve_options(ConnectionOptions(defaults_file=str(cnf), host="db.example", socket=None))
+    # an explicit host wins over the file's socket only when no socket is given on the command line
+    assert args.get("unix_socket") == "/tmp/from-include.sock"
+
+
+def test_option_file_missing_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="option file not found"):
+        read_option_files(str(tmp_path / "nope.cnf"))
+
+
+def test_tcp_host_and_port(tmp_path):
+    cnf = tmp_path / "empty.cnf"
+    cnf.write_text("")
+    args = resolve_options(ConnectionOptions(defaults_file=str(cnf), host="10.0.0.1", port=3310, password="pw"))
+    assert args["host"] == "10.0.0.1"
+    assert args["port"] == 3310
+    assert "unix_socket" not in args
+
+
+def test_parse_data_file_path():
+    assert parse_data_file_path("ibdata1:12M:autoextend") == [("ibdata1", None)]
+    assert parse_data_file_path("ibdata1:12M;ibdata2:1G:autoextend:max:2G") == [("ibdata1", 12 << 20),
+                                                                                ("ibdata2", None)]
+    assert parse_data_file_path("/abs/ib1:64K;ib2:10M") == [("/abs/ib1", 64 << 10), ("ib2", 10 << 20)]
+    with pytest.raises(SourceError, match="raw"):
+        parse_data_file_path("/dev/sdb:10Gnewraw")
+
+
+# --- against real servers -----------------------------------------------------------------------------------------
+
+
+def _session(srv) -> Session:
+    return Session({"unix_socket": str(srv.socket), "user": "root", "password": "", "autocommit": True}, "test")
+
+
+def test_enumerate_real_datadir(server):
+    s = _session(server)
+    try:
+        facts = read_server_facts(s)
+        assert facts.flavor == server.flavor
+        assert facts.datadir == Path(server.datadir).resolve()
+        inv = enumerate_files(facts, facts.datadir, facts.data_home_dir, facts.undo_dir)
+    finally:
+        s.close()
+    innodb = {f.name for f in inv.innodb}
+    other = {f.name for f in inv.other}
+    assert "ibdata1" in innodb
+    assert "sample/t_plain.ibd" in innodb
+    assert "sample/t_compressed.ibd" in innodb
+    assert any(n.startswith("sample/t_partitioned#") for n in innodb)
+    assert "ibtmp1" not in innodb | other
+    assert not any("#innodb_redo" in n or "#innodb_temp" in n or n.startswith("ib_logfile") for n in innodb | other)
+    assert not any(n.startswith("binlog.") for n in innodb | other)
+    if server.flavor == "mysql":
+        assert {"mysql.ibd", "undo_001", "undo_002"} <= innodb
+        assert "sample/t_myisam.MYD" in other
+        assert "sample/t_myisam.MYI" in other
+        assert any(n.startswith("sample/t_myisam_") and n.endswith(".sdi") for n in other)
+        assert inv.needs_read_lock
+    else:
+        assert "sample/t_plain.frm" in other
+        assert "sample/db.opt" in other
+        assert "aria_log_control" in other
+        assert "sample/t_myisam.MYD" in other
+    # the largest InnoDB file first, so parallel copies end together
+    sizes = [f.size for f in inv.innodb]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def _corrupt_copy(src: Path, dst: Path, page_no: int, page_size: int) -> bytes:
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as f:
+        f.seek(page_no * page_size + 200)
+        orig = f.read(1)
+        f.seek(page_no * page_size + 200)
+        f.write(bytes([orig[0] ^ 0xFF]))
+    return orig
+
+
+def _written_page(path: Path, page_size: int) -> int:
+    """A page the server has written (non-zero, LSN set), so that flipping a byte must be detected."""
+    data = path.read_bytes()
+    for no in range(1, len(data) // page_size):
+        page = data[no * page_size : (no + 1) * page_size]
+        if struct.unpack_from(">Q", page, 16)[0] and page.count(0) < page_size - 64:
+            return no
+    pytest.fail(f"no written page in {path}")
+
+
+def _flush_table(srv, table: str) -> None:
+    """FLUSH TABLES ... FOR EXPORT writes the table's dirty pages to its file (both flavours)."""
+    conn = srv.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"FLUSH TABLES {table} FOR EXPORT")
+            cur.execute("UNLOCK TABLES")
+    finally:
+        conn.close()
+
+
+def _first_page(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(65536)
+
+
+def test_copier_copies_valid_pages_and_fails_on_stable_corruption(server, tmp_path):
+    _flush_table(server, "sample.t_indexed")
+    src = Path(server.datadir) / "sample" / "t_indexed.ibd"
+    snapshot = tmp_path / "snap.ibd"
+    shutil.copyfile(src, snapshot)
+    info = space_info(_first_page(snapshot), server.flavor)
+    ps = info.physical_page_size
+    if validate_pages(snapshot.read_bytes()[: (snapshot.stat().st_size // ps) * ps], info, 0):
+        pytest.fail("the snapshot of a quiet table should validate")  # cold copy of a quiet server
+    sink = DirSink(tmp_path / "out")
+    copier = FileCopier(sink, server.flavor, cancel=threading.Event(), chunk_size=1 << 16, retries=2,
+                        retry_sleep=0.01)
+    n = copier.copy(SourceFile(snapshot, "sample/t_indexed.ibd", "innodb"))
+    assert n == snapshot.stat().st_size
+    assert (tmp_path / "out/sample/t_indexed.ibd").read_bytes() == snapshot.read_bytes()
+
+    bad = tmp_path / "bad.ibd"
+    victim = _written_page(snapshot, ps)
+    _corrupt_copy(snapshot, bad, victim, ps)
+    with pytest.raises(Corrupt) as err:
+        copier.copy(SourceFile(bad, "sample/bad.ibd", "innodb"))
+    assert err.value.page == victim
+    assert err.value.file == str(bad)
+    assert "after 2 re-reads" in str(err.value)
+    lsn = struct.unpack_from(">Q", snapshot.read_bytes(), victim * ps + 16)[0]
+    assert err.value.lsn == lsn
+
+
+def test_copier_rereads_a_torn_page_until_it_is_whole(mariadb10, tmp_path):
+    _flush_table(mariadb10, "sample.t_plain")
+    src = Path(mariadb10.datadir) / "sample" / "t_plain.ibd"
+    good = tmp_path / "good.ibd"
+    shutil.copyfile(src, good)
+    ps = space_info(_first_page(good), "mariadb").physical_page_size
+    torn = tmp_path / "torn.ibd"
+    victim = _written_page(good, ps)
+    orig = _corrupt_copy(good, torn, victim, ps)
+
+    def heal() -> None:  # the "server" finishes writing the page while we retry
+        time.sleep(0.15)
+        with open(torn, "r+b") as f:
+            f.seek(victim * ps + 200)
+            f.write(orig)
+
+    sink = DirSink(tmp_path / "out")
+    copier = FileCopier(sink, "mariadb", cancel=threading.Event(), chunk_size=1 << 16, retries=10,
+                        retry_sleep=0.05)
+    t = threading.Thread(target=heal)
+    t.start()
+    copier.copy(SourceFile(torn, "t.ibd", "innodb"))
+    t.join()
+    assert copier.retried_pages == 1
+    assert (tmp_path / "out/t.ibd").read_bytes() == good.read_bytes()
+
+
+def test_copier_cancel_stops_between_chunks(mariadb10, tmp_path):
+    src = Path(mariadb10.datadir) / "ibdata1"
+    cancel = threading.Event()
+    cancel.set()
+    copier = FileCopier(DirSink(tmp_path / "out"), "mariadb", cancel=cancel)
+    with pytest.raises(Interrupted):
+        copier.copy(SourceFile(src, "ibdata1", "innodb", system=True))
+
+
+def test_ddl_lock_blocks_ddl_until_released(server):
+    s = _session(server)
+    other = server.connect()
+    try:
+        facts = read_server_facts(s)
+        locks = BackupLocks(s, facts.flavor)
+        locks.lock_ddl()
+        with other.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 1")
+            with pytest.raises(pymysql.err.OperationalError) as err:
+                cur.execute("CREATE TABLE sample.t_lock_probe (id INT PRIMARY KEY) ENGINE=InnoDB")
+            assert err.value.args[0] == 1205  # ER_LOCK_WAIT_TIMEOUT
+            cur.execute("INSERT INTO sample.t_plain VALUES (900001, 'x', 'y', 1.00)")  # DML goes on
+        with locks.block_commits(need_read_lock=True):
+            status = read_log_status(s, facts.flavor, binlog=True)
+            assert status.lsn >= status.checkpoint_lsn > 0
+            assert status.binlog_file.startswith("binlog.")
+            assert current_lsn(s, facts.flavor) >= status.checkpoint_lsn
+        locks.release()
+        locks.release()  # idempotent
+        with other.cursor() as cur:
+            cur.execute("CREATE TABLE sample.t_lock_probe (id INT PRIMARY KEY) ENGINE=InnoDB")
+            cur.execute("DROP TABLE sample.t_lock_probe")
+            cur.execute("DELETE FROM sample.t_plain WHERE id = 900001")
+    finally:
+        other.close()
+        s.close()
+
+
+def test_redo_consumer_registers_advances_and_unregisters_on_mysql(mysql9):
+    args = {"unix_socket": str(mysql9.socket), "user": "root", "password": "", "autocommit": True}
+    consumer = RedoConsumer(args)
+    try:
+        lsn = current_lsn(consumer.session, "mysql")
+        consumer.advance(lsn)
+        assert consumer.advanced_to == lsn
+        # A second consumer on another session shows that ours is still registered and working.
+        with pytest.raises(SourceError):
+            RedoConsumer(args)
+    finally:
+        consumer.close()
+    # After unregistering, registering again succeeds.
+    again = RedoConsumer(args)
+    again.close()
+    assert not again.registered
