@@ -60,6 +60,7 @@ __all__ = [
     "checksum_algorithm",
     "page_is_corrupted",
     "page_zip_calc_checksum",
+    "stamp_page",
     "validate_pages",
 ]
 
@@ -97,7 +98,7 @@ _MYSQL_ENCRYPTED_TYPES = frozenset({FIL_PAGE_ENCRYPTED, FIL_PAGE_COMPRESSED_AND_
 
 
 # --- Checksum algorithms -------------------------------------------------------------------------------------------
-def buf_calc_page_crc32(page: bytes | memoryview) -> int:
+def buf_calc_page_crc32(page: bytes | bytearray | memoryview) -> int:
     """The crc32 algorithm: CRC-32C of [4, 26) XOR CRC-32C of [38, size-8) — two CRCs, not one combined."""
     mv = memoryview(page)
     return crc32c(mv[FIL_PAGE_OFFSET:FIL_PAGE_FILE_FLUSH_LSN]) ^ crc32c(
@@ -120,7 +121,7 @@ def _crc32c_legacy_big_endian(page: memoryview, start: int, end: int) -> int:
     return crc32c(page[words_end:end], crc)
 
 
-def buf_calc_page_crc32_legacy_big_endian(page: bytes | memoryview) -> int:
+def buf_calc_page_crc32_legacy_big_endian(page: bytes | bytearray | memoryview) -> int:
     """The legacy big-endian crc32 (MySQL 5.6 on big-endian CPUs); MySQL still accepts it on read."""
     mv = memoryview(page)
     return _crc32c_legacy_big_endian(mv, FIL_PAGE_OFFSET, FIL_PAGE_FILE_FLUSH_LSN) ^ _crc32c_legacy_big_endian(
@@ -136,7 +137,7 @@ def _ut_fold_binary(data: bytes) -> int:
     return fold
 
 
-def buf_calc_page_new_checksum(page: bytes | memoryview) -> int:
+def buf_calc_page_new_checksum(page: bytes | bytearray | memoryview) -> int:
     """The innodb algorithm's header checksum (offset 0): fold of [4, 26) plus fold of [38, size-8)."""
     mv = memoryview(page)
     return (
@@ -145,12 +146,12 @@ def buf_calc_page_new_checksum(page: bytes | memoryview) -> int:
     ) & _M32
 
 
-def buf_calc_page_old_checksum(page: bytes | memoryview) -> int:
+def buf_calc_page_old_checksum(page: bytes | bytearray | memoryview) -> int:
     """The innodb algorithm's trailer checksum: fold of [0, 26), which includes the stored new checksum."""
     return _ut_fold_binary(bytes(memoryview(page)[:FIL_PAGE_FILE_FLUSH_LSN]))
 
 
-def buf_page_full_crc32_size(page: bytes | memoryview, logical_page_size: int) -> tuple[int, bool, bool]:
+def buf_page_full_crc32_size(page: bytes | bytearray | memoryview, logical_page_size: int) -> tuple[int, bool, bool]:
     """``buf_page_full_crc32_size``: (checked size, page_compressed, corrupted) of a MariaDB full_crc32 page.
 
     A page_compressed page stores ``0x8000 | (size >> 8)`` in FIL_PAGE_TYPE; its CRC ends the compressed data.
@@ -164,7 +165,7 @@ def buf_page_full_crc32_size(page: bytes | memoryview, logical_page_size: int) -
     return logical_page_size, False, True
 
 
-def buf_calc_page_full_crc32(page: bytes | memoryview, size: int | None = None) -> int:
+def buf_calc_page_full_crc32(page: bytes | bytearray | memoryview, size: int | None = None) -> int:
     """MariaDB full_crc32: CRC-32C of [0, size-4), stored big-endian at size-4."""
     mv = memoryview(page)
     end = len(mv) if size is None else size
@@ -172,7 +173,7 @@ def buf_calc_page_full_crc32(page: bytes | memoryview, size: int | None = None) 
 
 
 # --- ROW_FORMAT=COMPRESSED (page0zip.cc) ---------------------------------------------------------------------------
-def page_zip_calc_checksum(page: bytes | memoryview, algorithm: str = "crc32") -> int:
+def page_zip_calc_checksum(page: bytes | bytearray | memoryview, algorithm: str = "crc32") -> int:
     """Checksum of a ROW_FORMAT=COMPRESSED page over [4, 16) + [24, 26) + [34, size): the LSN, flush LSN and the
     field itself are left out. ``algorithm``: crc32 (XOR of three CRCs), innodb (chained adler32 from 0),
     crc32_be (legacy big-endian crc32, MySQL only)."""
@@ -353,7 +354,7 @@ def _is_doublewrite(info: SpaceInfo, page_no: int) -> bool:
     return info.space_id == 0 and ext <= page_no < 3 * ext
 
 
-def page_is_corrupted(page: bytes | memoryview, info: SpaceInfo, page_no: int | None = None) -> str | None:
+def page_is_corrupted(page: bytes | bytearray | memoryview, info: SpaceInfo, page_no: int | None = None) -> str | None:
     """None if the server (and its backup tool) would accept this physical page, else a short reason.
 
     ``page_no``, when given, enables what the backup tools add: the page-number check (not for the system
@@ -385,7 +386,41 @@ def page_is_corrupted(page: bytes | memoryview, info: SpaceInfo, page_no: int | 
     return _mysql_is_corrupted(mv, info)
 
 
-def checksum_algorithm(page: bytes | memoryview, info: SpaceInfo) -> str:
+def stamp_page(page: bytearray, info: SpaceInfo, algorithm: str | None = None) -> None:
+    """Write the LSN copy and checksum into ``page`` in place, as the server does before writing it
+    (``buf_flush_init_for_writing``). ``algorithm``: crc32 (default for legacy pages), innodb or none; full_crc32
+    tablespaces always get full_crc32. Used to build test pages and to repair page-number edits."""
+    ps = len(page)
+    if len(page) != info.physical_page_size:
+        raise Truncated(f"page is {ps} bytes, the tablespace has {info.physical_page_size}-byte pages")
+    lsn_low = page[FIL_PAGE_LSN + 4 : FIL_PAGE_LSN + 8]
+    if info.flavor == "mariadb" and info.full_crc32:
+        size, _compressed, _bad = buf_page_full_crc32_size(page, info.logical_page_size)
+        if size == ps:
+            page[ps - FIL_PAGE_FCRC32_END_LSN : ps - FIL_PAGE_FCRC32_CHECKSUM] = lsn_low
+        BE32.pack_into(page, size - FIL_PAGE_FCRC32_CHECKSUM, buf_calc_page_full_crc32(page, size))
+        return
+    algorithm = algorithm or "crc32"
+    if info.zip_size:
+        value = BUF_NO_CHECKSUM_MAGIC if algorithm == "none" else page_zip_calc_checksum(page, algorithm)
+        BE32.pack_into(page, 0, value)
+        return
+    page[ps - 4 :] = lsn_low
+    if algorithm == "crc32":
+        crc = buf_calc_page_crc32(page)
+        BE32.pack_into(page, 0, crc)
+        BE32.pack_into(page, ps - FIL_PAGE_END_LSN_OLD_CHKSUM, crc)
+    elif algorithm == "innodb":
+        BE32.pack_into(page, 0, buf_calc_page_new_checksum(page))
+        BE32.pack_into(page, ps - FIL_PAGE_END_LSN_OLD_CHKSUM, buf_calc_page_old_checksum(page))
+    elif algorithm == "none":
+        BE32.pack_into(page, 0, BUF_NO_CHECKSUM_MAGIC)
+        BE32.pack_into(page, ps - FIL_PAGE_END_LSN_OLD_CHKSUM, BUF_NO_CHECKSUM_MAGIC)
+    else:
+        raise ValueError(f"unknown checksum algorithm {algorithm!r}")
+
+
+def checksum_algorithm(page: bytes | bytearray | memoryview, info: SpaceInfo) -> str:
     """Name the algorithm a (valid) page was written with: full_crc32, crc32, crc32_be, innodb, none, zero, or
     page_compressed/encrypted/unknown. For inspect; not on the hot path."""
     mv = memoryview(page)
@@ -461,7 +496,7 @@ def _fast_checker(info: SpaceInfo) -> Callable[[memoryview, int], bool] | None:
     return crc32
 
 
-def validate_pages(buf: bytes | memoryview, info: SpaceInfo, first_page_no: int) -> list[tuple[int, str]]:
+def validate_pages(buf: bytes | bytearray | memoryview, info: SpaceInfo, first_page_no: int) -> list[tuple[int, str]]:
     """Check consecutive physical pages; return [(page_no, reason)] for those the server would reject.
 
     The backup's hot path: each page costs a couple of ``struct`` reads and one or two C CRC-32C calls unless it

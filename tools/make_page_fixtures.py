@@ -63,6 +63,12 @@ SAMPLES = [
            notes="transparent page compression (FIL_PAGE_COMPRESSED = 14, punched holes)"),
     Sample("mysql9-crc32-8k", "mysql9", "plain", "ENGINE=InnoDB", ["--innodb-page-size=8k"],
            notes="innodb_page_size=8k"),
+    Sample("mysql9-innodb-16k", "mysql9", "plain", "ENGINE=InnoDB", ["--innodb-checksum-algorithm=innodb"],
+           notes="innodb_checksum_algorithm=innodb: ut_fold new checksum at 0, old checksum at the trailer"),
+    Sample("mysql9-innodb-compressed-kbs8", "mysql9", "zip8", "ENGINE=InnoDB ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=8",
+           ["--innodb-checksum-algorithm=innodb"], notes="ROW_FORMAT=COMPRESSED with the innodb (adler32) checksum"),
+    Sample("mysql9-none-16k", "mysql9", "plain", "ENGINE=InnoDB", ["--innodb-checksum-algorithm=none"],
+           notes="innodb_checksum_algorithm=none: 0xDEADBEEF in both fields"),
     Sample("mariadb11-full_crc32-16k", "mariadb11", "plain", "ENGINE=InnoDB", notes="MariaDB 11.8 default"),
 ]
 
