@@ -340,7 +340,7 @@ _INTERESTING = re.compile(
     re.IGNORECASE,
 )
 _BORING = re.compile(r"max_open_files|Could not increase|Using .* instructions|io_uring|CA certificate|"
-                     r"Insecure configuration|--secure-file-priv|deprecated", re.IGNORECASE)
+                     r"Insecure configuration|deprecated", re.IGNORECASE)
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T]\s?\d?\d:\d\d:\d\d(?:\.\d+)?Z?\s+\d+\s+")
 
 
@@ -413,7 +413,8 @@ def _server_argv(binary: Path, bd: BackupDir, run: Path, config: PrepareConfig) 
         if cnf.get(key):
             argv.append(f"--{key.replace('_', '-')}={cnf[key]}")
     if bd.flavor == "mysql":
-        argv += ["--skip-log-bin", "--skip-replica-start", "--log-error-verbosity=3", "--mysqlx=OFF",
+        argv += [f"--secure-file-priv={run}", "--skip-log-bin", "--skip-replica-start", "--log-error-verbosity=3",
+                 "--mysqlx=OFF",
                  "--innodb-redo-log-capacity=8M", "--loose-auto-generate-certs=OFF",
                  "--loose-sha256-password-auto-generate-rsa-keys=OFF",
                  "--loose-caching-sha2-password-auto-generate-rsa-keys=OFF"]
@@ -454,13 +455,16 @@ def _innodb_lsn(conn: pymysql.connections.Connection) -> int | None:
 
 def _missing_tablespaces(conn: pymysql.connections.Connection, flavor: str, target: Path) -> list[str]:
     """Tablespace files the data dictionary knows but the backup lacks (a file lost between backup and prepare)."""
-    if flavor == "mariadb":
-        sql = "SELECT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES WHERE FILENAME IS NOT NULL"
-    else:
-        sql = "SELECT PATH FROM information_schema.INNODB_DATAFILES"
     with conn.cursor() as cur:
-        cur.execute(sql)
-        paths = [r[0] for r in cur.fetchall()]
+        if flavor == "mariadb":
+            # INNODB_SYS_TABLESPACES only lists tablespaces that could be opened; SYS_TABLES is the dictionary.
+            cur.execute("SELECT NAME FROM information_schema.INNODB_SYS_TABLES WHERE SPACE > 0 AND "
+                        "SPACE_TYPE = 'Single'")
+            names = [r[0] for r in cur.fetchall()]
+            paths = [f"./{n}.ibd" for n in names if not (target / f"{n}.isl").exists()]
+        else:
+            cur.execute("SELECT PATH FROM information_schema.INNODB_DATAFILES")
+            paths = [r[0] for r in cur.fetchall()]
     missing = []
     for p in paths:
         path = Path(p)
@@ -471,6 +475,34 @@ def _missing_tablespaces(conn: pymysql.connections.Connection, flavor: str, targ
         if not path.exists():
             missing.append(p)
     return missing
+
+
+def apply_ddl_side_files(target: Path) -> int:
+    """Apply the DDL side files a backup tool leaves for DDL that ran during the copy (``.del``, ``.ren``, then
+    ``.new``, the order the tools use): ``t.new`` is a complete copy of a table created or rebuilt meanwhile and
+    replaces ``t.ibd``; ``t.del`` drops ``t.ibd``. ``.ren`` files are refused: their meaning differs between
+    tools and a wrong guess would silently lose a table. Returns the number of files handled."""
+    found = sorted(p for p in target.rglob("*") if p.suffix in (".del", ".ren", ".new") and p.is_file())
+    done = 0
+    for side in (p for p in found if p.suffix == ".ren"):
+        raise PrepareError(f"{side.relative_to(target)}: rename side files (.ren) are not supported",
+                           hint="prepare this backup with the tool that made it")
+    for side in (p for p in found if p.suffix == ".del"):
+        ibd = side.with_suffix(".ibd")
+        if not ibd.exists():
+            raise PrepareError(f"{side.relative_to(target)}: {ibd.name} to delete does not exist")
+        log.info("prepare: %s: dropping %s", side.relative_to(target), ibd.name)
+        ibd.unlink()
+        side.unlink()
+        done += 1
+    for side in (p for p in found if p.suffix == ".new"):
+        ibd = side.with_suffix(".ibd")
+        log.info("prepare: %s: replaces %s", side.relative_to(target), ibd.name)
+        for stale in (ibd.with_name(ibd.name + ".delta"), ibd.with_name(ibd.name + ".meta")):
+            stale.unlink(missing_ok=True)
+        side.replace(ibd)
+        done += 1
+    return done
 
 
 @contextlib.contextmanager
@@ -639,6 +671,7 @@ def prepare_backup(config: PrepareConfig) -> PrepareResult:
     result.server_version = line
     log.info("prepare: %s backup in %s, LSN %d..%d, with %s", bd.flavor, bd.path, cp.to_lsn, cp.last_lsn, line)
     if cp.backup_type == BACKUP_TYPE_FULL:
+        apply_ddl_side_files(bd.path)
         copy_end = _stage_mysql_redo(bd, bd.info.get("server_version", "")) if bd.flavor == "mysql" else (
             _check_mariadb_redo(bd))
         if copy_end and cp.last_lsn and copy_end < cp.last_lsn:
