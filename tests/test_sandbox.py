@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from tools.load import BankLoad, DdlLoad, InvariantViolation, check_ddl, sysbench_prepare, sysbench_run
 from tools.sandbox import KINDS, SAMPLE_ROWS, SandboxError, Server, attach, start_server, table_checksums
 
 EXPECTED = {"mariadb10": ("mariadb", "10.11."), "mysql9": ("mysql", "9.7."), "mariadb11": ("mariadb", "11.8.")}
@@ -105,3 +106,103 @@ def test_cli_start_status_stop(tmp_path) -> None:
     finally:
         subprocess.run([sys.executable, "-m", "tools.sandbox", "stop", "--workdir", str(workdir)], check=True)
     assert not srv.running()
+
+
+# --- load generators ------------------------------------------------------------------------------------------
+
+
+def test_bank_load_invariant_holds(server: Server) -> None:
+    load = BankLoad(server, accounts=50, threads=2, max_transfers=600, max_seconds=20, schema="bank_t")
+    load.setup()
+    stats = load.start().wait(timeout=60)
+    assert stats.errors == 0, stats.last_error
+    assert stats.committed >= 600  # both threads may each commit one past the bound
+    conn = server.connect()
+    try:
+        assert load.check(conn, min_transfers=stats.committed, max_transfers=stats.committed) == stats.committed
+    finally:
+        conn.close()
+
+
+def test_bank_check_detects_torn_state(mariadb10: Server) -> None:
+    """A restore whose accounts come from an earlier moment than its ledger (a torn copy) must fail the check,
+    and so must a lost ledger row or a commit that is missing."""
+    load = BankLoad(mariadb10, accounts=30, max_transfers=200, schema="bank_torn")
+    load.setup()
+    load.start().wait(timeout=60)
+    mariadb10.execute("CREATE TABLE bank_torn.accounts_then AS SELECT * FROM bank_torn.accounts")
+    load2 = BankLoad(mariadb10, accounts=30, max_transfers=100, schema="bank_torn", seed=5)
+    n = load2.start().wait(timeout=60).committed
+    conn = mariadb10.connect()
+    try:
+        total = load.check(conn)
+        assert total == 200 + n
+        with pytest.raises(InvariantViolation, match="lost commits"):
+            load.check(conn, min_transfers=total + 1)
+        with pytest.raises(InvariantViolation, match="more than"):
+            load.check(conn, max_transfers=total - 1)
+        with conn.cursor() as cur:
+            cur.execute("RENAME TABLE bank_torn.accounts TO bank_torn.accounts_now,"
+                        " bank_torn.accounts_then TO bank_torn.accounts")
+        with pytest.raises(InvariantViolation, match="balance"):
+            load.check(conn)
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE bank_torn.accounts")
+            cur.execute("RENAME TABLE bank_torn.accounts_now TO bank_torn.accounts")
+            cur.execute("DELETE FROM bank_torn.ledger WHERE seq = 17")
+        with pytest.raises(InvariantViolation, match="seq"):
+            load.check(conn)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_bank_survives_crash(fresh_server, kind: str) -> None:
+    """kill -9 mid-load, crash recovery: every acknowledged transfer is there and the invariants hold."""
+    srv = fresh_server(kind)
+    load = BankLoad(srv, accounts=40, threads=2, max_transfers=None, max_seconds=30)
+    load.setup()
+    load.start()
+    load.wait_for(300)
+    srv.kill()
+    stats = load.stop()
+    assert stats.committed >= 300
+    srv.start_again()
+    conn = srv.connect()
+    try:
+        n = load.check(conn, min_transfers=stats.committed, max_transfers=stats.committed + load.threads)
+    finally:
+        conn.close()
+    assert n >= stats.committed
+
+
+def test_ddl_load(server: Server) -> None:
+    load = DdlLoad(server, keep=6, max_steps=40, max_seconds=30)
+    load.setup()
+    stats = load.start().wait(timeout=60)
+    assert stats.errors == 0, stats.last_error
+    assert stats.committed == 40
+    assert stats.extra["drop"] == 40 - 6
+    assert stats.extra["rename"] > 0
+    assert stats.extra["rebuild"] > 0
+    conn = server.connect()
+    try:
+        assert check_ddl(conn) == 6
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='ddl'"
+                        " AND table_name LIKE 't\\_%' LIMIT 1")
+            (name,) = cur.fetchone()
+            cur.execute(f"DELETE FROM ddl.{name} LIMIT 1")
+        with pytest.raises(InvariantViolation, match=name):
+            check_ddl(conn)
+    finally:
+        conn.close()
+
+
+def test_sysbench(server: Server) -> None:
+    sysbench_prepare(server, tables=2, table_size=1000, db="sbtest_t")
+    res = sysbench_run(server, seconds=2, threads=2, tables=2, table_size=1000, db="sbtest_t")
+    assert res["transactions"] > 0
+    assert res["queries"] > res["transactions"]
+    assert server.query("SELECT COUNT(*) FROM sbtest_t.sbtest1") == [(1000,)]
+    server.execute("DROP DATABASE sbtest_t")
