@@ -190,3 +190,27 @@ def test_tree_rss_sees_grandchildren(tmp_path: Path) -> None:
     res = bench.run_pipeline([["sh", "-c", f'"{PY}" -c "$0"; true', script]], log_dir=tmp_path, sample_interval=0.05)
     assert res.ok
     assert res.tree_rss_peak >= 60 * bench.MiB
+
+
+def test_server_lsn_advances_and_redo_capacity(server) -> None:
+    """The two server probes the load phase relies on, on every kind (the same status line on both flavours)."""
+    conn = server.connect()
+    try:
+        before = bench.server_lsn(conn)
+        server.execute("CREATE TABLE IF NOT EXISTS sample.bench_probe (id INT PRIMARY KEY AUTO_INCREMENT, v TEXT)")
+        server.execute("INSERT INTO sample.bench_probe (v) VALUES (REPEAT('x', 5000))")
+        after = bench.server_lsn(conn)
+    finally:
+        server.execute("DROP TABLE IF EXISTS sample.bench_probe")
+        conn.close()
+    assert after > before > 0
+    capacity = bench.redo_capacity(server)
+    assert 8 * bench.MiB <= capacity <= 4 * bench.GiB
+
+
+def test_measure_validation_times_real_tablespaces(mariadb10) -> None:
+    rep = bench.measure_validation(mariadb10.datadir, mariadb10.flavor)
+    assert rep["files"] >= 3  # ibdata1, undo, mysql/*.ibd and the sample tables
+    assert rep["pages"] * 16384 == rep["bytes"]
+    assert rep["seconds"] > 0
+    assert rep["flagged_pages"] == 0
