@@ -214,3 +214,33 @@ def test_measure_validation_times_real_tablespaces(mariadb10) -> None:
     assert rep["pages"] * 16384 == rep["bytes"]
     assert rep["seconds"] > 0
     assert rep["flagged_pages"] == 0
+
+
+def _resident_fraction(path: Path) -> float:
+    """Share of the file's pages in the page cache (mincore(2) on a private mapping)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY)
+        try:
+            buf = (ctypes.c_char * size).from_buffer(mm)
+            vec = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(size), vec) == 0
+            del buf
+        finally:
+            mm.close()
+    return sum(v & 1 for v in vec) / pages
+
+
+def test_set_cache_cold_and_warm(tmp_path: Path) -> None:
+    data = tmp_path / "d" / "f.bin"
+    data.parent.mkdir()
+    data.write_bytes(b"\x01" * (16 * bench.MiB))
+    assert bench.set_cache([tmp_path / "d"], "cold") == 16 * bench.MiB
+    assert _resident_fraction(data) < 0.1
+    assert bench.set_cache([tmp_path / "d"], "warm") == 16 * bench.MiB
+    assert _resident_fraction(data) > 0.9

@@ -426,6 +426,35 @@ def _settle() -> None:
     time.sleep(0.5)
 
 
+def set_cache(paths: Iterable[Path], state: str) -> int:
+    """Put the files under ``paths`` in the page cache ("warm") or out of it ("cold"); return the bytes touched.
+
+    Per file (posix_fadvise DONTNEED / reading it), not the global drop_caches, so other work on the machine keeps
+    its cache. Both tools advise DONTNEED on what they have read, so without this the run after another tool's
+    would read cold data and the one after a failed run warm data.
+    """
+    total = 0
+    for top in paths:
+        for root, _dirs, names in os.walk(top):
+            for name in names:
+                path = Path(root) / name
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    if state == "cold":
+                        os.fdatasync(fd)  # DONTNEED skips dirty pages
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        total += os.fstat(fd).st_size
+                    else:
+                        while chunk := os.read(fd, 8 * MiB):
+                            total += len(chunk)
+                finally:
+                    os.close(fd)
+    return total
+
+
 def alternate(
     runs: int,
     contenders: list[tuple[Series, Callable[[int], PipelineResult]]],
@@ -441,7 +470,7 @@ def alternate(
 
 
 def bench_backup(server: Any, out: Path, runs: int, compress: bool, with_ours: bool,
-                 with_peer: bool) -> tuple[list[Series], dict[str, Path]]:
+                 with_peer: bool, cache: str) -> tuple[list[Series], dict[str, Path]]:
     """Backups to files under ``out``; returns the series and the last archive of each tool (for extract)."""
     test = "backup zstd-1" if compress else "backup uncompressed"
     ext = ".zst" if compress else ""
@@ -450,22 +479,25 @@ def bench_backup(server: Any, out: Path, runs: int, compress: bool, with_ours: b
     if with_ours:
         st = ours_backup(server, compress=compress)
         s = Series(test, "innostream", show(st, stdout=files["innostream"].name))
-        contenders.append((s, _backup_runner(st, files["innostream"], out / "logs" / test / "ours", server)))
+        contenders.append((s, _backup_runner(st, files["innostream"], out / "logs" / test / "ours", server, cache)))
     if with_peer:
         st = peer_backup(server, compress=compress)
         s = Series(test, "mariadb-backup", show(st, stdout=files["mariadb-backup"].name))
-        contenders.append((s, _backup_runner(st, files["mariadb-backup"], out / "logs" / test / "peer", server)))
+        contenders.append((s, _backup_runner(st, files["mariadb-backup"], out / "logs" / test / "peer", server,
+                                             cache)))
     alternate(runs, contenders)
     return [s for s, _ in contenders], {k: v for k, v in files.items() if v.exists()}
 
 
-def _backup_runner(stages: list[list[str]], dest: Path, logs: Path, server: Any) -> Callable[[int], PipelineResult]:
+def _backup_runner(stages: list[list[str]], dest: Path, logs: Path, server: Any,
+                   cache: str) -> Callable[[int], PipelineResult]:
     def run(i: int) -> PipelineResult:
         _fresh(dest)
         for tmp in ("ours-tmp", "peer-tmp"):
             _fresh(server.workdir / tmp)
         (server.workdir / "peer-tmp").mkdir()
         _settle()
+        set_cache([server.datadir], cache)
         return run_pipeline(stages, log_dir=logs / f"run{i + 1}", stdout_path=dest)
 
     return run
@@ -492,6 +524,7 @@ def _extract_runner(stages: list[list[str]], archive: Path, target: Path,
         _fresh(target)
         target.mkdir(parents=True)
         _settle()
+        set_cache([archive], "warm")  # as if it arrived over a pipe: the input is never the bottleneck
         res = run_pipeline(stages, log_dir=logs / f"run{i + 1}", stdin_path=archive)
         res.out_bytes = data_bytes(target)
         return res
@@ -574,7 +607,8 @@ class _LsnSampler(threading.Thread):
             conn.close()
 
 
-def bench_under_load(server: Any, meta: dict[str, Any], out: Path, load_seconds: int, tools: list[str]) -> list[dict]:
+def bench_under_load(server: Any, meta: dict[str, Any], out: Path, load_seconds: int, tools: list[str],
+                     cache: str) -> list[dict]:
     """One backup per tool while sysbench oltp_write_only runs; redo lag from the copier's progress lines."""
     capacity = redo_capacity(server)
     results = []
@@ -586,6 +620,7 @@ def bench_under_load(server: Any, meta: dict[str, Any], out: Path, load_seconds:
             _fresh(server.workdir / tmp)
         (server.workdir / "peer-tmp").mkdir()
         _settle()
+        set_cache([server.datadir], cache)
         scanned: list[tuple[float, int]] = []
 
         def on_line(t: float, line: bytes, scanned: list[tuple[float, int]] = scanned) -> None:
@@ -635,14 +670,14 @@ def _sysbench_tps(text: str) -> float | None:
 # page validation cost
 
 
-def bench_validation(server: Any, out: Path, runs: int) -> list[Series]:
+def bench_validation(server: Any, out: Path, runs: int, cache: str) -> list[Series]:
     """Ours with and without page validation (uncompressed, so the checksum is a visible share of the time)."""
     contenders = []
     for validate in (True, False):
         st = ours_backup(server, compress=False, validate=validate)
         label = "innostream" if validate else "innostream --no-validate"
         s = Series("backup validation", label, show(st, stdout="/dev/null"))
-        contenders.append((s, _null_runner(st, out / "logs" / "validation" / label.replace(" ", ""), server)))
+        contenders.append((s, _null_runner(st, out / "logs" / "validation" / label.replace(" ", ""), server, cache)))
     alternate(runs, contenders)
     return [s for s, _ in contenders]
 
@@ -689,10 +724,10 @@ def measure_validation(datadir: Path, flavor: str, chunk: int = 4 * MiB) -> dict
             "throughput": nbytes / seconds if seconds else None}
 
 
-def _null_runner(stages: list[list[str]], logs: Path, server: Any) -> Callable[[int], PipelineResult]:
+def _null_runner(stages: list[list[str]], logs: Path, server: Any, cache: str) -> Callable[[int], PipelineResult]:
     def run(i: int) -> PipelineResult:
-        _fresh(server.workdir / "ours-tmp")
         _settle()
+        set_cache([server.datadir], cache)
         return run_pipeline(stages, log_dir=logs / f"run{i + 1}")
 
     return run
@@ -761,7 +796,8 @@ def render(results: dict[str, Any]) -> str:
             "",
             f"Dataset: sysbench {meta['tables']} tables x {meta['rows']} rows = {human(meta['table_bytes'])} of "
             f"tablespaces, {human(meta['data_bytes'])} of files in the datadir (with redo and system files); "
-            f"median of {results['runs']} runs per cell, tools alternated A B A B.",
+            f"median of {results['runs']} runs per cell, tools alternated A B A B; datadir page cache "
+            f"{results.get('cache', '?')} before each backup run.",
             "",
             "| test | tool | ok | wall s (median) | wall min–max | CPU s | peak RSS (sum) | tree RSS | output |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -902,7 +938,7 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
     try:
         for compress in (True, False):
             if "backup" not in args.skip:
-                s, archives = bench_backup(server, out, args.runs, compress, with_ours_b, with_peer)
+                s, archives = bench_backup(server, out, args.runs, compress, with_ours_b, with_peer, args.cache)
                 series += s
                 if "extract" not in args.skip:
                     if not with_ours_x:
@@ -913,7 +949,7 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
         validation = None
         if "validation" not in args.skip:
             if with_ours_b and have_ours["no_validate"]:
-                series += bench_validation(server, out, args.runs)
+                series += bench_validation(server, out, args.runs, args.cache)
             else:
                 log("  timing validate_pages over the datadir (innostream backup has no switch to turn it off)")
                 validation = measure_validation(server.datadir, server.flavor)
@@ -921,7 +957,7 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
         load = []
         if "load" not in args.skip:
             tools = [t for t, on in (("innostream", with_ours_b), ("mariadb-backup", with_peer)) if on]
-            load = bench_under_load(server, meta, out, args.load_time, tools)
+            load = bench_under_load(server, meta, out, args.load_time, tools, args.cache)
         result = {"kind": kind, "version": server.version, "dataset": meta, "series": [s.summary() for s in series],
                   "load": load, "notes": notes, "validation": validation}
     finally:
@@ -947,6 +983,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-time", type=int, default=900,
                         help="cap in seconds on the sysbench write load, which stops when the backup ends")
     parser.add_argument("--skip", default="", help="comma-separated: backup,extract,validation,load")
+    parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
+                        help="datadir files out of (default) or in the page cache before each backup run")
     parser.add_argument("--quick", action="store_true", help="compressed tests only")
     parser.add_argument("--no-peer", action="store_true", help="measure innostream only")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="markdown file to update (default %(default)s)")
@@ -962,7 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
     have = ours_available()
     log(f"innostream subcommands usable: {have}")
     results: dict[str, Any] = {
-        "environment": environment(), "runs": args.runs,
+        "environment": environment(), "runs": args.runs, "cache": args.cache,
         "command": shlex.join(["python", "-m", "tools.bench", *(argv if argv is not None else sys.argv[1:])]),
         "kinds": [],
     }
