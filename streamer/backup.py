@@ -48,7 +48,7 @@ from streamer.connection import (
     resolve_options,
     supports_redo_consumer,
 )
-from streamer.copier import DEFAULT_CHUNK, FileCopier, SourceFile, run_numbered
+from streamer.copier import DEFAULT_CHUNK, FileCopier, SourceFile, Workers
 from streamer.errors import InnostreamError, Interrupted, SourceError, TargetError
 from streamer.log import log
 from streamer.progress import Progress
@@ -431,7 +431,7 @@ class Backup:
         self.redo: Any = None
         self.sink: Sink | None = None
         self.progress: Progress | None = None
-        self.pool: cf.ThreadPoolExecutor | None = None
+        self.pool: Workers | None = None
         self._last_scanned = 0
         self._last_lsn_poll = 0.0
 
@@ -492,16 +492,16 @@ class Backup:
 
     def _check_redo(self) -> None:
         """The log copier's thread error (redo overwritten, corrupt block) ends the backup at once."""
-        err = getattr(self.redo, "error", None)
+        # The copier hands its thread's error to stop(); look at it early so a lost redo ends the backup now
+        # instead of after copying everything else.
+        err = getattr(self.redo, "error", None) or getattr(self.redo, "_error", None)
         if isinstance(err, BaseException):
             self.cancel.set()
             raise err
 
-    def _copy_all(self, copier: FileCopier, files: list[SourceFile]) -> None:
+    def _copy_all(self, files: list[SourceFile]) -> None:
         assert self.pool is not None
-        call = self._numbered
-        futures = [self.pool.submit(call, f) for f in files]
-        self._wait(futures)
+        self._wait([self.pool.submit(f) for f in files])
 
     # -- the run -------------------------------------------------------------------------------------------------
 
@@ -542,7 +542,6 @@ class Backup:
         self.progress = Progress(total, len(inventory.innodb))
         copier = FileCopier(self.sink, flavor, cancel=self.cancel, progress=self.progress,
                             chunk_size=cfg.chunk_size, streaming=cfg.target_dir is None, target_label=label)
-        self._numbered = run_numbered(copier.copy)
 
         # Redo: consumer first (its start point is the checkpoint at registration), then the copier thread.
         if supports_redo_consumer(facts):
@@ -558,14 +557,14 @@ class Backup:
         self.result.start_lsn = int(self.redo.start_lsn)
         log.info("Log copying started at checkpoint LSN %d", self.result.start_lsn)
 
-        self.pool = cf.ThreadPoolExecutor(max_workers=max(1, cfg.parallel), thread_name_prefix="copy")
-        self._copy_all(copier, inventory.innodb)
+        self.pool = Workers(cfg.parallel, copier.copy)
+        self._copy_all(inventory.innodb)
 
         # The end: everything that must be consistent with one LSN happens under the commit block.
         self.progress.add_total(sum(f.size for f in inventory.other), len(inventory.other))
         lock_started = time.monotonic()
         with self.locks.block_commits(need_read_lock=inventory.needs_read_lock or flavor == "mysql"):
-            self._copy_all(copier, inventory.other)
+            self._copy_all(inventory.other)
             status = read_log_status(self.session, flavor, binlog=binlog_on)
             # The log copier reads the redo file; make sure it holds everything up to this LSN.
             self.session.execute("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
@@ -640,18 +639,19 @@ class Backup:
     def cleanup(self) -> None:
         """Leave the server as it was, whatever happened: stop threads, abort output, release locks, deregister."""
         self.cancel.set()
+        # The sink first: a copier thread blocked on a full output queue must get an error, not wait forever.
+        if self.sink is not None:
+            with contextlib.suppress(Exception):
+                self.sink.abort()
+            self.sink = None
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown()
             self.pool = None
         if self.redo is not None:
             with contextlib.suppress(Exception):
                 self.redo.abort()
         if self.progress is not None:
             self.progress.close()
-        if self.sink is not None:
-            with contextlib.suppress(Exception):
-                self.sink.abort()
-            self.sink = None
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None

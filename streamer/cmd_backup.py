@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -90,4 +91,13 @@ def backup_cmd(datadir: Path | None, target_dir: Path | None, stream: bool, stre
         argv=main_argv(),
     )
     out = sys.stdout.buffer if stream else None
-    run_backup(config, out)
+    try:
+        run_backup(config, out)
+    except BaseException:
+        if stream:
+            # The stream is incomplete and the reader may be gone or stalled: the interpreter's final flush of
+            # stdout must neither raise nor block, so point fd 1 at /dev/null (CPython signal docs, SIGPIPE note).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        raise

@@ -14,10 +14,12 @@ copies of other pages and is never validated, like both reference tools.
 from __future__ import annotations
 
 import os
+import queue
 import struct
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -234,16 +236,51 @@ class FileCopier:
                       page=page_no, lsn=lsn, hint="the file seems to be corrupted; check the server's error log")
 
 
-def run_numbered(fn: Callable[[SourceFile, int], int]) -> Callable[[SourceFile], int]:
-    """Wrap ``fn`` so each pool thread passes its own stable number (``[01]``, ``[02]``, ...) for the log lines."""
-    local = threading.local()
-    counter = iter(range(1, 1 << 30))
-    lock = threading.Lock()
+class Workers:
+    """A fixed set of numbered daemon threads running ``fn(item, thread_no)``.
 
-    def call(src: SourceFile) -> int:
-        if not hasattr(local, "no"):
-            with lock:
-                local.no = next(counter)
-        return fn(src, local.no)
+    Not a ThreadPoolExecutor on purpose: its threads are joined at interpreter exit, so one stuck in a write to a
+    stalled pipe would keep a cancelled backup from ever exiting. Daemon threads cannot; the bounded queue keeps
+    at most ``2 * n`` jobs waiting.
+    """
 
-    return call
+    def __init__(self, n: int, fn: Callable[[SourceFile, int], int]) -> None:
+        self._fn = fn
+        self._jobs: queue.Queue[tuple[Future, SourceFile] | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._run, args=(i + 1,), name=f"copy-{i + 1:02d}", daemon=True)
+                         for i in range(max(1, n))]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, thread_no: int) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, item = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(self._fn(item, thread_no))
+            except BaseException as exc:  # handed to the waiting main thread
+                fut.set_exception(exc)
+
+    def submit(self, item: SourceFile) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fut, item))
+        return fut
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel queued jobs, stop the threads and wait up to ``timeout`` s for running ones to notice."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,354 @@
+"""``innostream backup`` end to end against real servers (MariaDB 10.11, MySQL 9.7, MariaDB 11.8).
+
+What is checked: every page of the backup equals the live file or is older than it (a page changed later); no page
+is newer than the end of the redo copy; the redo copy parses and spans start..end; the metadata LSNs fit the
+server's; the stream path (innostream and xbstream formats) extracts to the same kind of tree; MariaDB's own
+``mariadb-backup --prepare`` accepts our output and the result starts with consistent data, also under a write
+load; cancelling (SIGINT, closed pipe) exits non-zero with one line and leaves the server unlocked and the MySQL
+redo consumer unregistered; existing files in the target are never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from formats import xtrabackup_meta as meta
+from formats.fsp0fsp import space_info
+from streamer.backup import BackupConfig, run_backup
+from streamer.connection import ConnectionOptions, RedoConsumer
+from streamer.log import log
+from streamer.redo_inspect import inspect_redo
+from tools.load import BankLoad
+from tools.sandbox import SAMPLE_ROWS, start_server
+
+INNOSTREAM = [sys.executable, "-m", "streamer"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _config(srv, **kw) -> BackupConfig:
+    return BackupConfig(connection=ConnectionOptions(socket=str(srv.socket), user="root", password=""),
+                        datadir=Path(srv.datadir), **kw)
+
+
+def _cli_conn(srv) -> list[str]:
+    return ["--socket", str(srv.socket), "--user", "root", "--datadir", str(srv.datadir)]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def _server_lsn(srv) -> int:
+    if srv.flavor == "mysql":
+        rows = srv.query("SELECT STORAGE_ENGINES FROM performance_schema.log_status")
+        return int(json.loads(rows[0][0])["InnoDB"]["LSN"])
+    return int(srv.query("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")[0][1])
+
+
+def _innodb_files(backup: Path) -> list[Path]:
+    out = [p for p in backup.rglob("*.ibd")]
+    out += [p for p in backup.iterdir() if p.name.startswith(("ibdata", "undo")) or p.name == "mysql.ibd"]
+    return sorted(set(out))
+
+
+def check_pages_against_live(backup: Path, srv, start_lsn: int, end_lsn: int) -> int:
+    """Every backup page equals the live one or the live one is newer; none is newer than ``end_lsn``."""
+    checked = 0
+    for bfile in _innodb_files(backup):
+        rel = bfile.relative_to(backup)
+        live = Path(srv.datadir) / rel
+        data = bfile.read_bytes()
+        info = space_info(data[:65536], srv.flavor)
+        ps = info.physical_page_size
+        with open(live, "rb") as f:
+            now = f.read(len(data))
+        assert len(data) % ps == 0, rel
+        for no in range(len(data) // ps):
+            b = data[no * ps : (no + 1) * ps]
+            lsn_b = struct.unpack_from(">Q", b, 16)[0]
+            assert lsn_b <= end_lsn, f"{rel} page {no}: LSN {lsn_b} newer than the redo copy end {end_lsn}"
+            checked += 1
+            if info.space_id == 0 and 64 <= no < 192:
+                continue  # doublewrite buffer: copies of other pages
+            l_page = now[no * ps : (no + 1) * ps]
+            if b != l_page:
+                lsn_l = struct.unpack_from(">Q", l_page, 16)[0]
+                assert lsn_l > lsn_b, f"{rel} page {no} differs from the live file but is not older ({lsn_b})"
+                assert lsn_l > start_lsn, f"{rel} page {no} changed, yet before the backup started"
+    return checked
+
+
+def check_metadata(backup: Path, srv, res) -> None:
+    cp = meta.parse_checkpoints((backup / "xtrabackup_checkpoints").read_bytes())
+    assert cp.backup_type == "full-backuped"
+    assert cp.from_lsn == 0
+    assert res.start_lsn <= cp.to_lsn <= cp.last_lsn
+    assert cp.last_lsn == res.end_lsn >= res.server_lsn
+    assert cp.last_lsn <= _server_lsn(srv)
+    info = meta.parse_info((backup / "xtrabackup_info").read_bytes())
+    assert info["server_version"] == srv.version
+    assert info["innodb_to_lsn"] == str(cp.to_lsn)
+    assert "--password" not in info["tool_command"] or "--password=..." in info["tool_command"]
+    cnf = meta.parse_backup_my_cnf((backup / "backup-my.cnf").read_bytes())
+    assert cnf["innodb_page_size"] == str(srv.query("SELECT @@innodb_page_size")[0][0])
+    assert cnf["innodb_data_file_path"].startswith("ibdata1:")
+    binlog = meta.parse_binlog_info((backup / "xtrabackup_binlog_info").read_bytes())
+    assert binlog.filename.startswith("binlog.")
+    assert binlog.position > 0
+    redo = inspect_redo(backup / ("ib_logfile0" if srv.flavor == "mariadb" else "xtrabackup_logfile"))
+    assert redo["flavor"] == srv.flavor
+    assert redo["checkpoint_lsn"] == res.start_lsn
+    assert redo["end_lsn"] >= res.end_lsn if srv.flavor == "mysql" else redo["end_lsn"] == res.end_lsn
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def log_lines():
+    handler = _Lines()
+    old = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    yield handler.lines
+    log.removeHandler(handler)
+    log.setLevel(old)
+
+
+def test_backup_quiet_server_to_target_dir(server, tmp_path, log_lines):
+    target = tmp_path / "backup"
+    res = run_backup(_config(server, target_dir=target, parallel=2))
+    assert res.flavor == server.flavor
+    names = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
+    assert {"ibdata1", "sample/t_plain.ibd", "sample/t_compressed.ibd", "sample/t_myisam.MYD", "backup-my.cnf",
+            "xtrabackup_checkpoints", "xtrabackup_info", "xtrabackup_binlog_info"} <= names
+    assert "ibtmp1" not in names
+    assert not any(n.startswith(("binlog.", "#innodb_redo", "#innodb_temp")) for n in names)
+    if server.flavor == "mysql":
+        assert {"mysql.ibd", "undo_001", "undo_002", "xtrabackup_logfile"} <= names
+    else:
+        assert {"ib_logfile0", "sample/t_plain.frm", "aria_log_control"} <= names
+    assert check_pages_against_live(target, server, res.start_lsn, res.end_lsn) > 100
+    check_metadata(target, server, res)
+    assert any(line.startswith("[01] Copying ") for line in log_lines)
+    assert any(line.strip() == "...done" or line.endswith("...done") for line in log_lines)
+    assert f"Transaction log of lsn ({res.start_lsn}) to ({res.end_lsn}) was copied." in log_lines
+    assert log_lines[-1] == "completed OK!"
+    # Locks are gone: DDL works at once.
+    server.execute("CREATE TABLE sample.t_after (id INT PRIMARY KEY) ENGINE=InnoDB")
+    server.execute("DROP TABLE sample.t_after")
+
+
+def _run_pipeline(cmd1: list[str], cmd2: list[str], cwd: Path) -> tuple[int, int, str, str]:
+    p1 = subprocess.Popen(cmd1, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=_env())
+    p2 = subprocess.Popen(cmd2, stdin=p1.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                          env=_env())
+    assert p1.stdout is not None
+    p1.stdout.close()
+    _, err2 = p2.communicate(timeout=300)
+    err1 = p1.stderr.read().decode() if p1.stderr else ""
+    p1.wait(timeout=60)
+    return p1.returncode, p2.returncode, err1, err2.decode()
+
+
+def test_backup_stream_then_extract(server, tmp_path):
+    out = tmp_path / "extracted"
+    rc1, rc2, err1, err2 = _run_pipeline(
+        [*INNOSTREAM, "backup", *_cli_conn(server), "--stream", "--parallel", "2"],
+        [*INNOSTREAM, "extract", "-C", str(out)], tmp_path)
+    assert rc1 == 0, err1
+    assert rc2 == 0, err2
+    assert ">> log scanned up to (" in err1
+    assert "Streaming " in err1
+    assert err1.rstrip().endswith("completed OK!")
+    cp = meta.parse_checkpoints((out / "xtrabackup_checkpoints").read_bytes())
+    start = int(err1.split("Transaction log of lsn (")[1].split(")")[0])
+    assert check_pages_against_live(out, server, start, cp.last_lsn) > 100
+    assert (out / "sample" / "t_indexed.ibd").is_file()
+
+
+def _start_on(datadir: Path, kind: str, workdir: Path):
+    return start_server(kind, workdir, datadir=datadir, initialize=False)
+
+
+@pytest.mark.parametrize("kind", ["mariadb10", "mariadb11"])
+def test_xbstream_through_mbstream_and_mariadb_backup_prepare(kind, request, tmp_path):
+    """Our xbstream goes through MariaDB's own mbstream and mariadb-backup --prepare, and the data is all there."""
+    srv = request.getfixturevalue(kind)
+    out = tmp_path / "xb"
+    out.mkdir()
+    rc1, rc2, err1, err2 = _run_pipeline(
+        [*INNOSTREAM, "backup", *_cli_conn(srv), "--stream", "--format", "xbstream"],
+        ["mbstream", "-x", "-C", str(out)], tmp_path)
+    assert rc1 == 0, err1
+    assert rc2 == 0, err2
+    # The host's mariadb-backup (10.11) prepares 10.11 backups; 11.8's lives in its chroot.
+    if kind == "mariadb10":
+        prep = subprocess.run(["mariadb-backup", "--prepare", f"--target-dir={out}"], capture_output=True, text=True,
+                              timeout=300, check=False)
+    else:
+        root = "/var/tmp/innostream/sid-mariadb"
+        prep = subprocess.run(["chroot", root, "mariadb-backup", "--prepare", f"--target-dir={out}"],
+                              capture_output=True, text=True, timeout=300, check=False)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    assert "completed OK!" in prep.stderr
+    restored = _start_on(out, kind, tmp_path / "restored")
+    try:
+        for table, rows in SAMPLE_ROWS.items():
+            assert restored.query(f"SELECT COUNT(*) FROM sample.{table}")[0][0] == rows
+    finally:
+        restored.stop()
+
+
+def test_backup_under_write_load(server, tmp_path, log_lines):
+    load = BankLoad(server, accounts=100, threads=2, max_seconds=60, schema="bank_backup")
+    load.setup()
+    load.start()
+    try:
+        load.wait_for(30)
+        before = load.committed
+        res = run_backup(_config(server, target_dir=tmp_path / "b", parallel=2, poll_interval=0.05))
+        after = load.committed
+    finally:
+        stats = load.stop()
+    assert stats.committed > before
+    assert any(line.startswith(">> log scanned up to (") for line in log_lines)
+    assert res.end_lsn >= res.server_lsn > res.start_lsn
+    cp = meta.parse_checkpoints((tmp_path / "b" / "xtrabackup_checkpoints").read_bytes())
+    assert cp.last_lsn == res.end_lsn
+    assert check_pages_against_live(tmp_path / "b", server, res.start_lsn, res.end_lsn) > 100
+    if server.kind == "mariadb10":
+        # Full circle with MariaDB's own prepare: every transfer committed before the backup started is there and
+        # nothing committed after it ended, and the bank's invariants hold.
+        prep = subprocess.run(["mariadb-backup", "--prepare", f"--target-dir={tmp_path / 'b'}"],
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert prep.returncode == 0, prep.stderr[-3000:]
+        restored = _start_on(tmp_path / "b", "mariadb10", tmp_path / "restored")
+        try:
+            conn = restored.connect()
+            try:
+                n = load.check(conn, min_transfers=before, max_transfers=after)
+            finally:
+                conn.close()
+            assert before <= n <= after
+        finally:
+            restored.stop()
+
+
+def _ddl_works(srv) -> None:
+    conn = srv.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 5")
+            cur.execute("CREATE TABLE sample.t_probe (id INT PRIMARY KEY) ENGINE=InnoDB")
+            cur.execute("DROP TABLE sample.t_probe")
+    finally:
+        conn.close()
+
+
+def _consumer_free(srv) -> None:
+    if srv.flavor == "mysql":
+        c = RedoConsumer({"unix_socket": str(srv.socket), "user": "root", "password": "", "autocommit": True})
+        c.close()
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("innostream: error:")]
+
+
+def test_sigint_mid_stream_exits_nonzero_and_unlocks(server, tmp_path):
+    proc = subprocess.Popen([*INNOSTREAM, "backup", *_cli_conn(server), "--stream", "--compress", "none",
+                             "--parallel", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    assert proc.stdout is not None
+    got = b""
+    while len(got) < (1 << 20):  # read slowly: the backup is mid-copy, blocked on the pipe
+        chunk = proc.stdout.read1(65536)
+        if not chunk:
+            break
+        got += chunk
+        time.sleep(0.02)
+    assert proc.poll() is None, "the backup should still be running"
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stdout.read()  # keep draining so the writer can notice
+    proc.wait(timeout=120)
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.returncode == 130, stderr[-2000:]
+    assert len(_error_lines(stderr)) == 1, stderr[-2000:]
+    assert "interrupted" in _error_lines(stderr)[0]
+    assert "Traceback" not in stderr
+    assert "completed OK!" not in stderr
+    _ddl_works(server)
+    _consumer_free(server)
+    partial = tmp_path / "partial.isa"
+    partial.write_bytes(got + rest)
+    ver = subprocess.run([*INNOSTREAM, "verify", str(partial)], capture_output=True, text=True, env=_env(),
+                         timeout=120, check=False)
+    assert ver.returncode != 0
+
+
+def test_closed_pipe_exits_nonzero_and_unlocks(server, tmp_path):
+    p1 = subprocess.Popen([*INNOSTREAM, "backup", *_cli_conn(server), "--stream"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=_env())
+    p2 = subprocess.Popen(["head", "-c", "1000"], stdin=p1.stdout, stdout=subprocess.PIPE)
+    assert p1.stdout is not None
+    p1.stdout.close()
+    head_out, _ = p2.communicate(timeout=60)
+    p1.wait(timeout=120)
+    stderr = p1.stderr.read().decode() if p1.stderr else ""
+    assert len(head_out) == 1000
+    assert p1.returncode == 130, stderr[-2000:]
+    lines = _error_lines(stderr)
+    assert len(lines) == 1, stderr[-2000:]
+    assert "pipe closed" in lines[0]
+    assert "Traceback" not in stderr
+    _ddl_works(server)
+    _consumer_free(server)
+
+
+def test_existing_file_in_target_is_errno_17(mariadb10, tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "ibdata1").write_bytes(b"precious")
+    res = subprocess.run([*INNOSTREAM, "backup", *_cli_conn(mariadb10), "--target-dir", str(target)],
+                         capture_output=True, text=True, env=_env(), timeout=120, check=False)
+    assert res.returncode == 6
+    lines = _error_lines(res.stderr)
+    assert len(lines) == 1, res.stderr[-2000:]
+    assert "[Errno 17] File exists" in lines[0]
+    assert str(target / "ibdata1") in lines[0]
+    assert (target / "ibdata1").read_bytes() == b"precious"
+    assert not (target / "xtrabackup_checkpoints").exists()
+    _ddl_works(mariadb10)
+
+
+def test_relative_target_dir_is_created_under_cwd(mariadb10, tmp_path):
+    res = subprocess.run([*INNOSTREAM, "backup", *_cli_conn(mariadb10), "--target-dir", "rel/backup"],
+                         capture_output=True, text=True, env=_env(), timeout=120, cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "rel" / "backup" / "xtrabackup_checkpoints").is_file()
+    assert (tmp_path / "rel" / "backup" / "ibdata1").is_file()
+
+
+def test_wrong_datadir_is_refused(mariadb10, tmp_path):
+    res = subprocess.run([*INNOSTREAM, "backup", "--socket", str(mariadb10.socket), "--user", "root",
+                          "--datadir", str(tmp_path), "--target-dir", str(tmp_path / "b")],
+                         capture_output=True, text=True, env=_env(), timeout=120, check=False)
+    assert res.returncode == 4
+    assert "is not the server's datadir" in res.stderr
+    assert not (tmp_path / "b").exists()
