@@ -120,6 +120,11 @@ def build_mysql_prepare_redo(logfile: bytes, *, page_size: int = 16384, creator:
     if fmt != LOG_FORMAT_8_0_30:
         raise UnsupportedVersion(f"redo log format {fmt}, expected {LOG_FORMAT_8_0_30} (MySQL 8.0.30+)", file=file,
                                  offset=LOG_HEADER_FORMAT)
+    if len(logfile) < LOG_FILE_HDR_SIZE + OS_FILE_LOG_BLOCK_SIZE:
+        raise Corrupt("the redo copy holds no log block", file=file, offset=LOG_FILE_HDR_SIZE)
+    # The first copied block says which LSN it holds (hdr_no and epoch_no are both derived from it).
+    hdr_no, _len, first_rec_group, epoch = LOG_BLOCK_HDR.unpack_from(logfile, LOG_FILE_HDR_SIZE)
+    start = ((epoch - 1) * LOG_BLOCK_MAX_NO + (hdr_no & ~LOG_BLOCK_FLUSH_BIT_MASK) - 1) * OS_FILE_LOG_BLOCK_SIZE
     checkpoints = []
     for off in (LOG_CHECKPOINT_1, LOG_CHECKPOINT_2):
         block = header[off:off + OS_FILE_LOG_BLOCK_SIZE]
@@ -128,8 +133,19 @@ def build_mysql_prepare_redo(logfile: bytes, *, page_size: int = 16384, creator:
             checkpoints.append(lsn)
     if not checkpoints:
         raise Corrupt("no checkpoint block with a valid checksum in the redo copy", file=file, offset=LOG_CHECKPOINT_1)
-    checkpoint = max(checkpoints)
-    start = checkpoint - checkpoint % OS_FILE_LOG_BLOCK_SIZE
+    # PXB writes the checkpoint of the backup start into both blocks, and the copy starts at its block. A header
+    # taken unchanged from the server file may instead name a later checkpoint, one made while the data files were
+    # copied: recovering from there would skip changes the copied pages lack. Then start at the first mini-
+    # transaction of the first block instead: that is at or before the real start checkpoint, and applying redo
+    # to pages that already have it is a no-op.
+    in_first_block = [c for c in checkpoints if c - c % OS_FILE_LOG_BLOCK_SIZE == start]
+    if in_first_block:
+        checkpoint = max(in_first_block)
+    elif first_rec_group >= LOG_BLOCK_HDR.size:
+        checkpoint = start + first_rec_group
+    else:
+        raise Corrupt(f"the redo copy starts at LSN {start} but its checkpoint is {max(checkpoints)}, and no "
+                      "mini-transaction starts in the first block", file=file, lsn=max(checkpoints))
 
     # Walk the blocks as recovery will (log_block_is_valid): the copy ends at the first block whose number or
     # checksum is wrong, or inside the first block that is not full.

@@ -85,6 +85,20 @@ def test_mysql_redo_rewrite_stops_at_bad_block() -> None:
     assert jump.end_lsn == cp + 3 * 512
 
 
+def test_mysql_redo_rewrite_later_checkpoint_in_header() -> None:
+    """A server-file header naming a checkpoint made during the copy: recovery starts at the first mtr of the
+    first copied block instead (never later than the real start checkpoint)."""
+    cp = 5 << 20
+    raw = bytearray(make_mysql_logfile(cp, 10))
+    later = cp + 4 * 512 + 40
+    for off in (512, 1536):
+        struct.pack_into(">Q", raw, off + 8, later)
+        struct.pack_into(">I", raw, off + 508, _crc(raw[off:off + 512]))
+    plan = build_mysql_prepare_redo(bytes(raw))
+    assert plan.checkpoint_lsn == cp + 12  # first_rec_group of block 0
+    assert struct.unpack_from(">Q", plan.data, 512 + 8)[0] == cp + 12
+
+
 def test_mysql_redo_rewrite_errors() -> None:
     good = make_mysql_logfile(1 << 20, 3)
     with pytest.raises(Truncated):
@@ -96,7 +110,7 @@ def test_mysql_redo_rewrite_errors() -> None:
     bad_cp[1536 + 20] ^= 1
     with pytest.raises(Corrupt, match="checkpoint"):
         build_mysql_prepare_redo(bytes(bad_cp))
-    with pytest.raises(Corrupt, match="no valid block"):
+    with pytest.raises(Corrupt, match="no log block"):
         build_mysql_prepare_redo(good[:2048])
     # A checkpoint beyond the copied data: the redo copy does not reach it.
     with pytest.raises(Corrupt, match="no valid block"):
