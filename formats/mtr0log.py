@@ -82,7 +82,7 @@ assert LOG_FILE_HEADER.sizeof() == LOG_HEADER_BLOCK_SIZE
 
 CHECKPOINT_BLOCK = Struct(
     "checkpoint_lsn" / Int64ub,
-    "end_lsn" / Int64ub,  # LSN of the FILE_CHECKPOINT mtr written for this checkpoint
+    "end_lsn" / Int64ub,  # start of the mtr with FILE_MODIFY records + FILE_CHECKPOINT (real files)
     "reserved" / Bytes(44),  # must be zero
     "checksum" / Int32ub,
 )
@@ -175,7 +175,7 @@ def build_file_header(first_lsn: int, creator: str, fmt: int = FORMAT_10_8) -> b
 # --- checkpoints -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Checkpoint:
-    """One valid checkpoint block: recovery starts at ``checkpoint_lsn``; FILE_CHECKPOINT sits at ``end_lsn``."""
+    """One valid checkpoint: recovery starts at ``checkpoint_lsn``; the mtr at ``end_lsn`` ends in FILE_CHECKPOINT."""
 
     checkpoint_lsn: int
     end_lsn: int

@@ -196,9 +196,11 @@ def _inspect_mysql_file(path: Path) -> dict[str, Any]:
         if not hdr.is_8_0_30:
             info.update(end_lsn=None, end_reason="pre-8.0.30 log group: not scanned", invalid=None)
             return info
-        # A copy starts at its header's start_lsn (we and PXB's prepare set it to the first block's LSN);
-        # a server file is scanned from its own start.
+        # A copy starts at its header's start_lsn (we and PXB's prepare set it to the first block's LSN); a server
+        # file is scanned from its checkpoint if it holds one (older blocks may be recycled garbage), else its start.
         start = hdr.start_lsn
+        if not copy and current is not None and my.file_contains(hdr.start_lsn, size, current.lsn):
+            start = my.align_down(current.lsn)
         end, reason, invalid = _scan_blocks(path, fd, hdr.start_lsn, start, size)
         info.update(scan_start_lsn=start, end_lsn=end, end_reason=reason or "end of file", invalid=invalid)
         return info
