@@ -185,7 +185,8 @@ class _Input:
 class _XFile:
     result: FileResult
     handle: Any
-    pos: int = 0
+    pos: int = 0  # where the next payload must start (mbstream's entry->offset)
+    size: int = 0  # end of the data written so far: the size at end-of-file (a seek alone does not extend)
 
 
 def read_xbstream(
@@ -273,8 +274,8 @@ def read_xbstream(
                 xf = open_file(path, at)
                 files.pop(path)
                 done.add(path)
-                xf.result.size = xf.pos
-                sink.end(xf.handle, xf.pos)
+                xf.result.size = xf.size
+                sink.end(xf.handle, xf.size)
                 if on_file_done is not None:
                     on_file_done(xf.result)
                 continue
@@ -317,6 +318,7 @@ def read_xbstream(
                         f"invalid checksum at offset {at:#x}: expected {checksum:#010x}, read {got:#010x}",
                         file=xf.result.name, offset=at)
                 xf.pos = offset + length + (sum(s for s, _ in sparse) if sparse else 0)
+                xf.size = max(xf.size, xf.pos)
                 xf.result.data_frames += 1
                 xf.result.stored_bytes += length
                 summary.raw_bytes += length

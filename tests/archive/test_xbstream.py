@@ -1,0 +1,199 @@
+"""xbstream interop with the real MariaDB tools: mbstream -x, mbstream -c and mariadb-backup --stream=xbstream."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from formats import xbstream as fx
+from formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
+from streamer.archive import NullSink
+from streamer.errors import UnsafePath
+from streamer.extract import extract, list_archive
+from streamer.xbstream import XbstreamWriter, read_xbstream
+from tests.archive.builders import PY, REPO, run_cli, tree
+
+FIXTURES = REPO / "fixtures" / "xbstream"
+
+
+def fixture(name: str) -> bytes:
+    return gzip.decompress((FIXTURES / name).read_bytes())
+
+
+def mbstream_x(stream: bytes, target: Path) -> subprocess.CompletedProcess:
+    target.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mbstream", "-x"], input=stream, cwd=target, capture_output=True)
+
+
+def p_chunk(path: bytes, offset: int, data: bytes, *, crc: int | None = None) -> bytes:
+    return fx.build_payload_header(path, offset, data, crc) + data
+
+
+def test_real_mbstream_c_fixture_extracts_like_mbstream(tmp_path: Path):
+    stream = fixture("mbstream-10.11-c-three-files.xb.gz")
+    assert mbstream_x(stream, tmp_path / "ref").returncode == 0
+    summary = extract(io.BytesIO(stream), tmp_path / "ours")
+    assert tree(tmp_path / "ours") == tree(tmp_path / "ref")
+    assert tree(tmp_path / "ours")["sub/zero.bin"] == b"head" + bytes(4096) + b"x"
+    assert summary.format == "xbstream"
+    assert sorted(f.name for f in summary.files) == ["a.txt", "empty", "sub/zero.bin"]
+
+
+@pytest.mark.parametrize("dialect", ["auto", "mariadb"])
+def test_mariadb_seek_chunk(tmp_path: Path, dialect: str):
+    stream = fixture("mariadb-seek-chunk.xb.gz")
+    extract(io.BytesIO(stream), tmp_path / "t", dialect=dialect)
+    assert (tmp_path / "t/f1").read_bytes() == b"ab\0\0ZZ"
+    assert mbstream_x(stream, tmp_path / "ref").returncode == 0
+    assert tree(tmp_path / "ref") == tree(tmp_path / "t")
+
+
+@pytest.mark.parametrize("dialect", ["auto", "percona"])
+def test_percona_sparse_chunk(tmp_path: Path, dialect: str):
+    extract(io.BytesIO(fixture("percona-sparse-chunk.xb.gz")), tmp_path / "t", dialect=dialect)
+    assert (tmp_path / "t/f1").read_bytes() == b"ab\0\0ZZ"
+
+
+def test_percona_sparse_read_as_mariadb_is_an_error(tmp_path: Path):
+    r = run_cli(["extract", "--xbstream-dialect", "mariadb", "-C", str(tmp_path / "t")],
+                stdin=fixture("percona-sparse-chunk.xb.gz"))
+    assert r.returncode == 3
+    assert b"Traceback" not in r.stderr
+    assert r.stderr.startswith(b"innostream: error:")
+
+
+def write_xbstream(files: dict[str, tuple[list[tuple[int, bytes]], int]], chunk: int) -> bytes:
+    out = io.BytesIO()
+    w = XbstreamWriter(out, chunk_size=chunk)
+    for name, (writes, size) in files.items():
+        fid = w.begin_file(name)
+        for off, data in writes:
+            w.write(fid, off, data)
+        w.end_file(fid, size)
+    w.close({"to_lsn": 1})
+    return out.getvalue()
+
+
+def test_our_xbstream_extracts_with_real_mbstream(tmp_path: Path):
+    rnd = random.Random(3)
+    files = {
+        "ibdata1": ([(0, rnd.randbytes(300_000)), (500_000, rnd.randbytes(10_000))], 600_000),  # hole + tail
+        "db/t1.ibd": ([(0, rnd.randbytes(70_000))], 70_000),
+        "db/empty.ibd": ([], 0),
+        "xtrabackup_checkpoints": ([(0, b"backup_type = full-backuped\n")], 28),
+    }
+    stream = write_xbstream(files, chunk=64 * 1024)
+    r = mbstream_x(stream, tmp_path / "ref")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == b""
+    ref = tree(tmp_path / "ref")
+    for name, (writes, size) in files.items():
+        expect = bytearray(size)
+        for off, data in writes:
+            expect[off : off + len(data)] = data
+        assert ref[name] == bytes(expect), name
+    extract(io.BytesIO(stream), tmp_path / "ours")
+    assert tree(tmp_path / "ours") == ref
+
+
+def test_xbstream_writer_through_a_real_pipe_into_mbstream(tmp_path: Path):
+    script = (
+        "import sys; from streamer.xbstream import XbstreamWriter\n"
+        "w = XbstreamWriter(sys.stdout.buffer)\n"
+        "f = w.begin_file('big.bin')\n"
+        "for i in range(30): w.write(f, i * (1 << 20), bytes([i]) * (1 << 20))\n"
+        "w.end_file(f, 31 << 20); w.close()\n"
+    )
+    (tmp_path / "ref").mkdir()
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", f"cd {REPO} && {PY} -c \"{script}\" | "
+                        f"(cd {tmp_path / 'ref'} && mbstream -x)"], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    data = (tmp_path / "ref/big.bin").read_bytes()
+    assert data == b"".join(bytes([i]) * (1 << 20) for i in range(30)) + bytes(1 << 20)
+
+
+def test_real_mariadb_backup_stream_extracts_like_mbstream(mariadb10, tmp_path: Path):
+    mariadb10.execute("CREATE DATABASE IF NOT EXISTS xbtest")
+    mariadb10.execute("CREATE TABLE IF NOT EXISTS xbtest.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(200))")
+    mariadb10.execute("INSERT INTO xbtest.t (v) SELECT REPEAT(CHAR(65 + seq % 26), 150) FROM xbtest.seq_1_to_3000")
+    r = subprocess.run(
+        ["mariadb-backup", "--backup", "--stream=xbstream", f"--socket={mariadb10.socket}", "--user=root",
+         f"--datadir={mariadb10.datadir}", f"--target-dir={tmp_path / 'mbtmp'}", "--parallel=2"],
+        capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stream = r.stdout
+    assert stream.startswith(fx.XB_STREAM_CHUNK_MAGIC)
+    assert mbstream_x(stream, tmp_path / "ref").returncode == 0
+    ref = tree(tmp_path / "ref")
+    assert "xbtest/t.frm" in ref  # the .ibd may come as xbtest/t.new (DDL since the last checkpoint)
+    assert any(n.startswith("xbtest/t.") and len(ref[n]) >= 65536 for n in ref)
+    assert "xtrabackup_checkpoints" in ref
+    # from a pipe, through the CLI, and zstd-compressed (the `| zstd -1` path)
+    pipe = subprocess.run(["bash", "-o", "pipefail", "-c",
+                           f"cd {REPO} && {PY} -m streamer extract -C {tmp_path / 'ours'} --parallel 2"],
+                          input=stream, capture_output=True)
+    assert pipe.returncode == 0, pipe.stderr
+    assert tree(tmp_path / "ours") == ref
+    extract(io.BytesIO(zstandard.ZstdCompressor(level=1).compress(stream)), tmp_path / "ours-zst")
+    assert tree(tmp_path / "ours-zst") == ref
+    listing = run_cli(["list", "-"], stdin=stream)
+    assert listing.returncode == 0
+    assert sorted(line.split()[-1].decode() for line in listing.stdout.splitlines()) == sorted(ref)
+    # verify checks every CRC; a cut inside the last chunk is caught
+    assert run_cli(["verify", "-"], stdin=stream).returncode == 0
+    assert run_cli(["verify", "-"], stdin=stream[:-3]).returncode == 3
+
+
+GOOD = p_chunk(b"f", 0, b"hello") + fx.build_eof_chunk(b"f")
+
+
+@pytest.mark.parametrize(
+    ("stream", "error", "text"),
+    [
+        (p_chunk(b"f", 0, b"hello"), Truncated, "without the end-of-file chunk of 1 file"),
+        (p_chunk(b"f", 0, b"hello", crc=1) + fx.build_eof_chunk(b"f"), ChecksumMismatch, "invalid checksum"),
+        (p_chunk(b"f", 0, b"he") + p_chunk(b"f", 5, b"llo"), Corrupt, "out-of-order chunk"),
+        (p_chunk(b"file", 0, b"x")[:16], Truncated, "chunk path"),
+        (GOOD[:20], Truncated, "ends inside"),
+        (GOOD[:10], Truncated, "chunk header"),
+        (b"XBSTCK02" + GOOD[8:], BadMagic, "not an innostream archive nor an xbstream"),
+        (GOOD + b"junk" * 4, BadMagic, "wrong chunk magic at offset 0x"),
+        (p_chunk(b"../evil", 0, b"x"), UnsafePath, "refusing archive member '../evil'"),
+        (p_chunk(b"/etc/evil", 0, b"x"), UnsafePath, "absolute path"),
+        (struct.pack("<8sBBI", fx.XB_STREAM_CHUNK_MAGIC, 0, ord("P"), 1 << 30), Corrupt, "path length"),
+        (struct.pack("<8sBBI", fx.XB_STREAM_CHUNK_MAGIC, 0, ord("P"), 1) + b"f"
+         + struct.pack("<QQI", 1 << 62, 0, 0), Corrupt, "exceeds the cap"),
+        (GOOD + GOOD, Corrupt, "duplicate file"),
+        (struct.pack("<8sBBI", fx.XB_STREAM_CHUNK_MAGIC, 0, ord("Z"), 1) + b"f", UnsupportedVersion, "unknown chunk"),
+        (struct.pack("<8sBBI", fx.XB_STREAM_CHUNK_MAGIC, 0, ord("D"), 1) + b"f", UnsupportedVersion, "remove"),
+    ],
+    ids=["no-eof", "crc", "out-of-order", "cut-path", "cut-payload", "cut-header", "magic", "trailing-junk",
+         "dotdot", "absolute", "path-len", "payload-len", "duplicate", "unknown-type", "remove"],
+)
+def test_bad_xbstreams(tmp_path: Path, stream: bytes, error, text):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with pytest.raises(error, match=text):
+        extract(io.BytesIO(stream), tmp_path / "t")
+    assert list(outside.iterdir()) == []
+    assert not Path("/etc/evil").exists()
+    r = run_cli(["extract", "-C", str(tmp_path / "cli")], stdin=stream)
+    assert r.returncode in (3, 6)
+    assert b"Traceback" not in r.stderr
+    assert r.stderr.count(b"\n") == 1
+
+
+def test_list_xbstream_and_crc_is_zlib():
+    summary = list_archive(io.BytesIO(GOOD))
+    assert [(f.name, f.size) for f in summary.files] == [("f", 5)]
+    assert GOOD[31:35] == struct.pack("<I", zlib.crc32(b"hello"))
+    s = read_xbstream(io.BytesIO(GOOD), NullSink())
+    assert s.raw_bytes == 5
