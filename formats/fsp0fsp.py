@@ -162,9 +162,9 @@ def _mysql_flags_valid(flags: int) -> bool:
         return False
     if page_ssize and not 3 <= page_ssize <= 7:
         return False
-    if page_ssize and zip_ssize > page_ssize:
-        return False
-    return not (flags & FSP_FLAGS_MASK_SHARED and flags & FSP_FLAGS_MASK_TEMPORARY)
+    # SHARED and TEMPORARY together are valid: MySQL's session temporary tablespaces (#innodb_temp/temp_N.ibt)
+    # carry flags 0x1800.
+    return not (page_ssize and zip_ssize > page_ssize)
 
 
 def _mariadb_flags_valid(flags: int) -> bool:

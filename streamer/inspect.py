@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from formats.buf0checksum import checksum_algorithm, page_is_corrupted, validate_pages
-from formats.errors import FormatError
+from formats.errors import FormatError, InnostreamError
 from formats.fil0fil import BE16, FIL_PAGE_TYPE, page_type_name
 from formats.fsp0fsp import FLAVORS, PAGE_COMPRESSION_ALGORITHMS, SpaceInfo, guess_flavor, space_info
 from streamer.errors import SourceError
@@ -206,7 +206,7 @@ def _redo_entries(paths: list[Path]) -> list[dict[str, Any]]:
         try:
             result = importlib.import_module("streamer.redo_inspect").inspect_redo(p)
             out.append({"path": str(p), **(result if isinstance(result, dict) else {"result": result})})
-        except FormatError as exc:
+        except InnostreamError as exc:
             out.append({"path": str(p), "error": str(exc)})
     return out
 
@@ -234,14 +234,16 @@ def inspect_datadir(datadir: Path, flavor: str | None = None) -> dict[str, Any]:
             rep = inspect_tablespace(extra, info=info, first_page_no=next_page)
             next_page += rep.pages
             reports.append(rep)
-    redo: list[Path] = []
+    # MySQL's redo is one log in a directory of files (#ib_redoN, spare #ib_redoN_tmp): inspected as a whole.
+    redo: list[Path] = [datadir / REDO_DIR] if (datadir / REDO_DIR).is_dir() else []
     for root, dirs, files in os.walk(datadir):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != REDO_DIR)
         rel_root = Path(root)
         for name in sorted(files):
             p = rel_root / name
             if REDO_FILE.match(name):
-                redo.append(p)
+                if rel_root == datadir:
+                    redo.append(p)
             elif p.parent == datadir and name.startswith("ibdata"):
                 continue
             elif TABLESPACE_FILE.match(name):
@@ -290,8 +292,7 @@ def inspect_path(path: Path, flavor: str | None = None) -> dict[str, Any]:
     if not path.exists():
         raise SourceError(f"{path} does not exist")
     if path.is_dir() and path.name == REDO_DIR:
-        files = sorted(p for p in path.iterdir() if REDO_FILE.match(p.name))
-        return {"kind": "redo", "redo": _redo_entries(files)}
+        return {"kind": "redo", "redo": _redo_entries([path])}
     if path.is_dir():
         return {"kind": "datadir", **inspect_datadir(path, flavor)}
     if is_redo_path(path):
@@ -379,7 +380,14 @@ def render_datadir(d: dict[str, Any]) -> str:
 def render_redo(r: dict[str, Any]) -> str:
     """Redo inspection results as ``key: value`` lines (whatever ``inspect_redo`` returned)."""
     lines = [f"redo:             {r.get('path')}"]
-    lines += [f"  {k}: {v}" for k, v in r.items() if k != "path"]
+    for k, v in r.items():
+        if k == "path":
+            continue
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            lines.append(f"  {k}:")
+            lines += ["    - " + ", ".join(f"{kk}={vv}" for kk, vv in x.items()) for x in v]
+        else:
+            lines.append(f"  {k}: {v}")
     return "\n".join(lines)
 
 
