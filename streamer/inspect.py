@@ -348,12 +348,15 @@ def render_datadir(d: dict[str, Any]) -> str:
     base = Path(d["datadir"])
     rows = [("SPACE", "PAGE", "PHYS", "PAGES", "CHECKSUM", "FEATURES", "INVALID", "FILE")]
     problems: list[str] = []
+    notes: list[str] = []
     for t in d["tablespaces"]:
         rel = os.path.relpath(t["path"], base)
         if t.get("error") or t.get("flavor") is None:
-            rows.append(("-", "-", "-", str(t.get("pages", 0)), "-", "-", "error" if t.get("error") else "-", rel))
-            problems.append(f"{rel}: {t.get('error') or t.get('note')}")
+            rows.append(("-", "-", "-", "-", "-", "-", "error" if t.get("error") else "-", rel))
+            (problems if t.get("error") else notes).append(f"{rel}: {t.get('error') or t.get('note')}")
             continue
+        if t.get("note"):
+            notes.append(f"{rel}: {t['note']}")
         feats = [f for f, on in (("fcrc32", t["full_crc32"]), ("pcomp", t["page_compressed"]),
                                  ("enc", t["encrypted"])) if on]  # fmt: skip
         if t["physical_page_size"] != t["logical_page_size"]:
@@ -372,6 +375,9 @@ def render_datadir(d: dict[str, Any]) -> str:
     if problems:
         out.append("problems:")
         out += [f"  {p}" for p in problems]
+    if notes:
+        out.append("notes:")
+        out += [f"  {p}" for p in notes]
     for r in d["redo"]:
         out.append(render_redo(r))
     return "\n".join(out)
