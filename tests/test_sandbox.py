@@ -4,6 +4,7 @@ stop/kill/restart the way a real server does."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,7 @@ def test_start_failure_reports_error_log(tmp_path) -> None:
 def test_chroot_kind_refuses_path_outside_tmp() -> None:
     with pytest.raises(SandboxError, match="under /tmp"):
         start_server("mysql9", "/var/tmp/innostream-not-tmp")
+    assert not Path("/var/tmp/innostream-not-tmp").exists()
 
 
 def test_cli_start_status_stop(tmp_path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -87,14 +88,17 @@ def ensure_chroot(root: Path) -> None:
         raise SandboxError(f"chroot {root} does not exist or is incomplete; run tools/setup.sh")
     if os.geteuid() != 0:
         raise SandboxError("chroot test servers need root (chroot and mount --bind)")
-    tmp = root / "tmp"
-    tmp.mkdir(exist_ok=True)
-    if not _mounted(tmp):
-        subprocess.run(["mount", "--bind", "/tmp", str(tmp)], check=True)
-    proc = root / "proc"
-    proc.mkdir(exist_ok=True)
-    if not _mounted(proc):
-        subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    # Several test processes may start servers at once: check-then-mount under a lock, or mounts stack up.
+    with open(root.parent / f".{root.name}.mount.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        tmp = root / "tmp"
+        tmp.mkdir(exist_ok=True)
+        if not _mounted(tmp):
+            subprocess.run(["mount", "--bind", "/tmp", str(tmp)], check=True)
+        proc = root / "proc"
+        proc.mkdir(exist_ok=True)
+        if not _mounted(proc):
+            subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
 
 
 def _in_root(kind: Kind, argv: list[str]) -> list[str]:
@@ -395,12 +399,12 @@ def start_server(
         raise SandboxError(f"unknown server kind {kind!r}; known: {', '.join(KINDS)}")
     k = KINDS[kind]
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     datadir = (workdir / "data") if datadir is None else Path(datadir).resolve()
     if k.root is not None:
         for p in (workdir, datadir):
             if not str(p).startswith("/tmp/"):
                 raise SandboxError(f"{kind} runs in a chroot that only shares /tmp: {p} must be under /tmp")
+    workdir.mkdir(parents=True, exist_ok=True)
     if initialize is None:
         initialize = not datadir.exists() or not any(datadir.iterdir())
     if initialize:
