@@ -574,9 +574,17 @@ def _start_and_recover(binary: Path, bd: BackupDir, config: PrepareConfig, resul
                 (bd.path / name).unlink()
 
 
+#: Follow-up errors that say nothing about the cause.
+_GENERIC_ERRORS = re.compile(r"Aborting|registration as a STORAGE ENGINE failed|Unknown/unsupported storage engine|"
+                             r"Operating system error number|Error number \d+ means|Failed to initialize DD|"
+                             r"Data Dictionary initialization failed|Plugin initialization aborted")
+
+
 def _last_errors(lines: list[str]) -> str:
+    """The server's own words for why it failed: its first specific [ERROR] lines."""
     errors = [_TIMESTAMP.sub("", line) for line in lines if "[ERROR]" in line]
-    return ("server said: " + " | ".join(errors[-3:])) if errors else "see the server error log"
+    specific = [e for e in errors if not _GENERIC_ERRORS.search(e)] or errors
+    return ("server said: " + " | ".join(specific[:2])) if specific else "see the server error log"
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], sock: Path, timeout: float, err: Path) -> pymysql.Connection:
