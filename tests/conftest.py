@@ -11,6 +11,7 @@ A server that cannot start fails the test loudly (SandboxError with the error lo
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -20,6 +21,30 @@ from tools.sandbox import KINDS, Server, load_sample_schema, start_server
 
 SERVER_KINDS = ("mariadb10", "mysql9", "mariadb11")
 assert set(SERVER_KINDS) == set(KINDS)
+# Markers from pyproject.toml, applied automatically so `pytest -m "not mysql"` selects by server.
+KIND_MARKERS = {"mariadb10": "mariadb", "mysql9": "mysql", "mariadb11": "mariadb11"}
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A CI timeout sends SIGTERM: turn it into an interrupt so fixtures stop their servers (and atexit runs)
+    # instead of leaving mysqld processes behind.
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        kinds = {k for k in SERVER_KINDS if k in getattr(item, "fixturenames", ())}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            for name in ("server", "kind"):
+                if callspec.params.get(name) in KIND_MARKERS:
+                    kinds.add(callspec.params[name])
+        for kind in kinds:
+            item.add_marker(KIND_MARKERS[kind])
 
 # Session servers run with the binary log on, as production servers usually do (MySQL 9 has it on by default).
 SESSION_OPTIONS: dict[str, list[str]] = {
