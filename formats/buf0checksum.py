@@ -257,7 +257,10 @@ def _mariadb_crypt_is_corrupted(page: memoryview, info: SpaceInfo) -> str | None
         return None  # no checksum before decompression
     stored = BE32.unpack_from(page, FIL_PAGE_CRYPT_CHECKSUM)[0]
     calc = page_zip_calc_checksum(page, "crc32") if info.zip_size else buf_calc_page_crc32(page)
-    if stored != calc:
+    if stored in (calc, BUF_NO_CHECKSUM_MAGIC):
+        return None
+    legacy = page_zip_calc_checksum(page, "innodb") if info.zip_size else buf_calc_page_new_checksum(page)
+    if stored != legacy:
         return f"encrypted page checksum mismatch (stored {stored:#010x}, computed {calc:#010x})"
     return None
 
@@ -436,6 +439,13 @@ def checksum_algorithm(page: bytes | bytearray | memoryview, info: SpaceInfo) ->
         return "transparent_compression"
     if info.flavor == "mariadb" and t in (FIL_PAGE_PAGE_COMPRESSED, FIL_PAGE_PAGE_COMPRESSED_ENCRYPTED):
         return "page_compressed"
+    if (
+        info.flavor == "mariadb"
+        and info.encrypted
+        and BE32.unpack_from(mv, FIL_PAGE_OFFSET)[0] != 0
+        and BE32.unpack_from(mv, FIL_PAGE_FILE_FLUSH_LSN_OR_KEY_VERSION)[0] != 0
+    ):
+        return "encrypted"
     f1 = BE32.unpack_from(mv, 0)[0]
     if info.zip_size:
         if f1 == 0 and _is_zero(mv):

@@ -41,6 +41,11 @@ class Sample:
     notes: str = ""
 
 
+#: A test key for MariaDB's file_key_management plugin (not a secret: it only encrypts the fixture tables).
+KEYFILE = "{workdir}/keys.txt"
+KEY_LINE = "1;" + "a1" * 32 + "\n"
+KEY_OPTIONS = ["--plugin-load-add=file_key_management", f"--file-key-management-filename={KEYFILE}"]
+
 # One server per distinct (kind, options); its samples are made together.
 SAMPLES = [
     Sample("mariadb10-full_crc32-16k", "mariadb10", "plain", "ENGINE=InnoDB",
@@ -69,6 +74,11 @@ SAMPLES = [
            ["--innodb-checksum-algorithm=innodb"], notes="ROW_FORMAT=COMPRESSED with the innodb (adler32) checksum"),
     Sample("mysql9-none-16k", "mysql9", "plain", "ENGINE=InnoDB", ["--innodb-checksum-algorithm=none"],
            notes="innodb_checksum_algorithm=none: 0xDEADBEEF in both fields"),
+    Sample("mariadb10-encrypted-full_crc32-16k", "mariadb10", "enc", "ENGINE=InnoDB ENCRYPTED=YES", KEY_OPTIONS,
+           notes="ENCRYPTED=YES (file_key_management, key 1 = 'a1' * 32): crypt data on page 0, key version at 0"),
+    Sample("mariadb10-encrypted-crc32-16k", "mariadb10", "enc", "ENGINE=InnoDB ENCRYPTED=YES",
+           [*KEY_OPTIONS, "--innodb-checksum-algorithm=crc32"],
+           notes="ENCRYPTED=YES with legacy flags: key version at 26, post-encryption crc32 at 30"),
     Sample("mariadb11-full_crc32-16k", "mariadb11", "plain", "ENGINE=InnoDB", notes="MariaDB 11.8 default"),
 ]
 
@@ -153,7 +163,9 @@ def make(samples: list[Sample], workdir: Path) -> dict:
         if wd.exists():
             shutil.rmtree(wd)
         print(f"== {kind} {' '.join(options)}", file=sys.stderr)
-        srv = start_server(kind, wd, options=list(options))
+        wd.mkdir(parents=True)
+        (wd / "keys.txt").write_text(KEY_LINE)
+        srv = start_server(kind, wd, options=[o.replace("{workdir}", str(wd)) for o in options])
         try:
             facts = {}
             for s in members:

@@ -93,7 +93,7 @@ def test_space_info_matches_server(sample: tuple[dict, bytes, bytes]) -> None:
     expect_fcrc32 = entry["innodb_checksum_algorithm"] == "full_crc32" and not entry["zip_page_size"]
     assert info.full_crc32 is expect_fcrc32
     assert info.page_compressed is ("PAGE_COMPRESSED=1" in entry["ddl"])
-    assert info.encrypted is False
+    assert info.encrypted is ("ENCRYPTED=YES" in entry["ddl"])
     assert info.size_in_pages > max(entry["pages"])
 
 
@@ -119,9 +119,9 @@ def test_page_types(sample: tuple[dict, bytes, bytes]) -> None:
     assert parse_fil_header(page0).page_type == FIL_PAGE_TYPE_FSP_HDR == entry["page_types"][0]
     assert parse_fil_header(page).page_type == entry["page_types"][1]
     assert parse_fil_header(page).page_no == entry["pages"][1]
-    assert parse_fil_header(page).space_id == entry["space_id"] or entry["file"].startswith(
-        "mariadb10-full_crc32-page_compressed"  # compressed payload starts at FIL_PAGE_FILE_FLUSH_LSN
-    )
+    # full_crc32 page_compressed and encrypted pages transform everything from FIL_PAGE_FILE_FLUSH_LSN on.
+    transformed = ("mariadb10-full_crc32-page_compressed", "mariadb10-encrypted-full_crc32")
+    assert parse_fil_header(page).space_id == entry["space_id"] or entry["file"].startswith(transformed)
 
 
 def test_page_type_names_differ_by_family() -> None:
@@ -174,7 +174,9 @@ def test_checksum_algorithm_is_the_servers(sample: tuple[dict, bytes, bytes]) ->
     expected = "crc32" if algo == "full_crc32" and info.zip_size else EXPECTED_ALGO[algo]
     assert checksum_algorithm(page0, info) == expected
     t = parse_fil_header(page).page_type
-    if t == 14:
+    if info.encrypted and not info.full_crc32:
+        assert checksum_algorithm(page, info) == "encrypted"  # key version at 26, crc32 of the ciphertext at 30
+    elif t == 14:
         assert checksum_algorithm(page, info) == "transparent_compression"
     elif t == 34354:
         assert checksum_algorithm(page, info) == "page_compressed"
@@ -290,6 +292,8 @@ def test_zeroed_checksum_is_reported(sample: tuple[dict, bytes, bytes]) -> None:
             t = struct.unpack_from(">H", p, 24)[0]
             size = (t & 0x7FFF) << 8 if t & 0x8000 else ps
             z[size - 4 : size] = bytes(4)
+        elif info.encrypted and no:
+            z[30:34] = bytes(4)  # the post-encryption checksum; bytes 0..3 are the plaintext's, unverifiable
         else:
             z[0:4] = bytes(4)
         if struct.unpack_from(">H", p, 24)[0] in (34354, 14):
@@ -399,6 +403,21 @@ def test_page_size_from_flags(flags: int, flavor: str, sizes: tuple[int, int]) -
 def test_invalid_flags_rejected(flags: int, flavor: str) -> None:
     with pytest.raises(UnsupportedVersion):
         page_size_from_flags(flags, flavor)
+
+
+def test_real_encrypted_pages() -> None:
+    """MariaDB crypt data sits at FSP_HEADER_OFFSET + XDES_ARR_OFFSET + XDES array (10428 at 16K) in real files."""
+    for name in ("mariadb10-encrypted-full_crc32-16k", "mariadb10-encrypted-crc32-16k"):
+        entry, page0, page = load(name)
+        assert page0.find(CRYPT_MAGIC) == encryption_info_offset(16384, 16384, "mariadb") == 10428
+        info = space_info(page0, "mariadb")
+        assert info.encrypted
+        key_version = BE32.unpack_from(page, 0 if info.full_crc32 else 26)[0]
+        assert key_version == 1
+        assert page_is_corrupted(page, info, entry["pages"][1]) is None
+        reason = page_is_corrupted(_flip(page, 9000), info, entry["pages"][1])
+        assert reason is not None
+        assert ("encrypted page checksum mismatch" if not info.full_crc32 else "full_crc32 checksum") in reason
 
 
 def test_encryption_marks() -> None:
