@@ -69,13 +69,14 @@ def hash_zeros(hasher: Any, count: int) -> None:
         count -= step
 
 
-def nonzero_extents(mv: memoryview, offset: int) -> Iterator[tuple[int, int]]:
-    """Yield (start, end) positions in ``mv`` whose bytes must be stored.
+def nonzero_extents(data: bytes, offset: int) -> Iterator[tuple[int, int]]:
+    """Yield (start, end) positions in ``data`` whose bytes must be stored.
 
-    ``mv`` holds file bytes starting at absolute ``offset``; extents never cross a multiple of CHUNK_SIZE, and
-    HOLE_UNIT-aligned blocks that are all zero are left out.
+    ``data`` holds file bytes starting at absolute ``offset``; extents never cross a multiple of CHUNK_SIZE, and
+    HOLE_UNIT-aligned blocks that are all zero are left out. (``bytes`` slices compare with memcmp; a memoryview
+    compares item by item, 15x slower on zero blocks.)
     """
-    n = len(mv)
+    n = len(data)
     pos = 0
     unit = fa.HOLE_UNIT
     while pos < n:
@@ -84,7 +85,7 @@ def nonzero_extents(mv: memoryview, offset: int) -> Iterator[tuple[int, int]]:
         p = pos
         while p < chunk_end:
             q = min(chunk_end, p + unit - (offset + p) % unit)
-            if mv[p:q] == ZERO_BLOCK[: q - p]:
+            if data[p:q] == (ZERO_BLOCK if q - p == unit else ZERO_BLOCK[: q - p]):
                 if start >= 0:
                     yield start, p
                     start = -1
@@ -259,7 +260,7 @@ class ArchiveWriter:
             hash_zeros(f.sha, offset - f.pos)
         f.sha.update(data)
         mv = memoryview(data)
-        for a, b in nonzero_extents(mv, offset):
+        for a, b in nonzero_extents(data, offset):
             f.frames += 1
             piece = mv[a:b]
             pos = offset + a
