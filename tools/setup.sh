@@ -16,7 +16,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SID_MYSQL="${INNOSTREAM_SID_MYSQL:-/var/tmp/innostream/sid-mysql}"
 SID_MARIADB="${INNOSTREAM_SID_MARIADB:-/var/tmp/innostream/sid-mariadb}"
 MIRROR="${DEBIAN_MIRROR:-}"
-HOST_PACKAGES=(mariadb-server mariadb-backup mariadb-client sysbench debootstrap zstd python3-venv python3-pip git ca-certificates)
+HOST_PACKAGES=(mariadb-server mariadb-backup mariadb-client sysbench debootstrap zstd python3-venv python3-pip git
+               ca-certificates shellcheck)
 export DEBIAN_FRONTEND=noninteractive
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -28,6 +29,7 @@ t0=$SECONDS
 # --- host packages --------------------------------------------------------------------------------------------
 missing=()
 for p in "${HOST_PACKAGES[@]}"; do
+    # shellcheck disable=SC2016  # ${Status} is dpkg-query's format, not a shell variable
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -53,7 +55,7 @@ fi
 # Unmount everything under a chroot (deepest first). Must succeed before any rm -rf: ROOT/tmp is the host's /tmp.
 unmount_all() {
     local root="$1" m
-    for m in $(awk -v r="$root/" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
+    awk -v r="$root/" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
         umount "$m" || umount -l "$m"
     done
     if awk -v r="$root/" 'index($2, r) == 1 {found=1} END {exit !found}' /proc/mounts; then
@@ -68,6 +70,7 @@ chroot_ok() {
     [ -e "$root/.innostream-complete" ] && return 0
     local p
     for p in "$@"; do
+        # shellcheck disable=SC2016  # ${Status} is dpkg-query's format, not a shell variable
         chroot "$root" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
     done
     chroot "$root" "$binary" --version >/dev/null 2>&1 || return 1
@@ -76,7 +79,8 @@ chroot_ok() {
 
 make_chroot() {
     local root="$1" binary="$2" include="$3"
-    local pkgs=(${include//,/ })
+    local pkgs
+    IFS=, read -r -a pkgs <<<"$include"
     if chroot_ok "$root" "$binary" "${pkgs[@]}"; then
         say "chroot $root complete: $(chroot "$root" "$binary" --version | head -1)"
         return
@@ -113,7 +117,7 @@ want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import streamer, formats, pytest' 2>/dev/null; then
     say "pip install -e '.[test]'"
     piplog="$VENV/pip-install.log"
-    if ! "$VENV/bin/python" -m pip install -e "$REPO[test]" >"$piplog" 2>&1; then
+    if ! "$VENV/bin/python" -m pip install -e "${REPO}[test]" >"$piplog" 2>&1; then
         tail -n 30 "$piplog" >&2
         die "pip install failed (log $piplog)"
     fi

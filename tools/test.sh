@@ -5,7 +5,7 @@
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
+cd "$REPO" || exit 1
 t0=$SECONDS
 failed=()
 
@@ -23,6 +23,7 @@ step() {  # step NAME CMD...: run, time and record a failure
 step setup bash tools/setup.sh || { echo "test.sh: setup failed; not running the tests" >&2; exit 1; }
 
 step ruff .venv/bin/ruff check .
+step shellcheck shellcheck tools/setup.sh tools/test.sh .ci/run tools/server-wrappers/*
 step mypy .venv/bin/mypy
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass. The timeout keeps a hung
 # server from eating CI's whole budget.
