@@ -1,0 +1,153 @@
+"""``innostream backup`` -> ``prepare`` -> ``restore`` on real servers while a writer commits, then the restored
+server must show one consistent moment: a gap-free prefix of the writer's rows, intact money totals, and the
+untouched ``sample`` schema equal to the source table by table. Also: the reference ``mariadb-backup --prepare``
+accepts our MariaDB backup directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from formats.xtrabackup_meta import parse_checkpoints
+from streamer.prepare import PrepareConfig, prepare_backup
+from streamer.restore import RestoreConfig, restore_backup
+from tools.sandbox import WRAPPERS, Server, start_server, table_checksums
+
+REPO = Path(__file__).resolve().parents[1]
+ACCOUNTS = 20
+TOTAL = ACCOUNTS * 1000
+REFERENCE_BACKUP = {"mariadb10": "/usr/bin/mariadb-backup", "mariadb11": str(WRAPPERS / "mariadb-backup-sid")}
+
+
+def payload(i: int) -> bytes:
+    return hashlib.sha256(b"row%d" % i).digest() * 4
+
+
+class Writer(threading.Thread):
+    """Commits one row per transaction in id order plus a money transfer, until stopped."""
+
+    def __init__(self, srv: Server, schema: str) -> None:
+        super().__init__(daemon=True)
+        self.srv, self.schema = srv, schema
+        self.stop = threading.Event()
+        self.committed = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = self.srv.connect(database=self.schema)
+            conn.autocommit(False)
+            with conn.cursor() as cur:
+                i = 0
+                while not self.stop.is_set():
+                    i += 1
+                    cur.execute("INSERT INTO seq (id, v) VALUES (%s, %s)", (i, payload(i)))
+                    a, b = i % ACCOUNTS + 1, (i * 7) % ACCOUNTS + 1
+                    cur.execute("UPDATE bank SET money = money - 3 WHERE id = %s", (a,))
+                    cur.execute("UPDATE bank SET money = money + 3 WHERE id = %s", (b,))
+                    conn.commit()
+                    self.committed = i
+            conn.close()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def setup_schema(srv: Server, schema: str) -> None:
+    srv.execute(f"DROP DATABASE IF EXISTS `{schema}`")
+    srv.execute(f"CREATE DATABASE `{schema}`")
+    srv.execute(f"CREATE TABLE `{schema}`.seq (id INT PRIMARY KEY, v VARBINARY(128) NOT NULL) ENGINE=InnoDB")
+    srv.execute(f"CREATE TABLE `{schema}`.bank (id INT PRIMARY KEY, money BIGINT NOT NULL) ENGINE=InnoDB")
+    srv.execute(f"INSERT INTO `{schema}`.bank VALUES " + ",".join(f"({i}, 1000)" for i in range(1, ACCOUNTS + 1)))
+
+
+def innostream_backup(srv: Server, target: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "streamer", "backup", "--target-dir", str(target), "--socket",
+                          str(srv.socket), "--user", "root"], capture_output=True, text=True, cwd=REPO,
+                         check=False, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def check_consistent(restored: Server, schema: str, at_least: int) -> int:
+    rows = restored.query(f"SELECT id, v FROM `{schema}`.seq ORDER BY id")
+    ids = [r[0] for r in rows]
+    assert ids == list(range(1, len(ids) + 1)), "rows missing in the middle: not one consistent moment"
+    assert len(ids) >= at_least
+    assert all(bytes(v) == payload(i) for i, v in rows)
+    assert int(restored.query(f"SELECT SUM(money) FROM `{schema}`.bank")[0][0]) == TOTAL
+    return len(ids)
+
+
+def test_backup_under_writes_prepare_restore(server: Server, tmp_path: Path) -> None:
+    schema = "prep_live"
+    setup_schema(server, schema)
+    sample_before = table_checksums(server)
+    writer = Writer(server, schema)
+    writer.start()
+    try:
+        while writer.committed < 50 and writer.error is None:
+            writer.stop.wait(0.05)
+        before = writer.committed
+        backup = tmp_path / "backup"
+        innostream_backup(server, backup)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=60)
+    assert writer.error is None, writer.error
+    assert writer.committed > before, "the writer must have committed while the backup ran"
+
+    result = prepare_backup(PrepareConfig(backup, server_binary=server.server_binary, use_memory="64M"))
+    assert result.recovered_lsn is not None
+    assert result.recovered_lsn >= result.last_lsn
+    assert parse_checkpoints((backup / "xtrabackup_checkpoints").read_bytes()).backup_type == "full-prepared"
+
+    datadir = tmp_path / "restored"
+    restore_backup(RestoreConfig(backup, datadir, move=True))
+    restored = start_server(server.kind, tmp_path / "run", datadir=datadir, initialize=False)
+    try:
+        n = check_consistent(restored, schema, before)
+        assert n <= writer.committed
+        assert table_checksums(restored) == sample_before
+    finally:
+        restored.stop()
+    server.execute(f"DROP DATABASE `{schema}`")
+
+
+@pytest.mark.parametrize("kind", ["mariadb10", "mariadb11"])
+def test_reference_prepare_accepts_our_backup(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    server: Server = request.getfixturevalue(kind)
+    schema = "prep_ref"
+    setup_schema(server, schema)
+    writer = Writer(server, schema)
+    writer.start()
+    try:
+        while writer.committed < 20 and writer.error is None:
+            writer.stop.wait(0.05)
+        backup = tmp_path / "backup"
+        innostream_backup(server, backup)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=60)
+    assert writer.error is None, writer.error
+    res = subprocess.run([REFERENCE_BACKUP[kind], "--prepare", f"--target-dir={backup}"], capture_output=True,
+                         text=True, check=False, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "completed OK!" in res.stderr
+    datadir = tmp_path / "restored"
+    res = subprocess.run([REFERENCE_BACKUP[kind], "--copy-back", f"--target-dir={backup}", f"--datadir={datadir}"],
+                         capture_output=True, text=True, check=False, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    restored = start_server(kind, tmp_path / "run", datadir=datadir, initialize=False)
+    try:
+        check_consistent(restored, schema, 20)
+    finally:
+        restored.stop()
+    server.execute(f"DROP DATABASE `{schema}`")
+    with pytest.raises(pymysql.MySQLError):
+        server.query(f"SELECT 1 FROM `{schema}`.seq")
