@@ -17,6 +17,8 @@ through precompiled ``struct`` readers, and the slow, explanatory ``page_is_corr
 
 from __future__ import annotations
 
+import bz2
+import lzma
 import zlib
 from array import array
 from collections.abc import Callable
@@ -31,6 +33,7 @@ from formats.fil0fil import (
     BE64,
     BUF_NO_CHECKSUM_MAGIC,
     FIL_PAGE_ARCH_LOG_NO_OR_SPACE_ID,
+    FIL_PAGE_COMP_ALGO,
     FIL_PAGE_COMPRESS_FCRC32_MARKER,
     FIL_PAGE_COMPRESSED,
     FIL_PAGE_COMPRESSED_AND_ENCRYPTED,
@@ -265,11 +268,58 @@ def _mariadb_crypt_is_corrupted(page: memoryview, info: SpaceInfo) -> str | None
     return None
 
 
+#: MariaDB page_compressed (legacy flags): payload length (2 bytes) at FIL_PAGE_DATA, data after it
+#: (fil0pagecompress.cc); the algorithm is the 8-byte FIL_PAGE_COMP_ALGO at 26.
+FIL_PAGE_COMP_SIZE = FIL_PAGE_DATA
+FIL_PAGE_COMP_METADATA_LEN = 2
+_DECOMPRESSORS: dict[int, Callable[[bytes], bytes]] = {
+    1: zlib.decompress,  # PAGE_ZLIB_ALGORITHM
+    4: lzma.decompress,  # PAGE_LZMA_ALGORITHM (xz container)
+    5: bz2.decompress,  # PAGE_BZIP2_ALGORITHM
+}  # lz4, lzo, snappy: no decompressor in the standard library; such pages are not checked (as before decompression)
+
+
+def _mariadb_decompress(page: memoryview) -> memoryview | str:
+    """Undo MariaDB page compression (legacy flags, FIL_PAGE_TYPE 34354): the payload is the whole original page.
+
+    Returns the original page, a reason string when it cannot be right, or "" when it cannot be checked here.
+    """
+    n = len(page)
+    size = BE16.unpack_from(page, FIL_PAGE_COMP_SIZE)[0]
+    header = FIL_PAGE_DATA + FIL_PAGE_COMP_METADATA_LEN
+    if size == 0 or size > n - header:
+        return f"page_compressed payload size {size} out of range"
+    algo = BE64.unpack_from(page, FIL_PAGE_COMP_ALGO)[0]
+    decompress = _DECOMPRESSORS.get(algo)
+    if decompress is None:
+        return ""
+    try:
+        data = decompress(page[header : header + size].tobytes())
+    except (zlib.error, lzma.LZMAError, OSError, ValueError) as exc:
+        return f"page_compressed page does not decompress ({exc})"
+    if len(data) != n:
+        return f"page_compressed page decompresses to {len(data)} bytes, not {n}"
+    return memoryview(data)
+
+
 def _mariadb_legacy_is_corrupted(page: memoryview, info: SpaceInfo) -> str | None:
-    """MariaDB ``buf_page_is_corrupted`` for non-full_crc32 tablespaces, innodb_checksum_algorithm not strict."""
+    """MariaDB ``buf_page_is_corrupted`` for non-full_crc32 tablespaces, innodb_checksum_algorithm not strict.
+
+    page_compressed pages (34354) have no checksum of their own; like mariabackup we decompress them and check the
+    original page. Compressed+encrypted ones (37401) would need the key, and are accepted as the server does.
+    """
     t = BE16.unpack_from(page, FIL_PAGE_TYPE)[0]
     if t in (FIL_PAGE_PAGE_COMPRESSED, FIL_PAGE_PAGE_COMPRESSED_ENCRYPTED) and info.page_compressed:
-        return None  # checked after decompression by the server
+        if t == FIL_PAGE_PAGE_COMPRESSED:
+            restored = _mariadb_decompress(page)
+            if isinstance(restored, str):
+                return restored or None
+            if BE16.unpack_from(restored, FIL_PAGE_TYPE)[0] in (FIL_PAGE_PAGE_COMPRESSED,
+                                                               FIL_PAGE_PAGE_COMPRESSED_ENCRYPTED):  # fmt: skip
+                return "page_compressed page decompresses to another compressed page"
+            if reason := _mariadb_legacy_is_corrupted(restored, info):
+                return f"after decompression: {reason}"
+        return None
     n = len(page)
     if info.zip_size:
         return _zip_is_corrupted(page, "mariadb")

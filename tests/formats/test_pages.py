@@ -246,13 +246,11 @@ def test_flipped_byte_is_reported(sample: tuple[dict, bytes, bytes]) -> None:
     no = entry["pages"][1]
     bad = _flip(page, _body_offset(entry, page))
     reason = page_is_corrupted(bad, info, no)
-    if struct.unpack_from(">H", page, 24)[0] == 34354 or entry["innodb_checksum_algorithm"] == "none":
-        # MariaDB legacy page_compressed pages carry no checksum until decompressed, and "none" means none:
-        # the server accepts these pages, so must we.
-        assert reason is None
+    if entry["innodb_checksum_algorithm"] == "none":
+        assert reason is None  # "none" means none: the server accepts the page, so must we
         return
     assert reason is not None
-    assert "checksum mismatch" in reason or "decompress" in reason
+    assert "checksum mismatch" in reason or "decompress" in reason or "LSN in header" in reason
     assert validate_pages(bad, info, no) == [(no, reason)]
     # page 0 too
     reason0 = page_is_corrupted(_flip(page0, 200), info, 0)
@@ -467,3 +465,29 @@ def test_legacy_big_endian_crc32() -> None:
     assert page_is_corrupted(bytes(be), info) is None  # MySQL still reads it
     minfo = space_info(load("mariadb10-crc32-16k")[1], "mariadb")
     assert page_is_corrupted(bytes(be), minfo) is not None  # MariaDB 10.6+ does not (INNODB_BUG_ENDIAN_CRC32 off)
+
+
+def test_mariadb_legacy_page_compressed_checked_after_decompression() -> None:
+    """FIL_PAGE_TYPE 34354: DEADBEEF in the checksum field, algorithm at 26, payload size at 38, and the zlib payload
+    is the whole original page, checked like any other (as mariabackup does)."""
+    entry, p0, page = load("mariadb10-crc32-page_compressed-16k")
+    info = space_info(p0, "mariadb")
+    no = entry["pages"][1]
+    assert BE32.unpack_from(page, 0)[0] == 0xDEADBEEF
+    assert struct.unpack_from(">Q", page, 26)[0] == 1  # zlib
+    size = struct.unpack_from(">H", page, 38)[0]
+    inner = zlib.decompress(page[40 : 40 + size])
+    assert len(inner) == len(page)
+    assert page_is_corrupted(inner, info, no) is None
+    # Corrupt the original page, recompress it into a well-formed compressed page: reported after decompression.
+    bad_inner = _flip(inner, 5000)
+    payload = zlib.compress(bad_inner)
+    rebuilt = page[:38] + struct.pack(">H", len(payload)) + payload
+    rebuilt += bytes(len(page) - len(rebuilt))
+    reason = page_is_corrupted(rebuilt, info, no)
+    assert reason is not None
+    assert reason.startswith("after decompression: checksum mismatch")
+    # Garbage instead of zlib data.
+    reason = page_is_corrupted(page[:40] + bytes(len(page) - 40), info, no)
+    assert reason is not None
+    assert "does not decompress" in reason
