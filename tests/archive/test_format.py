@@ -99,3 +99,26 @@ def test_xbstream_vector_from_peers():
     assert fx.CHUNK_PREFIX.build({"flags": 0, "type": ord("E"), "path_len": 2}) == fx.build_eof_chunk(b"f1")[:14]
     sparse = fx.SPARSE_TAIL.build({"sparse_map_len": 2, "payload_len": 5, "payload_offset": 7, "checksum": 9})
     assert fx.unpack_sparse_tail(sparse) == (2, 5, 7, 9)
+
+
+def test_format_md_example_is_what_the_writer_writes():
+    """docs/FORMAT.md §6 stays true: its hex is byte for byte the writer's output (DATA payload elided there)."""
+    import io
+    import re
+
+    from streamer.archive import ArchiveWriter
+    from tests.archive.builders import REPO
+
+    text = (REPO / "docs/FORMAT.md").read_text()
+    example = text[text.index("## 6. Example") : text.index("## 7.")]
+    hexdump = "".join(line.replace(" ", "") for line in example.splitlines() if re.fullmatch(r"[0-9a-f ]+", line))
+    out = io.BytesIO()
+    w = ArchiveWriter(out, meta={"flavor": "mariadb"}, compress=False)
+    f = w.begin_file("a")
+    w.write(f, 0, b"x" * 4096 + bytes(4096))
+    w.end_file(f, 8192)
+    w.close({"to_lsn": 42})
+    blob = out.getvalue()
+    data_start = blob.index(b"ISFR\x02") + fa.FRAME_HEADER_SIZE
+    assert bytes.fromhex(hexdump) == blob[:data_start] + blob[data_start + 4096 :]
+    assert f"total {len(blob)} bytes" in example

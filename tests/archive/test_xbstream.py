@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import random
+import re
 import struct
 import subprocess
 import zlib
@@ -19,7 +20,7 @@ from streamer.archive import NullSink
 from streamer.errors import UnsafePath
 from streamer.extract import extract, list_archive
 from streamer.xbstream import XbstreamWriter, read_xbstream
-from tests.archive.builders import PY, REPO, run_cli, tree
+from tests.archive.builders import PY, REPO, make_archive, run_cli, tree
 
 FIXTURES = REPO / "fixtures" / "xbstream"
 
@@ -120,16 +121,23 @@ def test_xbstream_writer_through_a_real_pipe_into_mbstream(tmp_path: Path):
     assert data == b"".join(bytes([i]) * (1 << 20) for i in range(30)) + bytes(1 << 20)
 
 
-def test_real_mariadb_backup_stream_extracts_like_mbstream(mariadb10, tmp_path: Path):
+@pytest.fixture(scope="module")
+def real_stream(mariadb10, tmp_path_factory) -> bytes:
+    """A real `mariadb-backup --backup --stream=xbstream` of the MariaDB 10.11 test server."""
     mariadb10.execute("CREATE DATABASE IF NOT EXISTS xbtest")
     mariadb10.execute("CREATE TABLE IF NOT EXISTS xbtest.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(200))")
     mariadb10.execute("INSERT INTO xbtest.t (v) SELECT REPEAT(CHAR(65 + seq % 26), 150) FROM xbtest.seq_1_to_3000")
+    tmp = tmp_path_factory.mktemp("mbtmp")
     r = subprocess.run(
         ["mariadb-backup", "--backup", "--stream=xbstream", f"--socket={mariadb10.socket}", "--user=root",
-         f"--datadir={mariadb10.datadir}", f"--target-dir={tmp_path / 'mbtmp'}", "--parallel=2"],
+         f"--datadir={mariadb10.datadir}", f"--target-dir={tmp / 'mbtmp'}", "--parallel=2"],
         capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    stream = r.stdout
+    return r.stdout
+
+
+def test_real_mariadb_backup_stream_extracts_like_mbstream(real_stream: bytes, tmp_path: Path):
+    stream = real_stream
     assert stream.startswith(fx.XB_STREAM_CHUNK_MAGIC)
     assert mbstream_x(stream, tmp_path / "ref").returncode == 0
     ref = tree(tmp_path / "ref")
@@ -197,3 +205,27 @@ def test_list_xbstream_and_crc_is_zlib():
     assert GOOD[31:35] == struct.pack("<I", zlib.crc32(b"hello"))
     s = read_xbstream(io.BytesIO(GOOD), NullSink())
     assert s.raw_bytes == 5
+
+
+def test_verify_validates_real_innodb_pages(real_stream: bytes, tmp_path: Path):
+    """Re-archive a real backup in our format: verify checks its pages, and names a corrupted one."""
+    extract(io.BytesIO(real_stream), tmp_path / "b")
+    files = tree(tmp_path / "b")
+    blob = make_archive(files, meta={"flavor": "mariadb"})
+    r = run_cli(["verify", "-"], stdin=blob)
+    assert r.returncode == 0, r.stderr
+    pages = int(re.search(rb"(\d+) InnoDB pages checked", r.stderr).group(1))
+    from streamer.extract import is_tablespace
+
+    nonzero = sum(1 for n, d in files.items() if is_tablespace(n) for i in range(0, len(d), 16384)
+                  if d[i : i + 16384].strip(b"\0"))
+    assert pages >= nonzero > 50  # every stored page was checked (zero pages in holes need no check)
+    bad = dict(files)
+    name = "mysql/innodb_index_stats.ibd"
+    page = bytearray(bad[name])
+    page[3 * 16384 + 1000] ^= 0x55  # inside page 3 (the clustered index root)
+    bad[name] = bytes(page)
+    r = run_cli(["verify", "-"], stdin=make_archive(bad, meta={"flavor": "mariadb"}))
+    assert r.returncode == 3
+    assert f"[file {name}, page 3]".encode() in r.stderr
+    assert b"Traceback" not in r.stderr
