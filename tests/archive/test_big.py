@@ -74,4 +74,5 @@ def test_several_gb_through_a_pipe(tmp_path: Path):
         assert st.st_blocks * 512 < size * 15 // 16  # 1 page in 8 is a hole
         path.unlink()
     assert (target / "xtrabackup_checkpoints").read_bytes() == b"backup_type = full-backuped\n"
-    print(f"{nfiles * size / 1e6:.0f} MB through the pipe in {elapsed:.1f} s = {nfiles * size / 1e6 / elapsed:.0f} MB/s")
+    mb = nfiles * size / 1e6
+    print(f"{mb:.0f} MB through the pipe in {elapsed:.1f} s = {mb / elapsed:.0f} MB/s")
