@@ -120,6 +120,11 @@ class RedoCopier:
         log.info("Stopping log copying thread at LSN %d", self.scanned_lsn)
         return self.scanned_lsn
 
+    def check(self) -> None:
+        """Raise the copier thread's error now, if it already failed (lets the backup stop early)."""
+        if self._thread is not None and not self._thread.is_alive():
+            self._reraise()
+
     def abort(self) -> None:
         """Stop the thread without waiting for any LSN (cancel path); errors are dropped."""
         self._quit = True
@@ -458,8 +463,17 @@ class MariaDBRedoCopier(RedoCopier):
 
     def _poll(self, final: bool) -> None:
         cp = self._checkpoint()  # read BEFORE the data: the log up to cp.end_lsn is on disk by then
-        if os.fstat(self._open()).st_size != self.file_size:
-            raise SourceError(f"{self.path} changed size during the backup", file=str(self.path))
+        st = os.fstat(self._open())
+        try:
+            same_file = self.path.stat().st_ino == st.st_ino
+        except FileNotFoundError:
+            same_file = False
+        if st.st_size != self.file_size or not same_file:
+            raise SourceError(
+                f"{self.path} was resized or re-created during the backup",
+                file=str(self.path),
+                hint="do not change innodb_log_file_size while a backup runs",
+            )
         cap = ma.capacity(self.file_size)
         window = MARIADB_WINDOW_MIN
         budget = MAX_BYTES_PER_POLL

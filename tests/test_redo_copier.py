@@ -11,7 +11,7 @@ import pytest
 
 from formats import log0files_io as my
 from formats import mtr0log as ma
-from streamer.errors import RedoOverwritten
+from streamer.errors import RedoOverwritten, SourceError
 from streamer.redo_copier import open_redo_copier
 from streamer.redo_inspect import inspect_redo
 from tools.sandbox import Server
@@ -151,3 +151,19 @@ def test_slow_copier_under_heavy_load_raises_redo_overwritten(kind: str, fresh_s
     assert "innodb_redo_log_capacity" in str(err)
     assert err.lsn is not None
     assert err.lsn >= copier.start_lsn
+
+
+def test_mariadb_log_resize_during_copy_is_a_source_error(fresh_server) -> None:
+    """SET GLOBAL innodb_log_file_size re-creates ib_logfile0: the copy cannot follow it and must say so."""
+    srv: Server = fresh_server("mariadb10", options=["--innodb-log-file-size=4M", "--innodb-log-buffer-size=2M"])
+    copier = open_redo_copier("mariadb", srv.datadir, lambda b: None, poll_interval=0.05)
+    copier.start()
+    srv.execute("SET GLOBAL innodb_log_file_size = 8388608")
+    load = Load(srv, "redo_resize", row_bytes=1000, rows_per_stmt=10, total_bytes=2 << 20)
+    load.start()
+    load.join()
+    deadline = time.monotonic() + 30
+    while srv.query("SELECT @@innodb_log_file_size")[0][0] != 8388608 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with pytest.raises(SourceError, match="resized or re-created"):
+        copier.stop(flushed_lsn(srv), timeout=30)
