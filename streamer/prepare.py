@@ -154,11 +154,11 @@ def build_mysql_prepare_redo(logfile: bytes, *, page_size: int = 16384, creator:
     offset = LOG_FILE_HDR_SIZE
     lsn = start
     while offset + OS_FILE_LOG_BLOCK_SIZE <= len(logfile):
-        block = logfile[offset:offset + OS_FILE_LOG_BLOCK_SIZE]
-        hdr_no, data_len, _first, epoch = LOG_BLOCK_HDR.unpack_from(block)
+        data_block = logfile[offset:offset + OS_FILE_LOG_BLOCK_SIZE]
+        hdr_no, data_len, _first, epoch = LOG_BLOCK_HDR.unpack_from(data_block)
         if (hdr_no & ~LOG_BLOCK_FLUSH_BIT_MASK) != 1 + (lsn // OS_FILE_LOG_BLOCK_SIZE) % LOG_BLOCK_MAX_NO:
             break
-        if struct.unpack_from(">I", block, LOG_BLOCK_CHECKSUM)[0] != _crc_block(block):
+        if struct.unpack_from(">I", data_block, LOG_BLOCK_CHECKSUM)[0] != _crc_block(data_block):
             break
         if epoch_prev is not None and epoch not in (epoch_prev, epoch_prev + 1):
             break
@@ -352,7 +352,8 @@ def find_server_binary(bd: BackupDir, explicit: Path | None) -> tuple[Path, str]
 _INTERESTING = re.compile(
     r"\[ERROR\]|crash recovery|End of log|To recover|Starting to parse|scanned up to|Apply batch|"
     r"Recovered|Rolled back|rollback|log sequence number|ready for connections|Shutdown complete|Resizing redo|"
-    r"Applying log|Database was not shutdown normally|Starting crash|progress|Last binlog",
+    r"Applying log|Database was not shutdown normally|Starting crash|progress|Last binlog|batch|Read redo log|"
+    r"Trying to recover|\d%",
     re.IGNORECASE,
 )
 _BORING = re.compile(r"max_open_files|Could not increase|Using .* instructions|io_uring|CA certificate|"
@@ -587,9 +588,19 @@ def _last_errors(lines: list[str]) -> str:
     return ("server said: " + " | ".join(specific[:2])) if specific else "see the server error log"
 
 
+#: Seconds between our own "still recovering" lines, for recoveries that print nothing for a while.
+PROGRESS_EVERY = 30.0
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], sock: Path, timeout: float, err: Path) -> pymysql.Connection:
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    next_report = started + PROGRESS_EVERY
     while True:
+        now = time.monotonic()
+        if now >= next_report:
+            next_report = now + PROGRESS_EVERY
+            log.info("prepare: crash recovery running for %.0f s", now - started)
         if not _alive(proc):
             lines = err.read_text(errors="replace").splitlines() if err.exists() else []
             raise PrepareError(f"crash recovery failed: the server exited with code {proc.returncode}",
