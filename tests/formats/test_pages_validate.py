@@ -116,3 +116,28 @@ def test_throughput_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
         with capsys.disabled():
             print(f"\nvalidate_pages {name}: {best:.0f} MB/s")
         assert best > 300  # ~2-6 GB/s on the dev VM; far below means the fast path was lost
+
+
+@settings(max_examples=300, deadline=None)
+@given(flags=st.integers(0, 2**32 - 1), flavor=st.sampled_from(["mysql", "mariadb"]), noise=st.binary(min_size=16,
+       max_size=16))  # fmt: skip
+def test_arbitrary_page0_gives_info_or_format_error(flags: int, flavor: str, noise: bytes) -> None:
+    """Whatever page 0 holds, space_info either describes it or raises a FormatError, never anything else, and the
+    description can drive validate_pages over arbitrary bytes."""
+    from formats.errors import FormatError
+
+    _, page0, _ = load("mysql9-crc32-16k")
+    p = bytearray(page0)
+    BE32.pack_into(p, 54, flags)
+    p[100:116] = noise
+    try:
+        info = space_info(bytes(p), flavor)
+    except FormatError:
+        return
+    ps = info.physical_page_size
+    assert ps in (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+    assert info.logical_page_size >= ps
+    junk = (noise * (2 * ps // 16 + 1))[: 2 * ps]
+    for no, reason in validate_pages(junk, info, 3):
+        assert no in (3, 4)
+        assert reason
