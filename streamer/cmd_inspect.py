@@ -39,8 +39,9 @@ def inspect_cmd(path: Path, flavor: str | None, as_json: bool, no_fail: bool) ->
     \b
     Exit status, like innochecksum:
       0  every page checked is valid
-      3  invalid pages found, or a tablespace could not be parsed (the report is still printed in full)
-      4  PATH cannot be read
+      2  PATH does not exist (usage error)
+      3  invalid pages found, or a tablespace or redo file could not be read or parsed
+         (the report is still printed in full; each problem is named in it)
     With --no-fail the status is 0 whenever the report could be made.
     """
     result = inspect_path(path, flavor)
