@@ -22,7 +22,7 @@ from typing import Any
 
 from formats.buf0checksum import checksum_algorithm, page_is_corrupted, validate_pages
 from formats.errors import FormatError, InnostreamError
-from formats.fil0fil import BE16, FIL_PAGE_TYPE, page_type_name
+from formats.fil0fil import BE16, BE64, FIL_PAGE_LSN, FIL_PAGE_TYPE, page_type_name
 from formats.fsp0fsp import FLAVORS, PAGE_COMPRESSION_ALGORITHMS, SpaceInfo, guess_flavor, space_info
 from streamer.errors import SourceError
 
@@ -60,6 +60,7 @@ class TablespaceReport:
     first_page_no: int = 0
     checksums: dict[str, int] = field(default_factory=dict)
     page_types: dict[str, int] = field(default_factory=dict)
+    max_lsn: int = 0  # newest FIL_PAGE_LSN of any page: how far the file's contents reach in the redo log
     invalid_count: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)
     note: str | None = None
@@ -187,6 +188,7 @@ def _scan(fd: int, rep: TablespaceReport, info: SpaceInfo, first_page_no: int) -
             page = mv[i * ps : (i + 1) * ps]
             types[page_type_name(BE16.unpack_from(page, FIL_PAGE_TYPE)[0], info.flavor, info.full_crc32)] += 1
             checksums[checksum_algorithm(page, info)] += 1
+            rep.max_lsn = max(rep.max_lsn, BE64.unpack_from(page, FIL_PAGE_LSN)[0])
     rep.checksums = dict(checksums.most_common())
     rep.page_types = dict(types.most_common())
 
@@ -328,6 +330,7 @@ def render_tablespace(d: dict[str, Any], listed: int = 20) -> str:
         f"flags:            {d['flags']:#x} ({', '.join(feats)})",
         f"page size:        {d['logical_page_size']} logical, {d['physical_page_size']} physical",
         f"pages:            {d['pages']} in {d['file_size']} bytes (FSP_SIZE {d['fsp_size']})",
+        f"newest page LSN:  {d['max_lsn']}",
         f"checksums seen:   {_counts(d['checksums'])}",
         f"page types:       {_counts(d['page_types'])}",
     ]

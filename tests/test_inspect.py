@@ -58,6 +58,8 @@ def test_inspect_tablespace_json(tmp_path: Path) -> None:
     assert d["checksums"] == {"zero": entry["pages"][1] + 1, "crc32": 2}
     assert d["invalid"] == []
     assert d["ok"] is True
+    _, page0, page = load("mysql9-crc32-16k")
+    assert d["max_lsn"] == max(int.from_bytes(p[16:24], "big") for p in (page0, page))
 
 
 def test_inspect_reports_corruption_and_exits_3(tmp_path: Path) -> None:
