@@ -331,11 +331,12 @@ class ArchiveWriter:
             self._error = Interrupted("archive writer aborted")
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self._drainer.join(timeout=30)
+        if self._drainer.is_alive():
+            try:  # the drainer discards frames once an error is set, so there is room soon
+                self._queue.put(None, timeout=30)
+            except queue.Full:
+                pass
+            self._drainer.join(timeout=30)
 
 
 # ==================================================================================================================

@@ -179,3 +179,52 @@ def test_verify_reports_a_clean_archive():
     summary = verify(io.BytesIO(BLOB))
     assert summary.format == "innostream"
     assert summary.frames == len(split_frames(BLOB)[1])
+
+
+def test_abort_never_writes_a_trailer(tmp_path: Path):
+    out = io.BytesIO()
+    w = ArchiveWriter(out, threads=2, max_inflight=2)
+    fid = w.begin_file("db/t.ibd")
+    for i in range(20):
+        w.write(fid, i << 20, os.urandom(1 << 20))
+    w.abort()
+    w.abort()  # idempotent
+    from streamer.errors import Interrupted
+
+    with pytest.raises(Interrupted):
+        w.write(fid, 21 << 20, b"x")
+    with pytest.raises(Interrupted):
+        w.close()
+    blob = out.getvalue()
+    assert b"ISFR\x04" not in blob
+    with pytest.raises(Truncated, match="without a trailer"):
+        read_archive(io.BytesIO(blob), NullSink())
+
+
+def test_reader_going_away_stops_the_writer_with_one_line(tmp_path: Path):
+    """`innostream ... | head -c 1000`: the writer sees a broken pipe and reports it, without hanging."""
+    script = (
+        "import os, sys; from streamer.archive import ArchiveWriter\n"
+        "from streamer.cli import main\n"
+        "w = ArchiveWriter(sys.stdout.buffer, threads=2)\n"
+        "f = w.begin_file('x')\n"
+        "try:\n"
+        "    for i in range(200): w.write(f, i << 20, os.urandom(1 << 20))\n"
+        "    w.end_file(f, 200 << 20); w.close()\n"
+        "except Exception as e:\n"
+        "    w.abort(); print(type(e).__name__, e, file=sys.stderr); sys.exit(7)\n"
+    )
+    import subprocess
+
+    r = subprocess.run(["bash", "-c", f"cd {REPO} && {PY} -c \"{script}\" | head -c 1000 > /dev/null; "
+                        "echo ${{PIPESTATUS[0]}}".replace("{{", "{").replace("}}", "}")],
+                       capture_output=True, timeout=120)
+    assert r.stdout.strip() == b"7", r.stderr
+    assert b"Interrupted output pipe closed by the reader" in r.stderr
+
+
+def test_fsync_option_and_existing_empty_target(tmp_path: Path):
+    (tmp_path / "t").mkdir()
+    r = run_cli(["extract", "--fsync", "--target-dir", str(tmp_path / "t")], stdin=BLOB)
+    assert r.returncode == 0, r.stderr
+    assert tree(tmp_path / "t") == sample_files(5)
