@@ -382,9 +382,10 @@ def _open_sink(config: BackupConfig, out: BinaryIO | None, meta_info: dict) -> S
         return DirSink(config.target_dir)
     if out is None:
         raise TargetError("no --target-dir and no output stream")
-    from streamer import archive
-
-    cls = archive.XbstreamWriter if config.stream_format == "xbstream" else archive.ArchiveWriter
+    if config.stream_format == "xbstream":
+        from streamer.xbstream import XbstreamWriter as cls
+    else:
+        from streamer.archive import ArchiveWriter as cls
     return cls(out, level=config.compress_level, threads=config.compress_threads, meta=meta_info,
                compress=config.compress)
 
