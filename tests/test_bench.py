@@ -101,18 +101,30 @@ def test_peer_tail_line_is_parsed() -> None:
 
 
 def test_lag_report_interpolates_server_lsn() -> None:
-    # Server writes 1000 bytes/s of redo; the copier is 300 bytes behind at t=1.5 and 100 behind at t=3.
+    # Server writes 1000 bytes/s of redo; the copier starts at 10_500 and reports at 1.5, 2.0 and 3.0 s.
     samples = [(0.0, 10_000), (1.0, 11_000), (2.0, 12_000), (3.0, 13_000)]
     scanned = [(1.5, 11_200), (2.0, 11_900), (3.0, 12_900)]
-    rep = bench.lag_report(scanned, samples, capacity=1_000, t_start=1.0, t_end=3.5)
+    rep = bench.lag_report(scanned, samples, capacity=2_000, t_start=1.0, t_end=3.5, start_lsn=10_500)
     assert rep["redo_rate"] == pytest.approx(1000)
-    assert rep["max_lag"] == 300
-    assert rep["median_lag"] == 100
-    assert rep["max_lag_share"] == pytest.approx(0.3)
+    assert rep["lag_at_lines_max"] == 300  # 11_500 - 11_200 at t=1.5
+    assert rep["lag_at_lines_median"] == 100
+    # Just before each line: 11_500 - 10_500, 12_000 - 11_200, 13_000 - 11_900.
+    assert rep["max_lag"] == 1_100
+    assert rep["max_lag_share"] == pytest.approx(0.55)
     assert rep["server_lsn_start"] == 11_000
     assert rep["server_lsn_end"] == 13_000  # past the last sample: the last sample
-    assert rep["max_gap"] == pytest.approx(1.0)
-    assert rep["copied"] == 1_700
+    assert rep["max_gap"] == pytest.approx(1.0)  # 2.0 -> 3.0 (start 1.0 -> 1.5 is shorter)
+    r = {**rep, "kept_up": True}
+    assert bench.kept_up_label(r) == "barely (55% of capacity)"
+    assert bench.kept_up_label({**r, "max_lag_share": 0.1}) == "yes"
+    assert bench.kept_up_label({**r, "kept_up": False}) == "**no**"
+
+
+def test_lag_report_without_start_has_no_upper_bound_for_one_line() -> None:
+    # The peer prints one line at the end: its lag at that line is known, an upper bound is not.
+    rep = bench.lag_report([(2.0, 11_900)], [(0.0, 10_000), (3.0, 13_000)], capacity=10_000, t_start=0, t_end=3)
+    assert rep["lag_at_lines_max"] == 100
+    assert "max_lag" not in rep
 
 
 def test_lag_report_without_progress_lines() -> None:
@@ -139,7 +151,8 @@ def test_ratios_targets_and_render() -> None:
     kind = {"kind": "mariadb10", "version": "10.11.19", "series": series, "notes": ["a note"],
             "dataset": {"tables": 4, "rows": 10, "data_bytes": 2 * bench.GiB, "table_bytes": bench.GiB},
             "load": [{"tool": "innostream", "ok": True, "wall": 20.0, "sysbench_tps": 900.0, "redo_rate": bench.MiB,
-                      "max_lag": 5 * bench.MiB, "median_lag": bench.MiB, "capacity": 96 * bench.MiB,
+                      "max_lag": 5 * bench.MiB, "lag_at_lines_max": bench.MiB, "lag_at_lines_median": bench.MiB,
+                      "capacity": 96 * bench.MiB,
                       "max_lag_share": 5 / 96, "scanned_lines": 20, "max_gap": 1.2, "kept_up": True,
                       "returncodes": [0], "sysbench": "sysbench oltp_write_only run", "command": "innostream backup"}]}
     kind["ratios"] = bench.compute_ratios(series)
@@ -163,6 +176,9 @@ def test_ratios_targets_and_render() -> None:
     assert "| extract zstd-1 | 1.20 |" in text
     assert "mariadb-backup backup zstd-1" in text  # exact commands listed
     assert "* a note" in text
+    row = ("| innostream | yes | 20.00 | 900 | 1.0 MiB/s | 1.0 MiB / 1.0 MiB | 5.0 MiB | 96.0 MiB | 5.2% | 20 | 1.2 "
+           "| yes |")
+    assert row in text
 
 
 def test_failed_series_gets_no_ratio() -> None:
@@ -244,3 +260,19 @@ def test_set_cache_cold_and_warm(tmp_path: Path) -> None:
     assert _resident_fraction(data) < 0.1
     assert bench.set_cache([tmp_path / "d"], "warm") == 16 * bench.MiB
     assert _resident_fraction(data) > 0.9
+
+
+def test_small_program_is_not_billed_for_our_own_peak(tmp_path: Path) -> None:
+    # Raise this process's VmHWM well above cat's: wait4's ru_maxrss for cat would report it (Linux carries the
+    # pre-exec image's peak into the child), the harness must not.
+    ballast = bytearray(150 * bench.MiB)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    src = tmp_path / "in"
+    src.write_bytes(b"z" * (8 * bench.MiB))
+    res = bench.run_pipeline([["sh", "-c", "cat; sleep 0.3"]], log_dir=tmp_path / "logs", stdin_path=src,
+                             stdout_path=tmp_path / "out")
+    del ballast
+    assert res.ok
+    assert res.procs[0].maxrss_sampled
+    assert 0 < res.procs[0].maxrss < 20 * bench.MiB
