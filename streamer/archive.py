@@ -28,12 +28,11 @@ from formats.errors import (
     BadMagic,
     ChecksumMismatch,
     Corrupt,
-    FormatError,
     InnostreamError,
     Truncated,
     UnsupportedVersion,
 )
-from streamer.errors import Interrupted, TargetError
+from streamer.errors import Interrupted, TargetError, UnsafePath
 
 ZERO_BLOCK = bytes(fa.HOLE_UNIT)
 ZERO_CHUNK = bytes(fa.CHUNK_SIZE)
@@ -631,7 +630,7 @@ def read_archive(
                 name, mode = fa.parse_file_begin(frame.payload)
                 why = fa.check_name(name)
                 if why:
-                    raise fa_unsafe(name, why, where)
+                    raise UnsafePath(f"refusing archive member {name!r}: {why}", **where)
                 if name in names:
                     raise Corrupt("duplicate file in the archive", file=name, **where)
                 names.add(name)
@@ -698,13 +697,6 @@ def read_archive(
             pool.shutdown(wait=True)
 
 
-def fa_unsafe(name: str, why: str, where: dict) -> InnostreamError:
-    """The error for an archive member that would land outside the target."""
-    from streamer.errors import UnsafePath
-
-    return UnsafePath(f"refusing archive member {name!r}: {why}", **where)
-
-
 def _check_trailer(
     reader: FrameReader, frame: Frame, summary: ArchiveSummary, results: list[FileResult], verify_data: bool
 ) -> None:
@@ -742,7 +734,6 @@ __all__ = [
     "ArchiveSummary",
     "ArchiveWriter",
     "FileResult",
-    "FormatError",
     "Frame",
     "FrameReader",
     "NullSink",
