@@ -33,8 +33,9 @@ from streamer.errors import Corrupt, RedoOverwritten, SourceError, Truncated
 from streamer.log import log
 
 OVERWRITE_HINT = "increase innodb_redo_log_capacity / innodb_log_file_size or reduce load during the backup"
-#: Polls without progress while the caller waits for an LSN the server has already written, before giving up.
-MAX_STALLED_POLLS = 100
+#: Seconds without progress while stop() waits for an LSN the server has already written, before giving up: the
+#: frontier is retried on every poll until then (a block or mtr being written validates on a later read).
+STALL_TIMEOUT = 30.0
 MYSQL_CHUNK = 4 << 20  # bytes read per pread on MySQL (whole blocks)
 MARIADB_WINDOW_MIN = 64 << 10  # first read size on MariaDB; doubled while an mtr is incomplete
 MARIADB_WINDOW_MAX = 2 * ma.MTR_SIZE_MAX  # an mtr is at most 1 MiB, so this window always holds one
@@ -78,6 +79,8 @@ class RedoCopier:
         self._error: BaseException | None = None
         self._advanced = 0
         self._logged = 0
+        self.frontier = "not polled yet"  # why the last poll stopped where it did
+        self.stall_timeout = STALL_TIMEOUT
 
     # --- public API ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,11 +148,11 @@ class RedoCopier:
         return self.scanned_lsn >= target
 
     def _stalled(self, target: int) -> None:
-        """Called when no progress was made for MAX_STALLED_POLLS polls while waiting for ``target``."""
-        raise SourceError(
-            f"redo log does not advance: copied up to lsn {self.scanned_lsn}, need {target}",
+        """Called when no progress was made for ``stall_timeout`` seconds while waiting for ``target``."""
+        raise Corrupt(
+            f"redo log does not advance past lsn {self.scanned_lsn} ({self.frontier}), need {target}",
             lsn=self.scanned_lsn,
-            hint="the log at that LSN stays unreadable (torn or corrupt block?)",
+            hint="the server reports that LSN as written but the log there stays invalid; check the server error log",
         )
 
     def _close(self) -> None:
@@ -166,7 +169,7 @@ class RedoCopier:
             raise err
 
     def _run(self) -> None:
-        stalled = 0
+        last_progress = time.monotonic()
         try:
             while not self._quit:
                 before = self.scanned_lsn
@@ -176,13 +179,15 @@ class RedoCopier:
                     self._logged = self.scanned_lsn
                     log.info(">> log scanned up to (%d)", self.scanned_lsn)
                 self._do_advance()
+                now = time.monotonic()
+                if self.scanned_lsn != before:
+                    last_progress = now
                 if target is not None:
                     if self._target_reached(target):
                         self._poll(final=True)
                         self._do_advance()
                         return
-                    stalled = stalled + 1 if self.scanned_lsn == before else 0
-                    if stalled >= MAX_STALLED_POLLS:
+                    if now - last_progress > self.stall_timeout:
                         self._stalled(target)
                 self._wake.wait(self.poll_interval if target is None else min(self.poll_interval, 0.05))
                 self._wake.clear()
@@ -339,6 +344,7 @@ class MySQLRedoCopier(RedoCopier):
         while budget > 0 and not self._quit:
             lsn = self._write_lsn
             if not self._open_for(lsn):
+                self.frontier = f"no redo file holds lsn {lsn} yet"
                 return
             f = self._file
             assert f is not None
@@ -368,8 +374,13 @@ class MySQLRedoCopier(RedoCopier):
                         lsn=lsn + off,
                         hint=OVERWRITE_HINT,
                     )
+                self.frontier = f"block at lsn {lsn + off}: {status.name.lower().replace('_', ' ')}"
                 stop = True
                 break
+            else:
+                self.frontier = "end of the chunk read"
+            if partial:
+                self.frontier = f"partial block at lsn {self._write_lsn + full * my.OS_FILE_LOG_BLOCK_SIZE}"
             size = full * my.OS_FILE_LOG_BLOCK_SIZE
             if size:
                 self._emit(memoryview(buf)[:size])
@@ -498,6 +509,9 @@ class MariaDBRedoCopier(RedoCopier):
                 if res.end:
                     continue
             frontier = True  # end of log for now
+            self.frontier = ma.describe_stop(
+                buf, res.end, ma.sequence_bit(lsn + res.end, self.first_lsn, self.file_size)
+            )
             break
         lsn = self.scanned_lsn
         # The server wrote the log up to cp.end_lsn before it wrote that checkpoint, and it never writes more than

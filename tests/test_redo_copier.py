@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
+import struct
 import threading
 import time
 from pathlib import Path
@@ -11,7 +14,7 @@ import pytest
 
 from formats import log0files_io as my
 from formats import mtr0log as ma
-from streamer.errors import RedoOverwritten, SourceError
+from streamer.errors import Corrupt, RedoOverwritten, SourceError
 from streamer.redo_copier import open_redo_copier
 from streamer.redo_inspect import inspect_redo
 from tools.sandbox import Server
@@ -167,3 +170,150 @@ def test_mariadb_log_resize_during_copy_is_a_source_error(fresh_server) -> None:
         time.sleep(0.2)
     with pytest.raises(SourceError, match="resized or re-created"):
         copier.stop(flushed_lsn(srv), timeout=30)
+
+
+@pytest.mark.parametrize("kind", COPIER_KINDS)
+def test_copier_follows_wrap_and_file_rotation(kind: str, fresh_server, tmp_path: Path) -> None:
+    """Several laps of a 4 MiB MariaDB log / many 256 KiB MySQL files pass by while the copier keeps up."""
+    srv: Server = fresh_server(kind, options=TINY_REDO[kind])
+    out = tmp_path / "copy"
+    with out.open("wb") as fh:
+        copier = open_redo_copier(srv.flavor, srv.datadir, fh.write, poll_interval=0.02)
+        copier.start()
+        load = Load(srv, "redo_wrap", row_bytes=1000, rows_per_stmt=10, total_bytes=12 << 20)
+        load.start()
+        load.join()
+        assert load.error is None
+        last = copier.stop(flushed_lsn(srv), timeout=120)
+    data = out.read_bytes()
+    if srv.flavor == "mariadb":
+        size = (srv.datadir / "ib_logfile0").stat().st_size
+        assert last - copier.start_lsn > 2 * ma.capacity(size)  # wrapped at least twice
+        check_mariadb_copy(data, copier.start_lsn, last)
+    else:
+        file_size = (srv.datadir / my.LOG_DIRECTORY_NAME).iterdir().__next__().stat().st_size
+        assert last - copier.start_lsn > 8 * file_size  # crossed at least 8 #ib_redoN files
+        check_mysql_copy(data, copier.start_lsn, last)
+
+
+# --- offline: the copiers over real, static sample logs (fixtures/redo/) ----------------------------------------------
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "redo"
+
+
+def sample_image(name: str) -> tuple[bytearray, dict]:
+    """A full-size image of the sampled redo file (zeros outside the kept ranges) and what the server reported."""
+    meta = json.loads((FIXTURES / f"{name}-redo.json").read_text())
+    blob = gzip.decompress((FIXTURES / f"{name}-redo.bin.gz").read_bytes())
+    image = bytearray(meta["file_size"])
+    image[: meta["prefix_size"]] = blob[: meta["prefix_size"]]
+    seg = blob[meta["prefix_size"] :]
+    if meta["flavor"] == "mariadb":
+        first_lsn = ma.parse_file_header(image).first_lsn
+        for i in range(len(seg)):
+            image[ma.lsn_to_offset(meta["segment_lsn"] + i, first_lsn, len(image))] = seg[i]
+    else:
+        image[meta["segment_offset"] : meta["segment_offset"] + len(seg)] = seg
+    return image, meta
+
+
+def place(image: bytes | bytearray, meta: dict, root: Path) -> Path:
+    if meta["flavor"] == "mariadb":
+        (root / "ib_logfile0").write_bytes(image)
+    else:
+        (root / my.LOG_DIRECTORY_NAME).mkdir()
+        (root / my.LOG_DIRECTORY_NAME / meta["file"]).write_bytes(image)
+    return root
+
+
+def end_lsn(meta: dict) -> int:
+    st = meta["server_status"]
+    return st["log_sequence_number"] if meta["flavor"] == "mariadb" else st["Innodb_redo_log_current_lsn"]
+
+
+@pytest.mark.parametrize("name", ["mariadb-10.11", "mariadb-11.8", "mysql-9.7"])
+def test_copier_on_static_sample_copies_checkpoint_to_end(name: str, tmp_path: Path) -> None:
+    image, meta = sample_image(name)
+    root = place(image, meta, tmp_path)
+    chunks: list[bytes] = []
+    copier = open_redo_copier(meta["flavor"], root, chunks.append, poll_interval=0.01)
+    copier.start()
+    cp = meta["server_status"]["last_checkpoint_at"]
+    assert copier.start_lsn == cp
+    assert copier.current_checkpoint() == cp
+    last = copier.stop(end_lsn(meta), timeout=10)
+    assert last == end_lsn(meta)
+    data = b"".join(chunks)
+    if meta["flavor"] == "mariadb":
+        check_mariadb_copy(data, cp, last)
+    else:
+        check_mysql_copy(data, cp, last)
+    copy = tmp_path / "copy" / copier.copy_file_name
+    copy.parent.mkdir()
+    copy.write_bytes(data)
+    info = inspect_redo(copy)
+    assert (info["kind"], info["end_lsn"], info["invalid"]) == ("backup copy", last, None)
+
+
+@pytest.mark.parametrize("name", ["mariadb-10.11", "mysql-9.7"])
+def test_corrupt_log_below_the_servers_lsn_is_an_error_not_a_hang(name: str, tmp_path: Path) -> None:
+    image, meta = sample_image(name)
+    cp = meta["server_status"]["last_checkpoint_at"]
+    if meta["flavor"] == "mariadb":
+        header, ckpt = ma.find_checkpoint(image[: ma.START_OFFSET])
+        bad_lsn = ckpt.end_lsn + 1  # inside the checkpoint's own mtr: below what the server wrote, not below end_lsn
+        image[ma.lsn_to_offset(bad_lsn, header.first_lsn, len(image))] ^= 0x01
+    else:
+        start = my.parse_file_header(image[:512]).start_lsn
+        bad_lsn = my.align_down(cp) + 512
+        image[my.lsn_to_offset(start, bad_lsn) + 100] ^= 0x01
+    copier = open_redo_copier(meta["flavor"], place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
+    copier.stall_timeout = 0.5
+    copier.start()
+    with pytest.raises(Corrupt, match="does not advance") as info:
+        copier.stop(end_lsn(meta), timeout=10)
+    assert info.value.lsn < end_lsn(meta)
+    assert info.value.lsn <= bad_lsn
+
+
+def test_mariadb_invalid_log_before_the_checkpoint_end_is_overwritten(tmp_path: Path) -> None:
+    """Data the checkpoint proves was written, but that no longer validates, was lapped by the server."""
+    image, meta = sample_image("mariadb-10.11")
+    header, cp = ma.find_checkpoint(image[: ma.START_OFFSET])
+    image[ma.lsn_to_offset(cp.checkpoint_lsn + 1, header.first_lsn, len(image))] ^= 0x01
+    copier = open_redo_copier("mariadb", place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
+    copier.start()
+    with pytest.raises(RedoOverwritten) as info:
+        copier.stop(end_lsn(meta), timeout=10)
+    assert info.value.lsn == cp.checkpoint_lsn
+
+
+def test_mysql_block_numbered_ahead_is_overwritten(tmp_path: Path) -> None:
+    image, meta = sample_image("mysql-9.7")
+    start = my.parse_file_header(image[:512]).start_lsn
+    lsn = my.align_down(meta["server_status"]["last_checkpoint_at"]) + 512
+    off = my.lsn_to_offset(start, lsn)
+    block = bytearray(image[off : off + 512])
+    struct.pack_into(">I", block, 0, my.block_hdr_no(lsn + 8 * 1024 * 1024))  # a block of a later lap
+    struct.pack_into(">I", block, 508, my.crc32c(bytes(block[:508])))
+    image[off : off + 512] = block
+    copier = open_redo_copier("mysql", place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
+    copier.start()
+    with pytest.raises(RedoOverwritten, match="block numbers mismatch") as info:
+        copier.stop(end_lsn(meta), timeout=10)
+    assert info.value.lsn == lsn
+
+
+def test_mysql_redo_file_removed_is_overwritten(tmp_path: Path) -> None:
+    image, meta = sample_image("mysql-9.7")
+    root = place(image, meta, tmp_path)
+    copier = open_redo_copier("mysql", root, lambda b: None, poll_interval=3600)
+    copier.start()
+    time.sleep(0.2)
+    copier._close()  # drop the cached descriptor so that the next poll resolves the files again
+    (root / my.LOG_DIRECTORY_NAME / meta["file"]).unlink()
+    hdr = bytearray(image[: my.LOG_FILE_HDR_SIZE])
+    later = my.file_end_lsn(my.parse_file_header(hdr[:512]).start_lsn, len(image)) + 10 * len(image)
+    hdr[:512] = my.build_file_header(later, "MySQL 9.7.4", meta["server_status"]["Innodb_redo_log_uuid"])
+    (root / my.LOG_DIRECTORY_NAME / "#ib_redo999").write_bytes(bytes(hdr) + bytes(len(image) - len(hdr)))
+    with pytest.raises(RedoOverwritten, match="removed before it was copied"):
+        copier.stop(end_lsn(meta) + 10**6, timeout=10)
