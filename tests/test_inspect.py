@@ -185,3 +185,30 @@ def test_inspect_live_datadir(server: Server) -> None:
     assert code == 0, out
     assert "0 invalid pages, 0 unreadable" in out
     assert "redo:" in out
+
+
+def test_inspect_multi_file_system_tablespace(fresh_server) -> None:
+    """ibdata2 has no page 0 of its own: it is checked with ibdata1's description, numbering continued."""
+    srv = fresh_server("mariadb10", options=["--innodb-data-file-path=ibdata1:4M;ibdata2:12M:autoextend"])
+    srv.execute("CREATE DATABASE IF NOT EXISTS m")
+    srv.execute("CREATE TABLE m.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB")
+    srv.execute("INSERT INTO m.t VALUES (1, 'x')")
+    srv.stop()
+    result = inspect_path(srv.datadir)
+    by_name = {Path(t["path"]).name: t for t in result["tablespaces"]}
+    assert by_name["ibdata1"]["pages"] == 256  # 4M of 16K pages
+    assert by_name["ibdata2"]["first_page_no"] == 256
+    assert by_name["ibdata2"]["space_id"] == 0
+    assert result["invalid_pages"] == 0, render(result)
+    assert result["errors"] == 0, render(result)
+    # A page of ibdata2 read back at the wrong position would still be caught by its checksum.
+    data = bytearray((srv.datadir / "ibdata2").read_bytes())
+    written = [i for i in range(len(data) // 16384) if any(data[i * 16384 : i * 16384 + 64])]
+    assert written, "the server did not use ibdata2"
+    i = written[0]
+    data[i * 16384 + 9000] ^= 1
+    (srv.datadir / "ibdata2").write_bytes(bytes(data))
+    result = inspect_path(srv.datadir)
+    assert result["invalid_pages"] == 1, render(result)
+    bad = next(t for t in result["tablespaces"] if Path(t["path"]).name == "ibdata2")["invalid"]
+    assert bad[0]["page"] == 256 + i
