@@ -329,3 +329,40 @@ def test_redo_consumer_registers_advances_and_unregisters_on_mysql(mysql9):
     again = RedoConsumer(args)
     again.close()
     assert not again.registered
+
+
+def test_redo_consumer_really_holds_back_redo_overwrite_on_mysql(fresh_server):
+    """With our consumer registered and not advancing, a writer producing more redo than the capacity stalls
+    instead of overwriting; advancing lets it go on. This is what keeps a slow backup from losing redo."""
+    srv = fresh_server("mysql9", options=["--innodb-redo-log-capacity=8M"])
+    args = {"unix_socket": str(srv.socket), "user": "root", "password": "", "autocommit": True}
+    srv.execute("CREATE DATABASE c")
+    srv.execute("CREATE TABLE c.t (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB")
+    consumer = RedoConsumer(args)
+    done = threading.Event()
+
+    def writer() -> None:
+        conn = srv.connect()
+        try:
+            with conn.cursor() as cur:
+                for _ in range(30):  # ~30 MB of redo through an 8 MB log
+                    cur.execute("INSERT INTO c.t (b) VALUES (REPEAT('x', 1000000))")
+        finally:
+            conn.close()
+            done.set()
+
+    try:
+        s = consumer.session
+        start = current_lsn(s, "mysql")
+        threading.Thread(target=writer, daemon=True).start()
+        assert not done.wait(5), "the writer should stall behind our consumer"
+        stalled_at = current_lsn(s, "mysql") - start
+        assert stalled_at < 8 << 20
+        deadline = time.monotonic() + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            consumer.advance(current_lsn(s, "mysql"))
+            time.sleep(0.1)
+        assert done.is_set()
+        assert current_lsn(s, "mysql") - start > 25 << 20
+    finally:
+        consumer.close()
