@@ -189,6 +189,8 @@ def _inspect_mysql_file(path: Path) -> dict[str, Any]:
         hdr = my.parse_file_header(head, verify_checksum=False)
         copy = path.name == "xtrabackup_logfile" or hdr.creator.startswith(my.LOG_HEADER_CREATOR_PXB.strip())
         info.update(flavor="mysql", kind="backup copy" if copy else "server file")
+        if path.name.endswith(my.LOG_FILE_UNUSED_SUFFIX):
+            info["kind"] = "unused spare file (_tmp): its content is stale"
         cps = [c for c in my.checkpoints(head) if c is not None] if len(head) >= my.LOG_FILE_HDR_SIZE else []
         current = max(cps, key=lambda c: c.lsn if hdr.is_8_0_30 else c.checkpoint_no) if cps else None
         info["current_checkpoint"] = current.slot if current else None
