@@ -23,6 +23,7 @@ import zlib
 from array import array
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 from crc32c import crc32c
 
@@ -272,11 +273,16 @@ def _mariadb_crypt_is_corrupted(page: memoryview, info: SpaceInfo) -> str | None
 #: (fil0pagecompress.cc); the algorithm is the 8-byte FIL_PAGE_COMP_ALGO at 26.
 FIL_PAGE_COMP_SIZE = FIL_PAGE_DATA
 FIL_PAGE_COMP_METADATA_LEN = 2
-_DECOMPRESSORS: dict[int, Callable[[bytes], bytes]] = {
-    1: zlib.decompress,  # PAGE_ZLIB_ALGORITHM
-    4: lzma.decompress,  # PAGE_LZMA_ALGORITHM (xz container)
-    5: bz2.decompress,  # PAGE_BZIP2_ALGORITHM
+_DECOMPRESSORS: dict[int, Callable[[], Any]] = {
+    1: zlib.decompressobj,  # PAGE_ZLIB_ALGORITHM
+    4: lzma.LZMADecompressor,  # PAGE_LZMA_ALGORITHM (xz container)
+    5: bz2.BZ2Decompressor,  # PAGE_BZIP2_ALGORITHM
 }  # lz4, lzo, snappy: no decompressor in the standard library; such pages are not checked (as before decompression)
+
+
+def _inflate(make: Callable[[], Any], data: bytes, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes: a corrupt payload must not be able to blow up memory."""
+    return make().decompress(data, limit)
 
 
 def _mariadb_decompress(page: memoryview) -> memoryview | str:
@@ -294,7 +300,7 @@ def _mariadb_decompress(page: memoryview) -> memoryview | str:
     if decompress is None:
         return ""
     try:
-        data = decompress(page[header : header + size].tobytes())
+        data = _inflate(decompress, page[header : header + size].tobytes(), n + 1)
     except (zlib.error, lzma.LZMAError, OSError, ValueError) as exc:
         return f"page_compressed page does not decompress ({exc})"
     if len(data) != n:
@@ -357,7 +363,7 @@ def _mysql_decompress(page: memoryview) -> memoryview | str:
     if algo != COMPRESSION_ZLIB:
         return ""  # lz4 (or unknown): no decompressor here; not verifiable, not reported
     try:
-        data = zlib.decompress(page[FIL_PAGE_DATA : FIL_PAGE_DATA + comp_size])
+        data = _inflate(zlib.decompressobj, page[FIL_PAGE_DATA : FIL_PAGE_DATA + comp_size].tobytes(), n + 1)
     except zlib.error as exc:
         return f"transparently compressed page does not decompress ({exc})"
     if len(data) != orig_size:

@@ -491,3 +491,24 @@ def test_mariadb_legacy_page_compressed_checked_after_decompression() -> None:
     reason = page_is_corrupted(page[:40] + bytes(len(page) - 40), info, no)
     assert reason is not None
     assert "does not decompress" in reason
+
+
+def test_decompression_is_bounded() -> None:
+    """A payload that inflates far beyond a page is cut at page size + 1, not inflated in full."""
+    entry, p0, page = load("mariadb10-crc32-page_compressed-16k")
+    info = space_info(p0, "mariadb")
+    bomb = zlib.compress(bytes(4 << 20), 9)  # 4 MiB of zeros in ~4 KB
+    assert len(bomb) < len(page) - 40
+    rebuilt = page[:38] + struct.pack(">H", len(bomb)) + bomb
+    rebuilt += bytes(len(page) - len(rebuilt))
+    assert page_is_corrupted(rebuilt, info, entry["pages"][1]) == (
+        f"page_compressed page decompresses to {len(page) + 1} bytes, not {len(page)}"
+    )
+    _, m0, mpage = load("mysql9-zlib-transparent-16k")
+    minfo = space_info(m0, "mysql")
+    t = bytearray(mpage)
+    t[38 : 38 + len(bomb)] = bomb
+    struct.pack_into(">H", t, 32, len(bomb))
+    reason = page_is_corrupted(bytes(t), minfo, 15)
+    assert reason is not None
+    assert "decompresses to" in reason
