@@ -447,19 +447,17 @@ def _alive(proc: subprocess.Popen[bytes]) -> bool:
     return proc.poll() is None
 
 
-def _recovered_lsn(flavor: str, lines: list[str]) -> int | None:
-    """The LSN crash recovery reached, from the server's own messages."""
-    patterns = (
-        [r"End of log at LSN=(\d+)", r"log sequence number (\d+); transaction id"]
-        if flavor == "mariadb"
-        else [r"scanned up to log sequence number (\d+)", r"Log background threads are being started"]
-    )
-    for pat in patterns:
-        for line in lines:
-            m = re.search(pat, line)
-            if m and m.groups():
-                return int(m.group(1))
-    return None
+def recovered_lsn_from_log(flavor: str, lines: list[str]) -> int | None:
+    """The LSN crash recovery reached, from the server's own messages (the highest one: MySQL prints
+    ``scanned up to`` as progress every few MB, MariaDB ``Read redo log up to`` before ``End of log``)."""
+    pattern = (r"End of log at LSN=(\d+)|InnoDB: log sequence number (\d+); transaction id" if flavor == "mariadb"
+               else r"Doing recovery: scanned up to log sequence number (\d+)")
+    found = [int(next(g for g in m.groups() if g)) for line in lines if (m := re.search(pattern, line))]
+    if flavor == "mariadb":
+        # "End of log" is exact when there was redo to apply; otherwise the LSN the server started at.
+        ends = [int(m.group(1)) for line in lines if (m := re.search(r"End of log at LSN=(\d+)", line))]
+        found = ends or found
+    return max(found) if found else None
 
 
 def _innodb_lsn(conn: pymysql.connections.Connection) -> int | None:
@@ -562,7 +560,7 @@ def _start_and_recover(binary: Path, bd: BackupDir, config: PrepareConfig, resul
         if proc.returncode != 0:
             raise PrepareError(f"the server exited with code {proc.returncode} at shutdown", file=str(err),
                                hint=_last_errors(follower.lines))
-        result.recovered_lsn = _recovered_lsn(bd.flavor, follower.lines)
+        result.recovered_lsn = recovered_lsn_from_log(bd.flavor, follower.lines)
         if result.recovered_lsn is None:
             result.recovered_lsn = live_lsn
         if missing:

@@ -20,6 +20,7 @@ from streamer.prepare import (
     mariadb_log_end_lsn,
     prepare_backup,
     read_backup_dir,
+    recovered_lsn_from_log,
 )
 from streamer.restore import RestoreConfig, copy_sparse, restore_backup
 
@@ -237,3 +238,25 @@ def test_restore_copies_data_not_metadata(tmp_path: Path) -> None:
     assert (moved / "db" / "t.ibd").read_bytes() == b"t" * 8192
     assert not (done / "db" / "t.ibd").exists()
     assert (done / "xtrabackup_checkpoints").exists()
+
+
+def test_recovered_lsn_from_real_logs() -> None:
+    # Lines as MySQL 9.7.4 and MariaDB 10.11.19 wrote them during a prepare of a 40 MB redo copy.
+    mysql = [
+        "2026-11-24T09:21:05.1Z 0 [Note] [MY-013086] [InnoDB] Starting to parse redo log at lsn = 228362321, "
+        "whereas checkpoint_lsn = 228362745 and start_lsn = 228362240",
+        "2026-11-24T09:21:05.2Z 0 [Note] [MY-012550] [InnoDB] Doing recovery: scanned up to log sequence number "
+        "233605120",
+        "2026-11-24T09:21:06.2Z 0 [Note] [MY-012550] [InnoDB] Doing recovery: scanned up to log sequence number "
+        "269704368",
+        "2026-11-24T09:21:07.2Z 0 [Note] [MY-012976] [InnoDB] 9.7.4 started; log sequence number 269717123",
+    ]
+    assert recovered_lsn_from_log("mysql", mysql) == 269704368
+    mariadb = [
+        "2026-11-24  9:20:13 0 [Note] InnoDB: Starting crash recovery from checkpoint LSN=214610737",
+        "2026-11-24  9:20:13 0 [Note] InnoDB: End of log at LSN=256806304",
+        "2026-11-24  9:20:13 0 [Note] InnoDB: log sequence number 256806304; transaction id 20825",
+    ]
+    assert recovered_lsn_from_log("mariadb", mariadb) == 256806304
+    assert recovered_lsn_from_log("mariadb", mariadb[2:]) == 256806304
+    assert recovered_lsn_from_log("mysql", mysql[3:]) is None
