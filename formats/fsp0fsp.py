@@ -149,22 +149,26 @@ def xdes_size(logical_page_size: int) -> int:
 
 
 def _mysql_flags_valid(flags: int) -> bool:
-    """A trimmed ``fsp_flags_is_valid()`` (MySQL fsp0fsp.cc)."""
-    if flags >> FSP_FLAGS_POS_UNUSED:
-        return False
-    post_antelope = flags & FSP_FLAGS_MASK_POST_ANTELOPE
-    atomic_blobs = flags & FSP_FLAGS_MASK_ATOMIC_BLOBS
+    """``fsp_flags_is_valid()`` (MySQL fsp0fsp.cc), plus ZIP_SSIZE <= PAGE_SSIZE (a physical page larger than the
+    logical one cannot exist, and our page arithmetic relies on it)."""
+    if flags == 0:
+        return True
+    post_antelope = bool(flags & FSP_FLAGS_MASK_POST_ANTELOPE)
+    atomic_blobs = bool(flags & FSP_FLAGS_MASK_ATOMIC_BLOBS)
     zip_ssize = (flags & FSP_FLAGS_MASK_ZIP_SSIZE) >> FSP_FLAGS_POS_ZIP_SSIZE
     page_ssize = (flags & FSP_FLAGS_MASK_PAGE_SSIZE) >> FSP_FLAGS_POS_PAGE_SSIZE
-    if atomic_blobs and not post_antelope:
-        return False
-    if zip_ssize > PAGE_ZIP_SSIZE_MAX:
+    shared, temp = flags & FSP_FLAGS_MASK_SHARED, flags & FSP_FLAGS_MASK_TEMPORARY
+    if post_antelope != atomic_blobs or flags >> FSP_FLAGS_POS_UNUSED or zip_ssize > PAGE_ZIP_SSIZE_MAX:
         return False
     if page_ssize and not 3 <= page_ssize <= 7:
         return False
+    if flags & FSP_FLAGS_MASK_DATA_DIR and (shared or temp):
+        return False
+    if flags & FSP_FLAGS_MASK_ENCRYPTION and temp:
+        return False
     # SHARED and TEMPORARY together are valid: MySQL's session temporary tablespaces (#innodb_temp/temp_N.ibt)
     # carry flags 0x1800.
-    return not (page_ssize and zip_ssize > page_ssize)
+    return zip_ssize <= (page_ssize or UNIV_PAGE_SSIZE_ORIG)
 
 
 def _mariadb_flags_valid(flags: int) -> bool:

@@ -379,6 +379,7 @@ def test_not_page_zero_raises_bad_magic() -> None:
         (0x4029, "mysql", (16384, 8192)),
         (0x40E1, "mysql", (4096, 4096)),
         (0x4000 | (7 << 6) | 0x21, "mysql", (65536, 65536)),
+        (0x1800, "mysql", (16384, 16384)),  # session temporary tablespace (real: #innodb_temp/temp_N.ibt)
     ],
 )
 def test_page_size_from_flags(flags: int, flavor: str, sizes: tuple[int, int]) -> None:
@@ -396,6 +397,9 @@ def test_page_size_from_flags(flags: int, flavor: str, sizes: tuple[int, int]) -
         (0x15, "mysql"),  # ZIP_SSIZE 10
         (1 << 15, "mysql"),  # unused bits
         (0x20, "mysql"),  # ATOMIC_BLOBS without POST_ANTELOPE
+        (0x1, "mysql"),  # POST_ANTELOPE without ATOMIC_BLOBS
+        (0x2000 | 0x1000, "mysql"),  # encrypted temporary
+        (0x400 | 0x800 | 0x21, "mysql"),  # DATA DIRECTORY on a general tablespace
     ],
 )
 def test_invalid_flags_rejected(flags: int, flavor: str) -> None:
