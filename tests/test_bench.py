@@ -39,6 +39,9 @@ def test_pipeline_counts_bytes_cpu_and_rss_of_every_stage(tmp_path: Path) -> Non
     assert res.cpu >= 0.3
     assert res.wall >= 0.3
     assert res.tree_rss_peak >= 50 * bench.MiB  # the sampler saw the big stage while it was alive
+    # The machine was at least as busy as the pipeline (tick granularity: 10 ms per core).
+    assert res.machine_cpu >= res.cpu - 0.05
+    assert res.other_cpu >= 0
 
 
 def test_pipeline_reports_failures_and_feeds_stdin(tmp_path: Path) -> None:

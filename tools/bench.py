@@ -106,6 +106,7 @@ class PipelineResult:
     tree_rss_peak: int  # bytes; the largest sum of VmRSS over the pipeline's process tree seen by the sampler
     out_bytes: int
     stderr_paths: list[str] = field(default_factory=list)
+    machine_cpu: float = 0.0  # CPU seconds the whole machine spent (all processes) during the run, from /proc/stat
 
     @property
     def cpu(self) -> float:
@@ -116,8 +117,21 @@ class PipelineResult:
         return sum(p.maxrss for p in self.procs)
 
     @property
+    def other_cpu(self) -> float:
+        """CPU seconds spent outside the pipeline during the run: the server, and whatever else loads the machine."""
+        return max(0.0, self.machine_cpu - self.cpu)
+
+    @property
     def ok(self) -> bool:
         return all(p.returncode == 0 for p in self.procs)
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (all cores; /proc/stat, in USER_HZ ticks)."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -200,6 +214,7 @@ def run_pipeline(
     readers: list[threading.Thread] = []
     err_paths = [log_dir / f"stage{i}-{Path(argv[0]).name}.err" for i, argv in enumerate(stages)]
     parent_hwm = _status_kb("self", "VmHWM:")
+    busy0 = machine_cpu_seconds()
     t0 = time.monotonic()
     try:
         prev: Any = fin
@@ -239,6 +254,7 @@ def run_pipeline(
                 maxrss, sampled = sampler.hwm[proc.pid], True
             stats.append(ProcStat(Path(argv[0]).name, proc.returncode, ru.ru_utime, ru.ru_stime, maxrss, sampled))
         wall = time.monotonic() - t0
+        busy = machine_cpu_seconds() - busy0
         killer.cancel()
         sampler.stop_event.set()
         sampler.join()
@@ -253,7 +269,7 @@ def run_pipeline(
             if hasattr(fh, "close"):
                 fh.close()
     out_bytes = stdout_path.stat().st_size if stdout_path else 0
-    return PipelineResult(wall, stats, sampler.peak, out_bytes, [str(p) for p in err_paths])
+    return PipelineResult(wall, stats, sampler.peak, out_bytes, [str(p) for p in err_paths], busy)
 
 
 def _pump_lines(stream: Any, copy_to: Any, callback: Callable[[float, bytes], None]) -> None:
@@ -430,6 +446,7 @@ class Series:
             "wall": self.med("wall"), "wall_min": min((r.wall for r in self.runs), default=None),
             "wall_max": max((r.wall for r in self.runs), default=None), "cpu": self.med("cpu"),
             "rss_sum": self.med("rss_sum"), "tree_rss_peak": self.med("tree_rss_peak"),
+            "other_cpu": self.med("other_cpu"),
             "out_bytes": self.med("out_bytes"),
             "returncodes": [[p.returncode for p in r.procs] for r in self.runs],
             "detail": [asdict(r) for r in self.runs],
@@ -840,13 +857,15 @@ def render(results: dict[str, Any]) -> str:
             f"median of {results['runs']} runs per cell, tools alternated A B A B; datadir page cache "
             f"{results.get('cache', '?')} before each backup run.",
             "",
-            "| test | tool | ok | wall s (median) | wall min–max | CPU s | peak RSS (sum) | tree RSS | output |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+            "| test | tool | ok | wall s (median) | wall min–max | CPU s | other CPU s | peak RSS (sum) | tree RSS "
+            "| output |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in kind["series"]:
             lines.append(
                 f"| {s['test']} | {s['tool']} | {'yes' if s['ok'] else '**no**'} | {_fmt(s['wall'])} | "
-                f"{_fmt(s['wall_min'])}–{_fmt(s['wall_max'])} | {_fmt(s['cpu'])} | {human(s['rss_sum'])} | "
+                f"{_fmt(s['wall_min'])}–{_fmt(s['wall_max'])} | {_fmt(s['cpu'])} | {_fmt(s.get('other_cpu'))} | "
+                f"{human(s['rss_sum'])} | "
                 f"{human(s['tree_rss_peak'])} | {human(s['out_bytes'])} |")
         ratios = kind.get("ratios", [])
         if ratios:
