@@ -20,7 +20,15 @@ from typing import Any, BinaryIO
 from formats import archive as fa
 from formats import xbstream as fx
 from formats.errors import BadMagic, Corrupt, InnostreamError
-from streamer.archive import ArchiveSummary, FileResult, NullSink, ObserverFactory, Sink, read_archive
+from streamer.archive import (
+    ArchiveSummary,
+    FileResult,
+    NullSink,
+    ObserverFactory,
+    Sink,
+    nonzero_extents,
+    read_archive,
+)
 from streamer.errors import FileExistsInTarget, TargetError, UnsafePath
 from streamer.log import log
 from streamer.xbstream import read_xbstream
@@ -128,14 +136,18 @@ class TargetDir:
                     handle.buf.extend(bytes(end - len(handle.buf)))
                 handle.buf[offset:end] = data
             return
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(handle.fd, view, offset)
-                view = view[n:]
-                offset += n
-        except OSError as exc:
-            raise TargetError(f"cannot write: {exc.strerror}", file=handle.name, offset=offset) from None
+        # Files are new (O_EXCL) and get their size from ftruncate, so aligned zero blocks need not be written:
+        # they stay holes, as in the source (xbstream carries them as zeros).
+        for a, b in nonzero_extents(data, offset):
+            view = memoryview(data)[a:b]
+            pos = offset + a
+            try:
+                while view:
+                    n = os.pwrite(handle.fd, view, pos)
+                    view = view[n:]
+                    pos += n
+            except OSError as exc:
+                raise TargetError(f"cannot write: {exc.strerror}", file=handle.name, offset=pos) from None
 
     def end(self, handle: _Out, size: int) -> None:
         if handle.buf is not None:
