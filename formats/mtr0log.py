@@ -455,6 +455,7 @@ class Record:
     page_no: int | None
     payload: bytes  # the bytes after the page id (e.g. file names, FILE_CHECKPOINT LSN)
     offset: int  # position of the record's first byte in the mtr
+    end: int  # position after the record's last byte
 
 
 def parse_records(mtr: bytes | bytearray | memoryview) -> list[Record]:
@@ -482,7 +483,7 @@ def parse_records(mtr: bytes | bytearray | memoryview) -> list[Record]:
             raise Truncated(f"record of {end - pos} bytes past the end of the mtr", offset=pos)
         same_page = bool(b & 0x80) and got_page_op
         if same_page:
-            out.append(Record(b & 0x70, True, None, None, bytes(mtr[p:end]), pos))
+            out.append(Record(b & 0x70, True, None, None, bytes(mtr[p:end]), pos, end))
         else:
             space_id, ll = decode_varint(mtr, p)
             p += ll
@@ -499,7 +500,7 @@ def parse_records(mtr: bytes | bytearray | memoryview) -> list[Record]:
             else:
                 rtype = b & 0x70
                 got_page_op = True
-            out.append(Record(rtype, False, space_id, page_no, bytes(mtr[p:end]), pos))
+            out.append(Record(rtype, False, space_id, page_no, bytes(mtr[p:end]), pos, end))
         pos = end
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 
@@ -271,3 +272,33 @@ def test_varint_errors() -> None:
         ma.decode_varint(b"\xf0\xff\xff\xff\xff")
     with pytest.raises(Truncated):
         ma.decode_varint(b"\xc0\x00")
+
+
+def test_fast_length_walk_agrees_with_full_record_decoding(sample) -> None:
+    """find_terminator (hot path, lengths only) and parse_records (full decode) split every real mtr alike."""
+    image, meta = sample
+    end = meta["server_status"]["log_sequence_number"]
+    buf = stream(image, meta["segment_lsn"], end - meta["segment_lsn"])
+    pos = 0
+    n = 0
+    while pos < len(buf):
+        term = ma.find_terminator(buf, pos)
+        recs = ma.parse_records(buf[pos:term])
+        assert recs
+        assert recs[-1].end == term - pos
+        assert all(a.end == b.offset for a, b in itertools.pairwise(recs))
+        pos = term + 5
+        n += 1
+    assert pos == len(buf)
+    assert n > 10
+
+
+@given(st.binary(max_size=600), st.integers(ma.FIRST_LSN, 1 << 40))
+def test_scan_never_crashes_on_garbage(data: bytes, lsn: int) -> None:
+    res = ma.scan_mtrs(data, lsn, ma.FIRST_LSN, ma.START_OFFSET + 4096)
+    assert 0 <= res.end <= len(data)
+    assert res.status in (0, ma.MTR_INCOMPLETE, ma.MTR_INVALID)
+    try:
+        ma.parse_records(data)
+    except (Corrupt, Truncated):
+        pass
