@@ -264,6 +264,11 @@ def read_server_facts(session: Session) -> ServerFacts:
     def under_datadir(value: str | None) -> Path:
         return (datadir / value).resolve() if value else datadir.resolve()
 
+    if flavor == "mysql":
+        rows = session.query("SHOW GLOBAL STATUS LIKE 'Innodb_redo_log_enabled'")
+        if rows and str(rows[0][1]).upper() == "OFF":
+            raise SourceError("redo logging is disabled (ALTER INSTANCE DISABLE INNODB REDO_LOG): a hot backup "
+                              "cannot be made consistent", hint="ALTER INSTANCE ENABLE INNODB REDO_LOG first")
     return ServerFacts(
         flavor=flavor,
         version=version,

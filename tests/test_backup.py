@@ -272,8 +272,8 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("innostream: error:")]
 
 
-def test_sigint_mid_stream_exits_nonzero_and_unlocks(server, tmp_path):
-    proc = subprocess.Popen([*INNOSTREAM, "backup", *_cli_conn(server), "--stream", "--compress", "none",
+def _signal_mid_stream(srv, tmp_path: Path, sig: int, expect: str) -> None:
+    proc = subprocess.Popen([*INNOSTREAM, "backup", *_cli_conn(srv), "--stream", "--compress", "none",
                              "--parallel", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     assert proc.stdout is not None
     got = b""
@@ -284,22 +284,38 @@ def test_sigint_mid_stream_exits_nonzero_and_unlocks(server, tmp_path):
         got += chunk
         time.sleep(0.02)
     assert proc.poll() is None, "the backup should still be running"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest = proc.stdout.read()  # keep draining so the writer can notice
     proc.wait(timeout=120)
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     assert proc.returncode == 130, stderr[-2000:]
     assert len(_error_lines(stderr)) == 1, stderr[-2000:]
-    assert "interrupted" in _error_lines(stderr)[0]
+    assert expect in _error_lines(stderr)[0]
     assert "Traceback" not in stderr
     assert "completed OK!" not in stderr
-    _ddl_works(server)
-    _consumer_free(server)
+    _ddl_works(srv)
+    _consumer_free(srv)
     partial = tmp_path / "partial.isa"
     partial.write_bytes(got + rest)
     ver = subprocess.run([*INNOSTREAM, "verify", str(partial)], capture_output=True, text=True, env=_env(),
                          timeout=120, check=False)
     assert ver.returncode != 0
+
+
+def test_sigint_mid_stream_exits_nonzero_and_unlocks(server, tmp_path):
+    _signal_mid_stream(server, tmp_path, signal.SIGINT, "interrupted")
+
+
+def test_sigterm_mid_stream_exits_nonzero_and_unlocks(mysql9, tmp_path):
+    _signal_mid_stream(mysql9, tmp_path, signal.SIGTERM, "SIGTERM")
+
+
+def test_no_lock_warns_and_completes(mariadb10, tmp_path, log_lines):
+    res = run_backup(_config(mariadb10, target_dir=tmp_path / "b", lock=False))
+    assert res.end_lsn >= res.server_lsn
+    assert any(line.startswith("--no-lock: DDL is not blocked") for line in log_lines)
+    assert not any("BACKUP STAGE" in line for line in log_lines)
+    assert (tmp_path / "b" / "xtrabackup_checkpoints").is_file()
 
 
 def test_closed_pipe_exits_nonzero_and_unlocks(server, tmp_path):

@@ -366,3 +366,41 @@ def test_redo_consumer_really_holds_back_redo_overwrite_on_mysql(fresh_server):
         assert current_lsn(s, "mysql") - start > 25 << 20
     finally:
         consumer.close()
+
+
+def test_refuses_mysql_with_redo_logging_disabled(mysql9):
+    mysql9.execute("ALTER INSTANCE DISABLE INNODB REDO_LOG")
+    s = _session(mysql9)
+    try:
+        with pytest.raises(SourceError, match="redo logging is disabled"):
+            read_server_facts(s)
+    finally:
+        mysql9.execute("ALTER INSTANCE ENABLE INNODB REDO_LOG")
+        s.close()
+
+
+def test_progress_line_and_live_rendering():
+    import io
+
+    from streamer.progress import Progress, human_bytes
+
+    out = io.StringIO()
+    p = Progress(4 << 20, 4, live=True, stream=out)
+    try:
+        p.add(1 << 20)
+        p.file_done()
+        p.set_redo(1000, 1000 + (3 << 20))
+        line = p.line()
+        assert line.startswith("1.0 MiB/4.0 MiB  25% 1/4 files")
+        assert "redo lag 3.0 MiB" in line
+        p.render()
+        assert out.getvalue().startswith("\r1.0 MiB/4.0 MiB")
+        p.clear()
+        assert out.getvalue().endswith("\r\x1b[K")
+    finally:
+        p.close()
+    assert human_bytes(512) == "512 B"
+    quiet = Progress(1, 1, live=False, stream=out)
+    before = out.getvalue()
+    quiet.render()
+    assert out.getvalue() == before
