@@ -151,3 +151,43 @@ def test_reference_prepare_accepts_our_backup(kind: str, request: pytest.Fixture
     server.execute(f"DROP DATABASE `{schema}`")
     with pytest.raises(pymysql.MySQLError):
         server.query(f"SELECT 1 FROM `{schema}`.seq")
+
+
+@pytest.mark.parametrize("kind", ["mariadb10", "mysql9"])
+def test_prepare_refuses_damaged_redo(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """One flipped byte in the middle of the redo copy: prepare fails with one line and exit 7, whichever way the
+    damage shows (our block check, the server refusing pages from the future, or recovery ending early), and the
+    backup is not marked prepared."""
+    server: Server = request.getfixturevalue(kind)
+    schema = "prep_damaged"
+    setup_schema(server, schema)
+    writer = Writer(server, schema)
+    writer.start()
+    try:
+        while writer.committed < 50 and writer.error is None:
+            writer.stop.wait(0.05)
+        backup = tmp_path / "backup"
+        innostream_backup(server, backup)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=60)
+    assert writer.error is None, writer.error
+    redo = backup / ("xtrabackup_logfile" if server.flavor == "mysql" else "ib_logfile0")
+    head = 2048 if server.flavor == "mysql" else 12288
+    size = redo.stat().st_size
+    assert size - head > 4096, "the backup must hold some redo"
+    with open(redo, "r+b") as fh:
+        offset = head + (size - head) // 2
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x55]))
+    res = subprocess.run([sys.executable, "-m", "streamer", "prepare", "--target-dir", str(backup),
+                          "--server-binary", str(server.server_binary)], capture_output=True, text=True, cwd=REPO,
+                         check=False, timeout=900)
+    assert res.returncode == 7, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("innostream: error:")]
+    assert len(errors) == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert parse_checkpoints((backup / "xtrabackup_checkpoints").read_bytes()).backup_type == "full-backuped"
+    server.execute(f"DROP DATABASE `{schema}`")
