@@ -36,6 +36,7 @@ from streamer.errors import Interrupted, TargetError, UnsafePath
 
 ZERO_BLOCK = bytes(fa.HOLE_UNIT)
 ZERO_CHUNK = bytes(fa.CHUNK_SIZE)
+SMALL_WRITE = 256 << 10  # writes below this are gathered into chunk-sized frames
 
 
 def read_exact(stream: BinaryIO, n: int, *, offset: int, what: str) -> bytes:
@@ -127,6 +128,8 @@ class _WFile:
     frames: int = 0
     ended: bool = False
     sha: Any = field(default_factory=hashlib.sha256)
+    buf: bytearray = field(default_factory=bytearray)  # small contiguous writes gathered up to a chunk boundary
+    buf_off: int = 0
 
 
 class ArchiveWriter:
@@ -246,18 +249,44 @@ class ArchiveWriter:
         return f
 
     def write(self, file_id: int, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` at ``offset`` of an open file (copied if mutable); blocks when the queue is full."""
+        """Queue ``data`` at ``offset`` of an open file (copied if mutable); blocks when the queue is full.
+
+        Small writes (the redo copier's blocks) are gathered per file until a chunk boundary, so frames stay large.
+        """
         self._check()
         f = self._file(file_id)
         if offset < f.pos:
             raise ValueError(f"write at {offset} before the end of the previous write ({f.pos}) in {f.name}")
-        if not isinstance(data, bytes):
-            data = bytes(data)
         if offset + len(data) > fa.MAX_FILE_SIZE:
             raise ValueError(f"{f.name} would exceed {fa.MAX_FILE_SIZE} bytes")
         if offset > f.pos:
             hash_zeros(f.sha, offset - f.pos)
+            self._flush(file_id, f)
         f.sha.update(data)
+        end = offset + len(data)
+        if f.buf or len(data) < SMALL_WRITE:
+            if not f.buf:
+                f.buf_off = offset
+            f.buf += data
+            boundary = end - end % fa.CHUNK_SIZE
+            if boundary > f.buf_off:  # emit everything up to the last chunk boundary reached
+                cut = boundary - f.buf_off
+                head = bytes(f.buf[:cut])
+                del f.buf[:cut]
+                self._emit(file_id, f, f.buf_off, head)
+                f.buf_off = boundary
+        else:
+            self._emit(file_id, f, offset, data if isinstance(data, bytes) else bytes(data))
+        f.pos = end
+
+    def _flush(self, file_id: int, f: _WFile) -> None:
+        if f.buf:
+            data = bytes(f.buf)
+            f.buf.clear()
+            self._emit(file_id, f, f.buf_off, data)
+
+    def _emit(self, file_id: int, f: _WFile, offset: int, data: bytes) -> None:
+        """Queue the non-zero extents of ``data`` as DATA frames."""
         mv = memoryview(data)
         for a, b in nonzero_extents(data, offset):
             f.frames += 1
@@ -266,13 +295,13 @@ class ArchiveWriter:
             self._submit(
                 lambda seq, piece=piece, pos=pos: self._pool.submit(self._build_data, seq, file_id, pos, piece), b - a
             )
-        f.pos = offset + len(data)
 
     def end_file(self, file_id: int, size: int) -> None:
         """Finish a file of ``size`` bytes (trailing bytes past the last write are zeros)."""
         f = self._file(file_id)
         if size < f.pos:
             raise ValueError(f"size {size} of {f.name} is below the end of its data ({f.pos})")
+        self._flush(file_id, f)
         hash_zeros(f.sha, size - f.pos)
         f.pos = size
         f.ended = True
