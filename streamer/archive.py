@@ -759,6 +759,15 @@ def _check_trailer(
     summary.trailer = info
 
 
+def __getattr__(name: str) -> Any:
+    """``streamer.archive.XbstreamWriter``, as the writer interface names it (it lives in streamer.xbstream)."""
+    if name == "XbstreamWriter":
+        from streamer.xbstream import XbstreamWriter
+
+        return XbstreamWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ArchiveSummary",
     "ArchiveWriter",
