@@ -115,6 +115,7 @@ def test_lag_report_interpolates_server_lsn() -> None:
     assert rep["max_lag"] == 1_100
     assert rep["max_lag_share"] == pytest.approx(0.55)
     assert rep["server_lsn_start"] == 11_000
+    assert rep["start_age"] == 500  # 11_000 - 10_500
     assert rep["server_lsn_end"] == 13_000  # past the last sample: the last sample
     assert rep["max_gap"] == pytest.approx(1.0)  # 2.0 -> 3.0 (start 1.0 -> 1.5 is shorter)
     r = {**rep, "kept_up": True}
@@ -179,8 +180,8 @@ def test_ratios_targets_and_render() -> None:
     assert "| extract zstd-1 | 1.20 |" in text
     assert "mariadb-backup backup zstd-1" in text  # exact commands listed
     assert "* a note" in text
-    row = ("| innostream | yes | 20.00 | 900 | 1.0 MiB/s | 1.0 MiB / 1.0 MiB | 5.0 MiB | 96.0 MiB | 5.2% | 20 | 1.2 "
-           "| yes |")
+    row = ("| innostream | yes | 20.00 | 900 | 1.0 MiB/s | – | 1.0 MiB / 1.0 MiB | 5.0 MiB | 96.0 MiB | 5.2% | 20 "
+           "| 1.2 | yes |")
     assert row in text
 
 

@@ -629,6 +629,9 @@ def lag_report(scanned: list[tuple[float, int]], samples: list[tuple[float, int]
     )
     if bound:
         rep.update(max_lag=max(bound), max_lag_share=max(bound) / capacity)
+    if start_lsn is not None:
+        # Redo the server had written past its checkpoint when the backup began: every copier starts that far behind.
+        rep["start_age"] = max(0, rep["server_lsn_start"] - start_lsn)
     return rep
 
 
@@ -884,15 +887,17 @@ def render(results: dict[str, Any]) -> str:
             lines += ["", "Backup during `sysbench oltp_write_only` (2 threads). *Lag at lines*: server LSN minus the "
                       "LSN a progress line reports, at that line; *max lag*: server LSN just before a line minus the "
                       "LSN reported copied until then (upper bound; what must stay below the capacity).", "",
-                      "| tool | ok | wall s | sysbench tps | redo rate | lag at lines (max / median) | max lag | "
-                      "capacity | max lag / capacity | progress lines | longest silence s | kept up |",
-                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                      "| tool | ok | wall s | sysbench tps | redo rate | checkpoint age at start | lag at lines (max / "
+                      "median) | max lag | capacity | max lag / capacity | progress lines | longest silence s "
+                      "| kept up |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
             for r in kind["load"]:
                 at_lines = (f"{human(r['lag_at_lines_max'])} / {human(r['lag_at_lines_median'])}"
                             if "lag_at_lines_max" in r else "–")
                 lines.append(
                     f"| {r['tool']} | {'yes' if r['ok'] else '**no**'} | {_fmt(r['wall'])} | "
-                    f"{_fmt(r['sysbench_tps'], '.0f')} | {human(r.get('redo_rate', 0))}/s | {at_lines} | "
+                    f"{_fmt(r['sysbench_tps'], '.0f')} | {human(r.get('redo_rate', 0))}/s | "
+                    f"{human(r['start_age']) if 'start_age' in r else '–'} | {at_lines} | "
                     f"{human(r['max_lag']) if 'max_lag' in r else '–'} | {human(r['capacity'])} | "
                     f"{_fmt(r.get('max_lag_share'), '.1%')} | {r['scanned_lines']} | {_fmt(r.get('max_gap'), '.1f')}"
                     f" | {kept_up_label(r)} |")
