@@ -191,3 +191,44 @@ def test_prepare_refuses_damaged_redo(kind: str, request: pytest.FixtureRequest,
     assert "Traceback" not in res.stderr
     assert parse_checkpoints((backup / "xtrabackup_checkpoints").read_bytes()).backup_type == "full-backuped"
     server.execute(f"DROP DATABASE `{schema}`")
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("mariadb10", ["--innodb-page-size=4096", "--innodb-undo-tablespaces=2", "--innodb-log-file-size=8M"]),
+        ("mariadb11", ["--innodb-page-size=32768", "--innodb-checksum-algorithm=crc32"]),
+        ("mysql9", ["--innodb-page-size=8192", "--innodb-redo-log-capacity=16M"]),
+    ],
+    ids=["mariadb10-4k-undo2", "mariadb11-32k-crc32", "mysql9-8k"],
+)
+def test_prepare_nondefault_config(kind: str, options: list[str], fresh_server, tmp_path: Path) -> None:
+    """Page size, undo tablespaces and checksum settings travel through backup-my.cnf into prepare: the backup's
+    server options are what the prepare server runs with."""
+    # Not the sample schema: its KEY_BLOCK_SIZE=8 table cannot exist with 4K/32K pages.
+    server = fresh_server(kind, options=options)
+    schema = "prep_cfg"
+    setup_schema(server, schema)
+    writer = Writer(server, schema)
+    writer.start()
+    try:
+        while writer.committed < 30 and writer.error is None:
+            writer.stop.wait(0.05)
+        before = writer.committed
+        backup = tmp_path / "backup"
+        innostream_backup(server, backup)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=60)
+    assert writer.error is None, writer.error
+    result = prepare_backup(PrepareConfig(backup, server_binary=server.server_binary, use_memory="64M"))
+    assert result.recovered_lsn is not None
+    assert result.recovered_lsn >= result.last_lsn
+    datadir = tmp_path / "restored"
+    restore_backup(RestoreConfig(backup, datadir))
+    restored = start_server(kind, tmp_path / "run", datadir=datadir, initialize=False, options=options)
+    try:
+        n = check_consistent(restored, schema, before)
+        assert n <= writer.committed
+    finally:
+        restored.stop()
