@@ -39,9 +39,15 @@ def test_sample_schema(server: Server) -> None:
     assert list((server.datadir / "sample").glob("t_partitioned#*p0.ibd"))
 
 
-def test_server_binary_runs(server: Server) -> None:
+def test_server_binary_and_backup_tool_run(server: Server) -> None:
     out = subprocess.run([str(server.server_binary), "--version"], capture_output=True, text=True, check=True)
     assert server.version.split("-")[0] in out.stdout
+    if server.flavor == "mysql":
+        assert server.backup_tool is None
+    else:
+        assert server.backup_tool is not None
+        out = subprocess.run([str(server.backup_tool), "--version"], capture_output=True, text=True, check=True)
+        assert server.version.split("-")[0] in out.stdout + out.stderr
 
 
 def test_datadir_and_socket_agree_with_server(server: Server) -> None:
@@ -79,6 +85,7 @@ def test_long_workdir_gets_short_socket(tmp_path) -> None:
     finally:
         srv.stop()
     assert not srv.running()
+    assert not srv.socket.parent.exists()
 
 
 def test_start_failure_reports_error_log(tmp_path) -> None:

@@ -62,12 +62,15 @@ class Kind:
     server: str  # server binary path (inside the chroot, if any)
     wrapper: str | None  # wrapper script in tools/server-wrappers/ for chroot kinds
     expected_version: str  # prefix of SELECT VERSION()
+    backup_tool: str | None  # the flavour's own backup tool of the same version (reference for comparisons)
 
 
 KINDS: dict[str, Kind] = {
-    "mariadb10": Kind("mariadb10", "mariadb", None, "/usr/sbin/mariadbd", None, "10.11."),
-    "mysql9": Kind("mysql9", "mysql", SID_MYSQL, "/usr/sbin/mysqld", "mysqld-sid", "9.7."),
-    "mariadb11": Kind("mariadb11", "mariadb", SID_MARIADB, "/usr/sbin/mariadbd", "mariadbd-sid", "11.8."),
+    "mariadb10": Kind("mariadb10", "mariadb", None, "/usr/sbin/mariadbd", None, "10.11.", "/usr/bin/mariadb-backup"),
+    # No xtrabackup for MySQL 9 in Debian: there is no reference tool for it.
+    "mysql9": Kind("mysql9", "mysql", SID_MYSQL, "/usr/sbin/mysqld", "mysqld-sid", "9.7.", None),
+    "mariadb11": Kind("mariadb11", "mariadb", SID_MARIADB, "/usr/sbin/mariadbd", "mariadbd-sid", "11.8.",
+                      "mariadb-backup-sid"),
 }
 
 
@@ -184,6 +187,14 @@ class Server:
         return WRAPPERS / kind.wrapper
 
     @property
+    def backup_tool(self) -> Path | None:
+        """The flavour's own ``mariadb-backup`` of the server's version (a wrapper for the chroot), or None (MySQL)."""
+        tool = KINDS[self.kind].backup_tool
+        if tool is None:
+            return None
+        return Path(tool) if tool.startswith("/") else WRAPPERS / tool
+
+    @property
     def root(self) -> Path | None:
         """The chroot directory the server runs in, or None on the host."""
         return KINDS[self.kind].root
@@ -254,6 +265,7 @@ class Server:
                 self.kill()
                 raise SandboxError(f"{self.kind} did not shut down in {timeout}s; killed\n{_tail(self.error_log)}")
         _forget(self)
+        self._drop_socket_dir()
 
     def kill(self) -> None:
         """SIGKILL the server: a crash, leaving the datadir as a crashed server would."""
@@ -262,6 +274,10 @@ class Server:
                 os.kill(self.pid, signal.SIGKILL)
             self._wait_exit(30)
         _forget(self)
+
+    def _drop_socket_dir(self) -> None:
+        if self.socket.parent.name.startswith("isb-") and not self.running():
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
 
     def restart(self, options: Sequence[str] | None = None) -> Server:
         """Stop (cleanly) and start again on the same datadir and socket; updates and returns this object."""
@@ -413,6 +429,7 @@ def start_server(
         raise SandboxError(f"datadir {datadir} does not exist")
 
     sock = Path(socket) if socket is not None else _short_socket(workdir)
+    sock.parent.mkdir(parents=True, exist_ok=True)
     if sock.exists():
         sock.unlink()
     error_log = workdir / "error.log"
