@@ -79,7 +79,8 @@ def list_cmd(archive: str, fmt: str, xbstream_dialect: str, long_: bool) -> None
 @click.option("-p", "--parallel", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Threads decompressing.")
 @click.option("--flavor", type=click.Choice(["mysql", "mariadb"]), default=None,
-              help="Server flavour for page validation (default: from the archive's metadata).")
+              help="Server flavour for page validation (default: from the archive's metadata; an xbstream does not "
+                   "say, so pages are validated only with --flavor or --xbstream-dialect mariadb/percona).")
 def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, parallel: int, flavor: str | None) -> None:
     """Check every checksum, file digest, the trailer and the InnoDB pages, writing nothing."""
     inp = _open_input(archive)

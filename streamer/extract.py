@@ -267,7 +267,8 @@ def read_any(
     if kind == "innostream":
         return read_archive(stream, sink, parallel=parallel, verify_data=verify_data,
                             observer_factory=observer_factory, on_file_done=on_file_done)
-    return read_xbstream(stream, sink, dialect=dialect, on_file_done=on_file_done)
+    return read_xbstream(stream, sink, dialect=dialect, on_file_done=on_file_done,
+                         observer_factory=observer_factory if verify_data else None)
 
 
 def extract(

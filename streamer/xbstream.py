@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from formats import xbstream as fx
 from formats.archive import check_name
 from formats.errors import BadMagic, ChecksumMismatch, Corrupt, InnostreamError, Truncated, UnsupportedVersion
-from streamer.archive import ArchiveSummary, FileResult, Sink, read_exact
+from streamer.archive import ArchiveSummary, FileResult, ObserverFactory, Sink, read_exact
 from streamer.errors import Interrupted, TargetError, UnsafePath
 
 #: largest payload we accept in one chunk; real writers use 10 MiB (or one larger ds_write). Payloads are read in
@@ -187,6 +187,7 @@ class _XFile:
     handle: Any
     pos: int = 0  # where the next payload must start (mbstream's entry->offset)
     size: int = 0  # end of the data written so far: the size at end-of-file (a seek alone does not extend)
+    observer: Any = None
 
 
 def read_xbstream(
@@ -196,8 +197,12 @@ def read_xbstream(
     header_prefix: bytes = b"",
     dialect: str = "auto",
     on_file_done: Callable[[FileResult], None] | None = None,
+    observer_factory: ObserverFactory | None = None,
 ) -> ArchiveSummary:
     """Read an xbstream into ``sink`` chunk by chunk; raise on the first problem.
+
+    ``observer_factory(name, meta)`` works as in :func:`streamer.archive.read_archive` (page validation); the meta
+    has ``flavor`` only if the dialect implies it (``mariadb``/``percona``), as an xbstream does not say.
 
     Raises:
         BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion, UnsafePath: named with the stream offset.
@@ -208,7 +213,9 @@ def read_xbstream(
     files: dict[bytes, _XFile] = {}
     done: set[bytes] = set()
     results: list[FileResult] = []
-    summary = ArchiveSummary("xbstream", {"dialect": dialect}, results, {})
+    flavor = {"mariadb": "mariadb", "percona": "mysql"}.get(dialect)
+    meta: dict[str, Any] = {"dialect": dialect, **({"flavor": flavor} if flavor else {})}
+    summary = ArchiveSummary("xbstream", meta, results, {})
     chunks = 0
 
     def open_file(path: bytes, at: int) -> _XFile:
@@ -227,6 +234,8 @@ def read_xbstream(
         result = FileResult(name, 0o640)
         results.append(result)
         xf = files[path] = _XFile(result, sink.begin(name, 0o640))
+        if observer_factory is not None:
+            xf.observer = observer_factory(name, meta)
         return xf
 
     def copy_payload(xf: _XFile, length: int, offset: int, crc_prefix: int, stored: int, at: int,
@@ -240,6 +249,8 @@ def read_xbstream(
                 piece = src.exact(min(left, READ_PIECE), f"the payload of the chunk at {at:#x}", at)
                 crc = zlib.crc32(piece, crc)
                 sink.write_at(xf.handle, pos, piece)
+                if xf.observer is not None:
+                    xf.observer.feed(pos, piece)
                 pos += len(piece)
                 left -= len(piece)
             return crc
@@ -251,6 +262,8 @@ def read_xbstream(
             if used + n > length:
                 raise Corrupt("sparse map covers more than the payload", file=xf.result.name, offset=at)
             sink.write_at(xf.handle, pos, payload[used : used + n])
+            if xf.observer is not None:
+                xf.observer.feed(pos, payload[used : used + n])
             pos += n
             used += n
         return crc
@@ -275,6 +288,8 @@ def read_xbstream(
                 files.pop(path)
                 done.add(path)
                 xf.result.size = xf.size
+                if xf.observer is not None:
+                    xf.observer.finish(xf.size)
                 sink.end(xf.handle, xf.size)
                 if on_file_done is not None:
                     on_file_done(xf.result)

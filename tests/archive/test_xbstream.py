@@ -159,6 +159,9 @@ def test_real_mariadb_backup_stream_extracts_like_mbstream(real_stream: bytes, t
     assert sorted(line.split()[-1].decode() for line in listing.stdout.splitlines()) == sorted(ref)
     # verify checks every CRC; a cut inside the last chunk is caught
     assert run_cli(["verify", "-"], stdin=stream).returncode == 0
+    checked = run_cli(["verify", "--flavor", "mariadb", "-"], stdin=stream)
+    assert checked.returncode == 0, checked.stderr
+    assert int(re.search(rb"(\d+) InnoDB pages checked", checked.stderr).group(1)) > 50
     assert run_cli(["verify", "-"], stdin=stream[:-3]).returncode == 3
 
 
