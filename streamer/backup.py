@@ -269,24 +269,33 @@ def _strip_data_file_path(value: str) -> str:
         for part in value.split(";") if part)
 
 
-def backup_my_cnf(facts: ServerFacts) -> bytes:
-    """``backup-my.cnf``: the InnoDB settings prepare must start with (innodb-formats.md 6.2 / 6.4)."""
+#: MySQL 8.0.30+ splits innodb_redo_log_capacity over this many #ib_redoN files (log0constants.h).
+LOG_N_FILES = 32
+
+
+def backup_my_cnf(facts: ServerFacts, undo_files: int = 0) -> bytes:
+    """``backup-my.cnf``: the InnoDB settings prepare must start with (innodb-formats.md 6.2 / 6.4).
+
+    MySQL 9 has neither ``innodb_log_file_size`` nor ``innodb_undo_tablespaces``; we write what is true of the
+    files instead: the size of one ``#ib_redoN`` file and the number of undo tablespaces copied.
+    """
     v = facts.var
+    log_file_size = v("innodb_log_file_size")
+    if not log_file_size and v("innodb_redo_log_capacity"):
+        log_file_size = str(int(v("innodb_redo_log_capacity")) // LOG_N_FILES)
     common = {
         "innodb_checksum_algorithm": v("innodb_checksum_algorithm", "crc32"),
         "innodb_data_file_path": _strip_data_file_path(v("innodb_data_file_path", "ibdata1:12M:autoextend")),
-        "innodb_log_file_size": v("innodb_log_file_size", "0") or "0",
+        "innodb_log_file_size": log_file_size or "0",
         "innodb_page_size": v("innodb_page_size", "16384"),
         # Undo tablespaces are copied to the backup root.
         "innodb_undo_directory": "./",
-        "innodb_undo_tablespaces": v("innodb_undo_tablespaces", "0") or "0",
+        "innodb_undo_tablespaces": v("innodb_undo_tablespaces") or str(undo_files),
     }
     if facts.flavor == "mariadb":
         options: dict[str, object] = dict(common, innodb_compression_level=v("innodb_compression_level", "6"))
         if v("innodb_buffer_pool_filename"):
             options["innodb_buffer_pool_filename"] = v("innodb_buffer_pool_filename")
-        if v("innodb_undo_tablespaces") == "":
-            options["innodb_undo_tablespaces"] = "0"
         return meta.build_backup_my_cnf(options, "mariadb")
 
     def onoff(name: str) -> str:
@@ -308,7 +317,7 @@ def backup_my_cnf(facts: ServerFacts) -> bytes:
 
 def build_metadata(facts: ServerFacts, result: BackupResult, status: LogStatus, *, started: datetime,
                    ended: datetime, argv: Sequence[str], stream_format: str | None, compressed: bool,
-                   server_uuid: str) -> dict[str, bytes]:
+                   server_uuid: str, undo_files: int = 0) -> dict[str, bytes]:
     """The metadata files, in the order they are written (checkpoints last: the commit point)."""
     flavor = facts.flavor
     files: dict[str, bytes] = {}
@@ -316,7 +325,7 @@ def build_metadata(facts: ServerFacts, result: BackupResult, status: LogStatus, 
     if result.binlog is not None:
         files[meta.XTRABACKUP_BINLOG_INFO] = meta.build_binlog_info(result.binlog)
         binlog_pos = meta.format_binlog_pos(result.binlog.filename, result.binlog.position, result.binlog.gtid)
-    files[meta.BACKUP_MY_CNF] = backup_my_cnf(facts)
+    files[meta.BACKUP_MY_CNF] = backup_my_cnf(facts, undo_files)
     info: dict[str, object] = {
         "uuid": server_uuid,
         "name": "",
@@ -597,7 +606,8 @@ class Backup:
         # Metadata last; xtrabackup_checkpoints last of all: a target without it is not a backup.
         files = build_metadata(facts, res, status, started=started, ended=datetime.now(), argv=cfg.argv,
                                stream_format=None if cfg.target_dir is not None else cfg.stream_format,
-                               compressed=cfg.compress, server_uuid=server_uuid)
+                               compressed=cfg.compress, server_uuid=server_uuid,
+                               undo_files=sum(1 for f in inventory.innodb if UNDO_RE.match(f.name)))
         for name, data in files.items():
             log.info("Writing %s", name)
             self.sink.add_bytes(name, data)
