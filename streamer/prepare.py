@@ -51,7 +51,7 @@ from formats.xtrabackup_meta import (
     parse_checkpoints,
     parse_info,
 )
-from streamer.errors import InnostreamError, PrepareError
+from streamer.errors import InnostreamError, Interrupted, PrepareError
 from streamer.log import log
 
 # --- MySQL 8.0.30+ redo file header (log0constants.h / log0files_io.cc; innodb-formats.md §4.1) --------------------
@@ -669,6 +669,24 @@ def _check_mariadb_redo(bd: BackupDir) -> int:
     return end
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the server runs, so it is stopped instead of left holding the
+    backup directory (it runs in its own session and would outlive us)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _write_checkpoints(bd: BackupDir, cp: Checkpoints) -> None:
     tmp = bd.checkpoints_file.with_name(bd.checkpoints_file.name + ".tmp")
     tmp.write_bytes(build_checkpoints(cp, bd.flavor))
@@ -711,7 +729,12 @@ def prepare_backup(config: PrepareConfig) -> PrepareResult:
             raise PrepareError(f"the redo log copy ends at LSN {copy_end}, before the backup's last_lsn "
                                f"{cp.last_lsn}: it is truncated or damaged", lsn=copy_end,
                                hint="the backup is incomplete; take a new one")
-    _start_and_recover(binary, bd, config, result)
+    with _terminate_as_interrupt():
+        try:
+            _start_and_recover(binary, bd, config, result)
+        except KeyboardInterrupt:
+            raise Interrupted("prepare interrupted; the server was stopped and the backup is not marked prepared",
+                              hint="run prepare again: recovery restarts from the redo in the backup") from None
     if cp.backup_type == BACKUP_TYPE_FULL and cp.last_lsn and (
         result.recovered_lsn is None or result.recovered_lsn < cp.last_lsn
     ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -331,3 +332,35 @@ def test_restore_unprepared_refused(mariadb_backup_dir: Path, tmp_path: Path) ->
     res = run_cli("restore", "--target-dir", str(mariadb_backup_dir), "--datadir", str(tmp_path / "d"))
     assert_one_line_error(res, 7, "full-prepared")
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+def test_interrupted_prepare_then_rerun(mariadb_backup_dir: Path, mariadb10: Server, tmp_path: Path) -> None:
+    """SIGTERM while the server recovers: the server is stopped, exit 130 with one line, the backup is not marked
+    prepared, nothing keeps running on it, and a second prepare finishes the job."""
+    backup = copy_of(mariadb_backup_dir, tmp_path)
+    # An init file that sleeps holds the real server between recovery and "ready for connections", so the
+    # signal surely arrives while it runs.
+    init = tmp_path / "slow-start.sql"
+    init.write_text("DO SLEEP(30);\n")
+    proc = subprocess.Popen([sys.executable, "-m", "streamer", "prepare", "--target-dir", str(backup),
+                             "--server-binary", str(mariadb10.server_binary), f"--server-option=--init-file={init}"],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "End of log at LSN" in line:  # recovery ran; the server now sleeps in the init file
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    errors = [line for line in rest.splitlines() if line.startswith("innostream: error:")]
+    assert len(errors) == 1, rest
+    assert "interrupted" in errors[0], rest
+    assert parse_checkpoints((backup / "xtrabackup_checkpoints").read_bytes()).backup_type == "full-backuped"
+    holders = subprocess.run(["pgrep", "-f", f"--datadir={backup}"], capture_output=True, text=True, check=False)
+    assert holders.stdout.strip() == "", "a server still runs on the backup"
+    res = run_cli("prepare", "--target-dir", str(backup), "--server-binary", str(mariadb10.server_binary))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert parse_checkpoints((backup / "xtrabackup_checkpoints").read_bytes()).backup_type == "full-prepared"
