@@ -274,8 +274,8 @@ def read_xbstream(
             prefix = src.read(fx.CHUNK_HEADER_CONSTANT_LEN)
             if not prefix:
                 break
-            if len(prefix) < fx.CHUNK_HEADER_CONSTANT_LEN:
-                raise Truncated(f"stream ends inside the chunk header at {at:#x}", offset=at)
+            if len(prefix) < fx.CHUNK_HEADER_CONSTANT_LEN:  # a short read from a pipe, or the end inside a header
+                prefix += src.exact(fx.CHUNK_HEADER_CONSTANT_LEN - len(prefix), f"the chunk header at {at:#x}", at)
             magic, flags, ctype, path_len = fx.unpack_prefix(prefix)
             if magic != fx.XB_STREAM_CHUNK_MAGIC:
                 raise BadMagic(f"wrong chunk magic at offset {at:#x}", offset=at)

@@ -95,3 +95,22 @@ def run_cli(args: list[str], stdin: bytes | None = None, cwd: Path | None = None
 def tree(root: Path) -> dict[str, bytes]:
     """{relative path: content} of every regular file under ``root``."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Dribble(io.RawIOBase):
+    """A pipe that returns short reads of random sizes."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data, self.pos, self.sizes, self.i = data, 0, sizes or [1], 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = len(self.data)
+        step = min(n, self.sizes[self.i % len(self.sizes)])
+        self.i += 1
+        out = self.data[self.pos : self.pos + step]
+        self.pos += len(out)
+        return out

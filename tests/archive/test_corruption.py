@@ -144,6 +144,11 @@ def test_dropped_duplicated_reordered_frames():
         read(HEAD + b"".join(FRAMES[:4] + FRAMES[3:]))
     with pytest.raises(Corrupt, match=r"frame 3 missing|frame 4 out of order"):
         read(HEAD + b"".join([*FRAMES[:3], FRAMES[4], FRAMES[3], *FRAMES[5:]]))
+    # reordered across files: the FILE_END of the first file swapped with the FILE_BEGIN of the second
+    k = next(i for i, f in enumerate(FRAMES) if f[4] == fa.FRAME_FILE_END)
+    assert FRAMES[k + 1][4] == fa.FRAME_FILE_BEGIN
+    with pytest.raises(Corrupt, match=f"frame {k} missing"):
+        read(HEAD + b"".join([*FRAMES[:k], FRAMES[k + 1], FRAMES[k], *FRAMES[k + 2 :]]))
     with pytest.raises(Corrupt, match="frame 0 out of order"):
         read(HEAD + b"".join([*FRAMES[:5], FRAMES[0], *FRAMES[5:]]))
     with pytest.raises(Corrupt, match="data after the trailer"):

@@ -18,7 +18,7 @@ from formats import archive as fa
 from formats.errors import Truncated
 from streamer.archive import ArchiveWriter, NullSink, read_archive
 from streamer.extract import extract, verify
-from tests.archive.builders import PY, REPO, make_archive, run_cli, sample_files, split_frames, tree
+from tests.archive.builders import PY, REPO, Dribble, make_archive, run_cli, sample_files, split_frames, tree
 
 
 def test_extract_round_trip_and_sparse(tmp_path: Path):
@@ -124,25 +124,6 @@ def test_cli_round_trip_through_a_real_pipe(tmp_path: Path):
     assert b"corrupt page(s)" in bad.stderr
     assert b"[file ibdata1, page 1]" in bad.stderr
     assert b"Traceback" not in bad.stderr
-
-
-class Dribble(io.RawIOBase):
-    """A pipe that returns short reads of random sizes."""
-
-    def __init__(self, data: bytes, sizes: list[int]) -> None:
-        self.data, self.pos, self.sizes, self.i = data, 0, sizes or [1], 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            n = len(self.data)
-        step = min(n, self.sizes[self.i % len(self.sizes)])
-        self.i += 1
-        out = self.data[self.pos : self.pos + step]
-        self.pos += len(out)
-        return out
 
 
 BLOB = make_archive(sample_files(5))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from formats import xbstream as fx
 from formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
@@ -20,7 +22,7 @@ from streamer.archive import NullSink
 from streamer.errors import UnsafePath
 from streamer.extract import extract, list_archive
 from streamer.xbstream import XbstreamWriter, read_xbstream
-from tests.archive.builders import PY, REPO, make_archive, run_cli, tree
+from tests.archive.builders import PY, REPO, Dribble, make_archive, run_cli, tree
 
 FIXTURES = REPO / "fixtures" / "xbstream"
 
@@ -234,3 +236,15 @@ def test_verify_validates_real_innodb_pages(real_stream: bytes, tmp_path: Path):
     assert r.returncode == 3
     assert f"[file {name}, page 3]".encode() in r.stderr
     assert b"Traceback" not in r.stderr
+
+
+XB_SAMPLE = fixture("mbstream-10.11-c-three-files.xb.gz") + write_xbstream(
+    {"big": ([(0, bytes(range(256)) * 5000)], 1_300_000)}, chunk=100_000)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 50_000), min_size=1, max_size=16))
+def test_xbstream_any_read_sizes(sizes):
+    summary = read_xbstream(Dribble(XB_SAMPLE, sizes), NullSink())  # type: ignore[arg-type]
+    assert [(f.name, f.size) for f in summary.files] == [("a.txt", 3), ("sub/zero.bin", 4101), ("empty", 0),
+                                                         ("big", 1_300_000)]
