@@ -57,6 +57,10 @@ def pread_exact(fd: int, size: int, offset: int, name: str) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _source_error(exc: OSError) -> SourceError:
+    return SourceError(f"cannot read the redo log: {exc.strerror or exc}", file=exc.filename)
+
+
 class RedoCopier:
     """Base: the polling thread, the stop/abort protocol and progress logging. Subclasses do the format work."""
 
@@ -87,7 +91,10 @@ class RedoCopier:
         """Read the checkpoint, write the copy's header and start the polling thread."""
         if self._thread is not None:
             raise RuntimeError("redo copier already started")
-        self._begin()
+        try:
+            self._begin()
+        except OSError as exc:
+            raise _source_error(exc) from exc
         log.info("Transaction log copy starts at lsn (%d)", self.start_lsn)
         self._thread = threading.Thread(target=self._run, name="redo-copier", daemon=True)
         self._thread.start()
@@ -191,6 +198,9 @@ class RedoCopier:
                         self._stalled(target)
                 self._wake.wait(self.poll_interval if target is None else min(self.poll_interval, 0.05))
                 self._wake.clear()
+        except OSError as exc:
+            self._error = _source_error(exc)
+            self._error.__cause__ = exc
         except BaseException as exc:  # handed to stop(); a bug keeps its traceback there
             self._error = exc
 

@@ -33,7 +33,7 @@ def inspect_redo(path: Path) -> dict[str, Any]:
         if (path / my.LOG_DIRECTORY_NAME).is_dir():
             return _inspect_mysql_dir(path / my.LOG_DIRECTORY_NAME)
         if (path / "ib_logfile0").is_file():
-            return _inspect_mariadb(path / "ib_logfile0")
+            return inspect_redo(path / "ib_logfile0")  # MariaDB, or a pre-8.0.30 MySQL group
         if (path / "xtrabackup_logfile").is_file():
             return _inspect_mysql_file(path / "xtrabackup_logfile")
         if any(p.name.startswith(my.LOG_FILE_BASE_NAME) for p in path.iterdir()):

@@ -317,3 +317,19 @@ def test_mysql_redo_file_removed_is_overwritten(tmp_path: Path) -> None:
     (root / my.LOG_DIRECTORY_NAME / "#ib_redo999").write_bytes(bytes(hdr) + bytes(len(image) - len(hdr)))
     with pytest.raises(RedoOverwritten, match="removed before it was copied"):
         copier.stop(end_lsn(meta) + 10**6, timeout=10)
+
+
+def test_unreadable_or_missing_logs_are_source_errors(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    with pytest.raises(SourceError, match="not found"):
+        open_redo_copier("mariadb", tmp_path / "a", lambda b: None).start()
+    with pytest.raises(SourceError, match="not found"):
+        open_redo_copier("mysql", tmp_path / "a", lambda b: None).start()
+    (tmp_path / "a" / "ib_logfile0").mkdir()  # reading it fails with EISDIR: one line, not a traceback
+    with pytest.raises(SourceError, match="cannot read the redo log"):
+        open_redo_copier("mariadb", tmp_path / "a", lambda b: None).start()
+    (tmp_path / "a" / my.LOG_DIRECTORY_NAME).mkdir()
+    with pytest.raises(SourceError, match="no valid checkpoint"):
+        open_redo_copier("mysql", tmp_path / "a", lambda b: None).start()
+    with pytest.raises(ValueError, match="flavor"):
+        open_redo_copier("postgres", tmp_path, lambda b: None)
