@@ -215,3 +215,19 @@ def test_sysbench(server: Server) -> None:
     assert res["queries"] > res["transactions"]
     assert server.query("SELECT COUNT(*) FROM sbtest_t.sbtest1") == [(1000,)]
     server.execute("DROP DATABASE sbtest_t")
+
+
+@pytest.mark.parametrize(("kind", "options"), [
+    ("mysql9", ["--innodb-page-size=4k", "--innodb-redo-log-capacity=8M"]),
+    ("mariadb10", ["--innodb-page-size=4k", "--innodb-log-file-size=4M"]),
+])
+def test_options_reach_initialize_and_server(fresh_server, kind: str, options: list[str]) -> None:
+    """Options such as the page size must be given when the datadir is created, not only at start."""
+    srv = fresh_server(kind, options=options, sample=True)
+    size, = srv.query("SELECT @@innodb_page_size")[0]
+    assert size == 4096
+    if kind == "mysql9":
+        assert srv.query("SELECT @@innodb_redo_log_capacity") == [(8 << 20,)]
+    else:
+        assert srv.query("SELECT @@innodb_log_file_size") == [(4 << 20,)]
+    assert srv.query("SELECT COUNT(*) FROM sample.t_compressed") == [(1000,)]

@@ -532,7 +532,7 @@ _SAMPLE_DDL = [
     "CREATE TABLE t_indexed (id INT UNSIGNED NOT NULL PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL,"
     " KEY k_idx (k), KEY c_idx (c(16))) ENGINE=InnoDB",
     "CREATE TABLE t_compressed (id INT UNSIGNED NOT NULL PRIMARY KEY, doc TEXT NOT NULL) ENGINE=InnoDB"
-    " ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=8",
+    " {compressed}",
     # 40 KB values are stored off-page (BLOB pages), a path a page copier must handle.
     "CREATE TABLE t_blob (id INT UNSIGNED NOT NULL PRIMARY KEY, data LONGBLOB NOT NULL) ENGINE=InnoDB",
     "CREATE TABLE t_partitioned (id INT UNSIGNED NOT NULL PRIMARY KEY, v VARCHAR(32) NOT NULL) ENGINE=InnoDB"
@@ -570,17 +570,28 @@ def _insert(cur: Any, sql: str, rows: list[tuple], batch: int = 200) -> None:
         cur.executemany(sql, rows[i:i + batch])
 
 
+def _compressed_clause(page_size: int) -> str:
+    """ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=8 where the page size allows it (KEY_BLOCK_SIZE <= page size; no
+    compression at all with 32k/64k pages, where the table stays DYNAMIC)."""
+    if page_size > 16384:
+        return "ROW_FORMAT=DYNAMIC"
+    return f"ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE={min(8, page_size // 1024)}"
+
+
 def load_sample_schema(server: Server, schema: str = SAMPLE_SCHEMA) -> None:
-    """(Re)create ``schema`` with the sample tables: plain, secondary-indexed, COMPRESSED, off-page BLOB,
-    partitioned InnoDB tables and one MyISAM table, a few thousand rows in all (about a second)."""
+    """(Re)create ``schema`` with the sample tables: plain, secondary-indexed, COMPRESSED (KEY_BLOCK_SIZE=8, or
+    less/none for small/large pages), off-page BLOB and partitioned InnoDB tables and one MyISAM table, a few
+    thousand rows in all (under a second)."""
     conn = server.connect()
     try:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{schema}`")
             cur.execute(f"CREATE DATABASE `{schema}`")
             cur.execute(f"USE `{schema}`")
+            cur.execute("SELECT @@innodb_page_size")
+            (page_size,) = cur.fetchone()
             for ddl in _SAMPLE_DDL:
-                cur.execute(ddl)
+                cur.execute(ddl.replace("{compressed}", _compressed_clause(int(page_size))))
             # InnoDB rows in one transaction (fast); MyISAM ones autocommitted, since MySQL 9's GTID consistency
             # forbids non-transactional writes inside a transaction.
             conn.begin()
