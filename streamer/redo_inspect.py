@@ -200,10 +200,13 @@ def _inspect_mysql_file(path: Path) -> dict[str, Any]:
             return info
         # A copy starts at its header's start_lsn (we and PXB's prepare set it to the first block's LSN); a server
         # file is scanned from its checkpoint if it holds one (older blocks may be recycled garbage), else its start.
-        start = hdr.start_lsn
+        base = hdr.start_lsn
+        if copy and current is not None:
+            base = my.align_down(current.lsn)  # PXB leaves the server file's START_LSN here until prepare
+        start = base
         if not copy and current is not None and my.file_contains(hdr.start_lsn, size, current.lsn):
             start = my.align_down(current.lsn)
-        end, reason, invalid = _scan_blocks(path, fd, hdr.start_lsn, start, size)
+        end, reason, invalid = _scan_blocks(path, fd, base, start, size)
         info.update(scan_start_lsn=start, end_lsn=end, end_reason=reason or "end of file", invalid=invalid)
         return info
     finally:

@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from formats import mtr0log as ma
 from streamer.errors import Corrupt, RedoOverwritten, SourceError
 from streamer.redo_copier import open_redo_copier
 from streamer.redo_inspect import inspect_redo
-from tools.sandbox import Server
+from tools.sandbox import WRAPPERS, Server
 
 COPIER_KINDS = ("mariadb10", "mysql9", "mariadb11")
 
@@ -333,3 +334,45 @@ def test_unreadable_or_missing_logs_are_source_errors(tmp_path: Path) -> None:
         open_redo_copier("mysql", tmp_path / "a", lambda b: None).start()
     with pytest.raises(ValueError, match="flavor"):
         open_redo_copier("postgres", tmp_path, lambda b: None)
+
+
+REFERENCE_BACKUP = {"mariadb10": ["/usr/bin/mariadb-backup"], "mariadb11": [str(WRAPPERS / "mariadb-backup-sid")]}
+
+
+@pytest.mark.parametrize("kind", ["mariadb10", "mariadb11"])
+def test_mariadb_backup_copy_has_our_layout(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The reference tool's own ib_logfile0 copy: our reader parses it to its last_lsn, and our prefix builder
+    reproduces its first 12288 bytes exactly."""
+    srv: Server = request.getfixturevalue(kind)
+    target = tmp_path / "bk"
+    load = Load(srv, "redo_reference", row_bytes=1000, rows_per_stmt=10, total_bytes=1 << 20)
+    load.start()
+    run = subprocess.run(
+        [
+            *REFERENCE_BACKUP[kind],
+            "--backup",
+            f"--target-dir={target}",
+            "--user=root",
+            f"--socket={srv.socket}",
+            f"--datadir={srv.datadir}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    load.halt.set()
+    load.join()
+    assert run.returncode == 0, run.stderr[-2000:]
+    checkpoints = next(
+        p for p in (target / "xtrabackup_checkpoints", target / "mariadb_backup_checkpoints") if p.exists()
+    )
+    last_lsn = int(re.search(r"last_lsn = (\d+)", checkpoints.read_text()).group(1))
+    data = (target / "ib_logfile0").read_bytes()
+    header, cp = ma.find_checkpoint(data[: ma.START_OFFSET])
+    assert header.creator == "Backup " + srv.version.split("-")[0]
+    assert data[: ma.START_OFFSET] == ma.build_log_prefix(
+        cp.checkpoint_lsn, header.creator, cp.checkpoint_lsn, cp.end_lsn
+    )
+    check_mariadb_copy(data, cp.checkpoint_lsn, last_lsn)
+    info = inspect_redo(target / "ib_logfile0")
+    assert (info["kind"], info["end_lsn"], info["invalid"]) == ("backup copy", last_lsn, None)
