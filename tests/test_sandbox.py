@@ -194,6 +194,7 @@ def test_ddl_load(server: Server) -> None:
     assert stats.extra["drop"] == 40 - 6
     assert stats.extra["rename"] > 0
     assert stats.extra["rebuild"] > 0
+    assert stats.extra["truncate"] > 0
     conn = server.connect()
     try:
         assert check_ddl(conn) == 6
