@@ -11,7 +11,9 @@ A server that cannot start fails the test loudly (SandboxError with the error lo
 
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +25,11 @@ SERVER_KINDS = ("mariadb10", "mysql9", "mariadb11")
 assert set(SERVER_KINDS) == set(KINDS)
 # Markers from pyproject.toml, applied automatically so `pytest -m "not mysql"` selects by server.
 KIND_MARKERS = {"mariadb10": "mariadb", "mysql9": "mysql", "mariadb11": "mariadb11"}
+
+
+# The chroot servers only see the host's /tmp: keep pytest's tmp_path there even if TMPDIR points elsewhere.
+if not (tempfile.gettempdir() + "/").startswith("/tmp/"):
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/tmp")
 
 
 def _sigterm(signum: int, frame: object) -> None:

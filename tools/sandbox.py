@@ -104,6 +104,14 @@ def ensure_chroot(root: Path) -> None:
             subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
 
 
+def _env(kind: Kind) -> dict[str, str]:
+    """Environment for a server process: in a chroot only /tmp is shared, so TMPDIR must lie under it."""
+    env = dict(os.environ)
+    if kind.root is not None and not (env.get("TMPDIR", "/tmp") + "/").startswith("/tmp/"):
+        env["TMPDIR"] = "/tmp"
+    return env
+
+
 def _in_root(kind: Kind, argv: list[str]) -> list[str]:
     """Prefix ``argv`` with ``chroot ROOT`` for chroot kinds (chroot execs, so the pid stays the server's)."""
     if kind.root is None:
@@ -378,7 +386,7 @@ def initialize_datadir(kind_name: str, datadir: Path, workdir: Path, options: Se
             argv.insert(1, "--force")  # inside the chroot the hostname does not resolve
     with open(workdir / "initialize.out", "wb") as out:
         res = subprocess.run(_in_root(kind, argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             check=False, timeout=600)
+                             check=False, timeout=600, env=_env(kind))
     if res.returncode != 0:
         raise SandboxError(
             f"initializing {kind_name} datadir {datadir} failed (exit {res.returncode}):\n"
@@ -449,6 +457,7 @@ def start_server(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=_env(k),
             start_new_session=True,  # a ^C at the terminal must not crash the server mid-test
         )
     server = Server(kind, k.flavor, datadir, sock, workdir, proc.pid, list(options), _proc=proc)
