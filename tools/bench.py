@@ -305,10 +305,18 @@ def ours_backup(server: Any, *, compress: bool, validate: bool = True) -> list[l
     return [argv]
 
 
+#: The peer backup tool per server kind: the host's for 10.11, the sid chroot's own for 11.8 (a 10.11 mariadb-backup
+#: refuses an 11.x server). MySQL 9.7 has none in Debian.
+PEER_BACKUP = {
+    "mariadb10": "mariadb-backup",
+    "mariadb11": str(REPO / "tools" / "server-wrappers" / "mariadb-backup-sid"),
+}
+
+
 def peer_backup(server: Any, *, compress: bool) -> list[list[str]]:
     tmp = server.workdir / "peer-tmp"
     tmp.mkdir(exist_ok=True)
-    stages = [["mariadb-backup", "--no-defaults", "--backup", "--stream=xbstream", f"--socket={server.socket}",
+    stages = [[PEER_BACKUP[server.kind], "--no-defaults", "--backup", "--stream=xbstream", f"--socket={server.socket}",
                "--user=root", f"--target-dir={tmp}"]]
     if compress:
         stages.append(["zstd", "-1", "-T0", "-q", "-c"])
@@ -851,10 +859,14 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     for kind in results["kinds"]:
+        if "error" in kind:
+            lines += [f"### {kind['kind']}", "", f"Not measured: {kind['error'].splitlines()[0]}", ""]
+            continue
         meta = kind["dataset"]
         lines += [
             f"### {kind['kind']} ({kind['version']})",
             "",
+            *([f"Peer: `{kind['peer_version']}`.", ""] if kind.get("peer_version") else []),
             f"Dataset: sysbench {meta['tables']} tables x {meta['rows']} rows = {human(meta['table_bytes'])} of "
             f"tablespaces, {human(meta['data_bytes'])} of files in the datadir (with redo and system files); "
             f"median of {results['runs']} runs per cell, tools alternated A B A B; datadir page cache "
@@ -1007,11 +1019,11 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
     out.mkdir(parents=True)
     series: list[Series] = []
     notes: list[str] = []
-    with_peer = server.flavor == "mariadb" and kind == "mariadb10" and not args.no_peer
+    with_peer = kind in PEER_BACKUP and not args.no_peer
     with_ours_b, with_ours_x = have_ours["backup"], have_ours["extract"]
     if not with_peer:
         notes.append(f"No peer pipeline for {kind}: Debian ships no backup tool for it (xtrabackup is not packaged), "
-                     "so only ours is reported.")
+                     "so only ours is reported." if kind not in PEER_BACKUP else "Peer skipped (--no-peer).")
     if not with_ours_b:
         notes.append("`innostream backup --stream` was not available when this ran; only the peer was measured.")
     try:
@@ -1038,7 +1050,8 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
             tools = [t for t, on in (("innostream", with_ours_b), ("mariadb-backup", with_peer)) if on]
             load = bench_under_load(server, meta, out, args.load_time, tools, args.cache)
         result = {"kind": kind, "version": server.version, "dataset": meta, "series": [s.summary() for s in series],
-                  "load": load, "notes": notes, "validation": validation}
+                  "load": load, "notes": notes, "validation": validation,
+                  "peer_version": _version([PEER_BACKUP[kind], "--version"]) if with_peer else None}
     finally:
         server.stop()
     result["ratios"] = compute_ratios(result["series"])
@@ -1083,9 +1096,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "tools.bench", *(argv if argv is not None else sys.argv[1:])]),
         "kinds": [],
     }
+    failed = 0
     for kind in (k for k in args.kinds.split(",") if k):
         log(f"=== {kind}")
-        results["kinds"].append(run_kind(kind, args, have))
+        try:
+            results["kinds"].append(run_kind(kind, args, have))
+        except Exception as exc:  # one broken server kind must not lose the others' figures
+            failed += 1
+            log(f"{kind} failed: {type(exc).__name__}: {exc}")
+            results["kinds"].append({"kind": kind, "error": f"{type(exc).__name__}: {exc}"})
     results["environment"]["loadavg_end"] = os.getloadavg()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     (args.workdir / f"results-{stamp}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -1094,7 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_doc:
         write_doc(args.doc, body)
         log(f"wrote {args.doc}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
