@@ -36,6 +36,7 @@ from streamer.errors import Interrupted, TargetError, UnsafePath
 
 ZERO_BLOCK = bytes(fa.HOLE_UNIT)
 ZERO_CHUNK = bytes(fa.CHUNK_SIZE)
+MAX_OPEN_FILES = 1024  # a reader refuses more files begun and not ended (each holds a descriptor when extracting)
 SMALL_WRITE = 256 << 10  # writes below this are gathered into chunk-sized frames
 
 
@@ -662,6 +663,8 @@ def read_archive(
                     raise UnsafePath(f"refusing archive member {name!r}: {why}", **where)
                 if name in names:
                     raise Corrupt("duplicate file in the archive", file=name, **where)
+                if len(reader.open_ids) >= MAX_OPEN_FILES:
+                    raise Corrupt(f"more than {MAX_OPEN_FILES} files open at once", file=name, **where)
                 names.add(name)
                 reader.next_file_id += 1
                 reader.open_ids.add(h.file_id)

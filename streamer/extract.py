@@ -34,6 +34,7 @@ from streamer.log import log
 from streamer.xbstream import read_xbstream
 
 MAX_METADATA_BYTES = 64 << 20  # held in memory until the commit point
+MAX_DIR_FDS = 256  # directory descriptors kept open for O_NOFOLLOW-safe creation
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -69,6 +70,8 @@ class TargetDir:
         fd = self._dirs.get(parent)
         if fd is not None:
             return fd
+        if len(self._dirs) > MAX_DIR_FDS:  # thousands of schemas: do not run out of descriptors
+            self._close_dirs(keep_root=True)
         head, _, last = parent.rpartition("/")
         up = self._dir_fd(head)
         try:
@@ -183,10 +186,7 @@ class TargetDir:
                 raise TargetError(f"cannot write: {exc.strerror}", file=out.name) from None
             finally:
                 os.close(fd)
-        if self.fsync:
-            for fd in self._dirs.values():
-                os.fsync(fd)
-        self.close()
+        self._close_dirs(keep_root=False)
 
     def abort(self) -> None:
         """Close what is open; metadata files are never written, so the target does not look complete."""
@@ -198,10 +198,21 @@ class TargetDir:
         self._metadata.clear()
         self.close()
 
+    def _close_dirs(self, *, keep_root: bool, sync: bool | None = None) -> None:
+        """Close the cached directory descriptors (fsync'ing them first with ``--fsync``: new entries durable)."""
+        sync = self.fsync if sync is None else sync
+        for rel, fd in list(self._dirs.items()):
+            if keep_root and rel == "":
+                continue
+            try:
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+                del self._dirs[rel]
+
     def close(self) -> None:
-        for fd in self._dirs.values():
-            os.close(fd)
-        self._dirs.clear()
+        self._close_dirs(keep_root=False, sync=False)
 
 
 class PrefixedInput:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from formats import xbstream as fx
 from formats.archive import check_name
 from formats.errors import BadMagic, ChecksumMismatch, Corrupt, InnostreamError, Truncated, UnsupportedVersion
-from streamer.archive import ArchiveSummary, FileResult, ObserverFactory, Sink, read_exact
+from streamer.archive import MAX_OPEN_FILES, ArchiveSummary, FileResult, ObserverFactory, Sink, read_exact
 from streamer.errors import Interrupted, TargetError, UnsafePath
 
 #: largest payload we accept in one chunk; real writers use 10 MiB (or one larger ds_write). Payloads are read in
@@ -231,6 +231,8 @@ def read_xbstream(
             raise UnsafePath(f"refusing archive member {name!r}: {why}", offset=at)
         if path in done:
             raise Corrupt("duplicate file in the stream (chunk after its end-of-file)", file=name, offset=at)
+        if len(files) >= MAX_OPEN_FILES:
+            raise Corrupt(f"more than {MAX_OPEN_FILES} files open at once", file=name, offset=at)
         result = FileResult(name, 0o640)
         results.append(result)
         xf = files[path] = _XFile(result, sink.begin(name, 0o640))

@@ -306,3 +306,20 @@ def test_errors_carry_context():
         read(bytes(bad))
     assert f"offset {boundaries()[DATA_INDEX]}" in str(exc.value)
     assert f"frame {DATA_INDEX}" in str(exc.value)
+
+
+def test_too_many_open_files_is_refused(tmp_path: Path):
+    from streamer.archive import MAX_OPEN_FILES
+
+    begins = [frame(fa.FRAME_FILE_BEGIN, i + 1, i, fa.build_file_begin(f"f{i}", 0o640))
+              for i in range(MAX_OPEN_FILES + 1)]
+    with pytest.raises(Corrupt, match=f"more than {MAX_OPEN_FILES} files open at once"):
+        extract(io.BytesIO(build(begins, trailer=False)), tmp_path / "t")
+
+
+def test_many_directories_with_fsync(tmp_path: Path):
+    from streamer.extract import MAX_DIR_FDS
+
+    files = {f"db{i}/t.ibd": b"x%d" % i for i in range(MAX_DIR_FDS + 50)}
+    extract(io.BytesIO(make_archive(files)), tmp_path / "t", fsync=True)
+    assert all((tmp_path / "t" / n).read_bytes() == d for n, d in files.items())
