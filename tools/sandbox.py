@@ -338,8 +338,13 @@ def _forget(server: Server) -> None:
     _LIVE.pop(server.pid, None)
 
 
+_OWNER_PID = os.getpid()
+
+
 @atexit.register
 def _stop_leftovers() -> None:
+    if os.getpid() != _OWNER_PID:  # a forked child exiting must not stop its parent's servers
+        return
     for server in list(_LIVE.values()):
         with contextlib.suppress(Exception):
             server.stop(timeout=60)
