@@ -41,6 +41,8 @@ DEFAULT_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/t
 MIN_VERSION = {"mysql": (8, 0, 30), "mariadb": (10, 8, 0)}
 #: How long lock statements may wait before the backup fails instead of hanging (seconds).
 LOCK_WAIT_TIMEOUT = 300
+#: How long FLUSH TABLES WITH READ LOCK may wait for running statements; meanwhile all writes queue behind it.
+FTWRL_WAIT_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,7 @@ class BackupLocks:
         self.ddl_locked = False
         self.commit_blocked = False
         self.read_locked = False
+        self.commits_blocked = False
 
     def lock_ddl(self) -> None:
         """Block DDL (not DML) until ``release``: tables cannot be created, dropped or renamed under the copy."""
@@ -378,21 +381,42 @@ class BackupLocks:
     def block_commits(self, *, need_read_lock: bool) -> Iterator[None]:
         """Briefly stop commits (and writes to non-InnoDB tables) while the end of the backup is taken.
 
-        MariaDB: ``BACKUP STAGE BLOCK_COMMIT``. MySQL: ``FLUSH TABLES WITH READ LOCK`` only when non-InnoDB
-        tables must be copied consistently; ``log_status`` is consistent by itself.
+        MariaDB: ``BACKUP STAGE BLOCK_COMMIT``, made for exactly this. MySQL: ``FLUSH TABLES WITH READ LOCK``. On
+        MySQL a DDL statement waiting for our instance lock holds the global intention lock that FTWRL needs, and
+        the server resolves that cycle by failing the DDL (ER_LOCK_DEADLOCK). So when DDL is waiting, or FTWRL
+        cannot get its lock within :data:`FTWRL_WAIT_TIMEOUT`, we do not block commits: the binlog position and
+        LSN still come from one consistent ``log_status`` read, but the redo copy may hold a few transactions
+        committed after it, and non-InnoDB tables may change while copied. That is said in a warning, and
+        :attr:`commits_blocked` tells the caller.
         """
+        self.commits_blocked = False
         if not self.enabled:
             yield
             return
         if self.flavor == "mariadb":
             self.session.execute("BACKUP STAGE BLOCK_COMMIT")
-            self.commit_blocked = True
+            self.commit_blocked = self.commits_blocked = True
             log.info("Acquired BACKUP STAGE BLOCK_COMMIT")
         elif need_read_lock:
-            self.session.execute("FLUSH NO_WRITE_TO_BINLOG TABLES")
-            self.session.execute("FLUSH TABLES WITH READ LOCK")
-            self.read_locked = True
-            log.info("Executed FLUSH TABLES WITH READ LOCK")
+            waiting = self.session.value(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE = 'Waiting for backup lock'")
+            if waiting:
+                log.warning("%s DDL statement(s) wait for the backup lock; not taking FLUSH TABLES WITH READ LOCK "
+                            "(it would make them fail). The binlog position may precede transactions committed "
+                            "during the last moments of the redo copy, and non-InnoDB tables may be inconsistent",
+                            waiting)
+            else:
+                try:
+                    self.session.execute(f"SET SESSION lock_wait_timeout = {FTWRL_WAIT_TIMEOUT}")
+                    self.session.execute("FLUSH TABLES WITH READ LOCK")
+                except SourceError as exc:
+                    log.warning("FLUSH TABLES WITH READ LOCK failed (%s); continuing without blocking commits: the "
+                                "binlog position may precede the last transactions in the redo copy", exc.message)
+                else:
+                    self.read_locked = self.commits_blocked = True
+                    log.info("Executed FLUSH TABLES WITH READ LOCK")
+                finally:
+                    self.session.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT}")
         yield
 
     def release(self) -> None:

@@ -28,7 +28,7 @@ from streamer.backup import BackupConfig, run_backup
 from streamer.connection import ConnectionOptions, RedoConsumer
 from streamer.log import log
 from streamer.redo_inspect import inspect_redo
-from tools.load import BankLoad
+from tools.load import BankLoad, DdlLoad, check_ddl
 from tools.sandbox import SAMPLE_ROWS, start_server
 
 INNOSTREAM = [sys.executable, "-m", "streamer"]
@@ -254,6 +254,39 @@ def test_backup_under_write_load(server, tmp_path, log_lines):
         assert before <= n <= after
         for table, rows in SAMPLE_ROWS.items():
             assert restored.query(f"SELECT COUNT(*) FROM sample.{table}")[0][0] == rows
+    finally:
+        restored.stop()
+
+
+def _prepare(srv, target: Path) -> None:
+    prep = subprocess.run([*INNOSTREAM, "prepare", "--target-dir", str(target), "--server-binary",
+                           str(srv.server_binary)], capture_output=True, text=True, timeout=600, env=_env(),
+                          check=False)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+
+
+def test_backup_during_ddl_churn(server, tmp_path, log_lines):
+    """Tables created, renamed, rebuilt and dropped around the backup: DDL waits for the backup lock, and the
+    restored copy has every table whole."""
+    load = DdlLoad(server, keep=6, max_seconds=60)
+    load.setup()
+    load.start()
+    try:
+        load.wait_for(4)
+        res = run_backup(_config(server, target_dir=tmp_path / "b"))
+        load.wait_for(load.committed + 1, timeout=30)  # DDL resumes after the backup
+    finally:
+        stats = load.stop()
+    assert stats.errors == 0, stats.last_error
+    assert res.end_lsn >= res.server_lsn
+    _prepare(server, tmp_path / "b")
+    restored = _start_on(tmp_path / "b", server.kind, tmp_path / "restored")
+    try:
+        conn = restored.connect()
+        try:
+            assert check_ddl(conn) >= 3
+        finally:
+            conn.close()
     finally:
         restored.stop()
 
