@@ -358,8 +358,11 @@ class ArchiveWriter:
         """Stop: drop queued frames, never write a trailer. Safe to call more than once."""
         if self._error is None:
             self._error = Interrupted("archive writer aborted")
-        self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # The drainer now discards frames, so a producer blocked in queue.put (holding the lock) gets room soon;
+        # under the lock no producer is between its error check and pool.submit.
+        with self._lock:
+            self._closed = True
+            self._pool.shutdown(wait=False, cancel_futures=True)
         if self._drainer.is_alive():
             try:  # the drainer discards frames once an error is set, so there is room soon
                 self._queue.put(None, timeout=30)

@@ -230,3 +230,42 @@ def test_small_writes_are_gathered_into_large_frames(tmp_path: Path):
     assert sizes == [fa.CHUNK_SIZE] * 6 + [1000, 1000]  # the small file's tail goes out at end_file
     extract(io.BytesIO(out.getvalue()), tmp_path / "t")
     assert (tmp_path / "t/ib_logfile0").read_bytes() == data
+
+
+def test_abort_while_copiers_are_blocked(tmp_path: Path):
+    """abort() from another thread while copiers wait on a full queue: they all stop with Interrupted."""
+    from streamer.errors import Interrupted
+
+    class Slow(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            import time
+
+            time.sleep(0.01)
+            return len(b)
+
+    w = ArchiveWriter(Slow(), threads=1, max_inflight=1)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def copier(n: int) -> None:
+        fid = w.begin_file(f"f{n}")
+        try:
+            for i in range(200):
+                w.write(fid, i << 20, random.Random(i).randbytes(1 << 20))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=copier, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    import time
+
+    time.sleep(0.3)
+    w.abort()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert len(errors) == 3
+    assert all(isinstance(e, Interrupted) for e in errors)
