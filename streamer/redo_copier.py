@@ -192,6 +192,8 @@ class RedoCopier:
                 if target is not None:
                     if self._target_reached(target):
                         self._poll(final=True)
+                        if self.scanned_lsn != self._logged:
+                            log.info(">> log scanned up to (%d)", self.scanned_lsn)
                         self._do_advance()
                         return
                     if now - last_progress > self.stall_timeout:
