@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import tempfile
 import threading
@@ -31,9 +30,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import crc32c
 import pymysql
 
+from formats import log0files_io as lf
+from formats import mtr0log as mtr
 from formats.errors import Corrupt, FormatError, Truncated, UnsupportedVersion
 from formats.xtrabackup_meta import (
     BACKUP_MY_CNF,
@@ -54,42 +54,106 @@ from formats.xtrabackup_meta import (
 from streamer.errors import InnostreamError, Interrupted, PrepareError
 from streamer.log import log
 
-# --- MySQL 8.0.30+ redo file header (log0constants.h / log0files_io.cc; innodb-formats.md §4.1) --------------------
-# Kept minimal here on purpose: only what prepare rewrites. Offsets are those of log_file_header_serialize and
-# log_checkpoint_header_serialize.
-OS_FILE_LOG_BLOCK_SIZE = 512
-LOG_FILE_HDR_SIZE = 4 * OS_FILE_LOG_BLOCK_SIZE  # header, checkpoint 1, encryption, checkpoint 2
-LOG_CHECKPOINT_1 = 1 * OS_FILE_LOG_BLOCK_SIZE
-LOG_CHECKPOINT_2 = 3 * OS_FILE_LOG_BLOCK_SIZE
-LOG_HEADER_FORMAT = 0
-LOG_HEADER_START_LSN = 8
-LOG_HEADER_CREATOR = 16
-LOG_HEADER_CREATOR_END = 48
-LOG_HEADER_FLAGS = 48
-LOG_CHECKPOINT_LSN = 8
-LOG_BLOCK_CHECKSUM = 508
-LOG_HEADER_FLAG_FILE_FULL = 1 << (4 - 1)
-LOG_FORMAT_8_0_30 = 6  # Log_format::VERSION_8_0_30, still current in 8.4/9.x
-LOG_BLOCK_MAX_NO = 0x40000000
-LOG_BLOCK_FLUSH_BIT_MASK = 0x80000000
-LOG_BLOCK_HDR = struct.Struct(">IHHI")  # hdr_no, data_len, first_rec_group, epoch_no
-assert LOG_BLOCK_HDR.size == 12
+# --- MySQL 8.0.30+ redo (formats/log0files_io.py; innodb-formats.md §4.1, §6.3) ------------------------------------
 #: PXB pads the prepared redo file to 64 KiB steps, grows it by 1/8 and keeps at least 8 MiB (128 x 64 KiB).
 REDO_PAD_UNIT = 64 * 1024
 REDO_MIN_SIZE = 128 * REDO_PAD_UNIT
-MYSQL_REDO_DIR = "#innodb_redo"
-MYSQL_PREPARED_REDO = "#ib_redo0"
+MYSQL_REDO_DIR = lf.LOG_DIRECTORY_NAME
+MYSQL_PREPARED_REDO = lf.LOG_FILE_BASE_NAME + "0"
 XTRABACKUP_LOGFILE = "xtrabackup_logfile"
+LOG_HEADER_FLAG_FILE_FULL = int(lf.LogHeaderFlags.FILE_FULL)
 
-# --- MariaDB 10.8+ ib_logfile0 (log0log.h; innodb-formats.md §5.1) -------------------------------------------------
+# --- MariaDB 10.8+ ib_logfile0 (formats/mtr0log.py; innodb-formats.md §5, §6.1) ---------------------------------
 MARIADB_LOGFILE = "ib_logfile0"
-MARIADB_LOG_START_OFFSET = 12288
-MARIADB_FORMAT_10_8 = 0x50687973
-MARIADB_FORMAT_ENC_10_8 = 0xD0687973
 
 
-def _crc_block(block: bytes | bytearray) -> int:
-    return crc32c.crc32c(bytes(block[:LOG_BLOCK_CHECKSUM]))
+@dataclass(frozen=True)
+class MysqlRedoStart:
+    """Where recovery of a ``xtrabackup_logfile`` starts, and the 2048-byte header ``#ib_redo0`` gets."""
+
+    header: bytes
+    start_lsn: int  # LSN of the first block (file offset 2048)
+    checkpoint_lsn: int
+
+
+def mysql_redo_start(head: bytes, *, creator: str | None = None) -> MysqlRedoStart:
+    """From the first 2560 bytes of ``xtrabackup_logfile`` (header + first block), the header of the prepared
+    ``#ib_redo0``: start LSN = the first block's, both checkpoints = the start checkpoint, CRC-32C recomputed,
+    FILE_FULL cleared (PXB ``xtrabackup_init_temp_log``).
+
+    Raises:
+        Truncated: shorter than the 2048-byte header.
+        UnsupportedVersion: the header's format is not 6 (8.0.30+).
+        Corrupt: no block, no checkpoint block with a good checksum, or no usable start checkpoint.
+    """
+    file = XTRABACKUP_LOGFILE
+    block_size = lf.OS_FILE_LOG_BLOCK_SIZE
+    if len(head) < lf.LOG_FILE_HDR_SIZE:
+        raise Truncated(f"redo copy is {len(head)} bytes, shorter than its {lf.LOG_FILE_HDR_SIZE}-byte header",
+                        file=file)
+    # PXB overwrites the creator after computing the header checksum, so it is not checked here.
+    hdr = lf.parse_file_header(head[:block_size], verify_checksum=False)
+    if hdr.format != lf.LogFormat.VERSION_8_0_30:
+        raise UnsupportedVersion(f"redo log format {hdr.format}, expected {int(lf.LogFormat.VERSION_8_0_30)} "
+                                 "(MySQL 8.0.30+)", file=file, offset=lf.LOG_HEADER_FORMAT)
+    if len(head) < lf.LOG_FILE_HDR_SIZE + block_size:
+        raise Corrupt("the redo copy holds no log block", file=file, offset=lf.LOG_FILE_HDR_SIZE)
+    # The first copied block says which LSN it holds (hdr_no and epoch_no are both derived from it).
+    first = lf.parse_block_header(head, lf.LOG_FILE_HDR_SIZE)
+    start = lf.block_claimed_lsn(first.hdr_no, first.epoch_no)
+    cps = [c.lsn for c in lf.checkpoints(head[:lf.LOG_FILE_HDR_SIZE]) if c is not None]
+    if not cps:
+        raise Corrupt("no checkpoint block with a valid checksum in the redo copy", file=file,
+                      offset=lf.LOG_CHECKPOINT_1)
+    # PXB writes the checkpoint of the backup start into both blocks, and the copy starts at its block. A header
+    # taken unchanged from the server file may instead name a later checkpoint, one made while the data files were
+    # copied: recovering from there would skip changes the copied pages lack. Then start at the first mini-
+    # transaction of the first block instead: that is at or before the real start checkpoint, and applying redo
+    # to pages that already have it is a no-op.
+    in_first_block = [c for c in cps if lf.align_down(c) == start]
+    if in_first_block:
+        checkpoint = max(in_first_block)
+    elif first.first_rec_group >= lf.LOG_BLOCK_HDR_SIZE:
+        checkpoint = start + first.first_rec_group
+    else:
+        raise Corrupt(f"the redo copy starts at LSN {start} but its checkpoint is {max(cps)}, and no "
+                      "mini-transaction starts in the first block", file=file, lsn=max(cps))
+    name = creator if creator is not None else hdr.creator
+    header = (
+        lf.build_file_header(start, name[:31], hdr.log_uuid, hdr.flags & ~LOG_HEADER_FLAG_FILE_FULL, hdr.format)
+        + lf.build_checkpoint_block(checkpoint)
+        + bytes(head[lf.LOG_ENCRYPTION:lf.LOG_ENCRYPTION + block_size])
+        + lf.build_checkpoint_block(checkpoint)
+    )
+    assert len(header) == lf.LOG_FILE_HDR_SIZE
+    return MysqlRedoStart(header, start, checkpoint)
+
+
+def scan_mysql_blocks(buf: bytes | memoryview, lsn: int) -> tuple[int, int | None, bool]:
+    """Validate consecutive 512-byte blocks of ``buf`` (the first at LSN ``lsn``) as recovery does
+    (``log_block_is_valid``). Returns ``(bytes of valid blocks, LSN after the last redo byte or None, stopped)``;
+    ``stopped`` means the log ends in this buffer (a bad block, or one that is not full)."""
+    block_size = lf.OS_FILE_LOG_BLOCK_SIZE
+    n = 0
+    end = None
+    while n + block_size <= len(buf):
+        status, data_len = lf.check_block(buf, lsn + n, n)
+        if status is not lf.BlockStatus.VALID:
+            return n, end, True
+        end = lsn + n + data_len
+        n += block_size
+        if data_len < block_size:
+            return n, end, True
+    return n, end, n < len(buf)
+
+
+def mysql_redo_file_size(data_size: int, page_size: int = 16384) -> int:
+    """Size for ``#ib_redo0`` holding ``data_size`` bytes: PXB pads to 64 KiB steps, adds 1/8 and keeps at least
+    8 MiB; MySQL wants a multiple of the page size (``log_check_file``)."""
+    size = -(-data_size // REDO_PAD_UNIT) * REDO_PAD_UNIT
+    size = max(size + size // 8, REDO_MIN_SIZE)
+    unit = max(REDO_PAD_UNIT, page_size)
+    return -(-size // unit) * unit
 
 
 @dataclass(frozen=True)
@@ -104,113 +168,20 @@ class MysqlRedoPlan:
 
 
 def build_mysql_prepare_redo(logfile: bytes, *, page_size: int = 16384, creator: str | None = None) -> MysqlRedoPlan:
-    """Turn the bytes of ``xtrabackup_logfile`` into the ``#ib_redo0`` the server recovers from (PXB's recipe).
+    """The whole ``#ib_redo0`` for the bytes of a ``xtrabackup_logfile`` (in memory; prepare streams the same
+    steps over the file).
 
     Raises:
-        Truncated: shorter than the 2048-byte header.
-        UnsupportedVersion: the header's format is not 6 (8.0.30+).
-        Corrupt: no checkpoint block with a good checksum, or no valid block at the checkpoint.
+        Truncated, UnsupportedVersion, Corrupt: as :func:`mysql_redo_start`; Corrupt also if no valid block
+        holds the checkpoint.
     """
-    file = XTRABACKUP_LOGFILE
-    if len(logfile) < LOG_FILE_HDR_SIZE:
-        raise Truncated(f"redo copy is {len(logfile)} bytes, shorter than its {LOG_FILE_HDR_SIZE}-byte header",
-                        file=file)
-    header = bytearray(logfile[:LOG_FILE_HDR_SIZE])
-    fmt = struct.unpack_from(">I", header, LOG_HEADER_FORMAT)[0]
-    if fmt != LOG_FORMAT_8_0_30:
-        raise UnsupportedVersion(f"redo log format {fmt}, expected {LOG_FORMAT_8_0_30} (MySQL 8.0.30+)", file=file,
-                                 offset=LOG_HEADER_FORMAT)
-    if len(logfile) < LOG_FILE_HDR_SIZE + OS_FILE_LOG_BLOCK_SIZE:
-        raise Corrupt("the redo copy holds no log block", file=file, offset=LOG_FILE_HDR_SIZE)
-    # The first copied block says which LSN it holds (hdr_no and epoch_no are both derived from it).
-    hdr_no, _len, first_rec_group, epoch = LOG_BLOCK_HDR.unpack_from(logfile, LOG_FILE_HDR_SIZE)
-    start = ((epoch - 1) * LOG_BLOCK_MAX_NO + (hdr_no & ~LOG_BLOCK_FLUSH_BIT_MASK) - 1) * OS_FILE_LOG_BLOCK_SIZE
-    checkpoints = []
-    for off in (LOG_CHECKPOINT_1, LOG_CHECKPOINT_2):
-        block = header[off:off + OS_FILE_LOG_BLOCK_SIZE]
-        lsn = struct.unpack_from(">Q", block, LOG_CHECKPOINT_LSN)[0]
-        if lsn and struct.unpack_from(">I", block, LOG_BLOCK_CHECKSUM)[0] == _crc_block(block):
-            checkpoints.append(lsn)
-    if not checkpoints:
-        raise Corrupt("no checkpoint block with a valid checksum in the redo copy", file=file, offset=LOG_CHECKPOINT_1)
-    # PXB writes the checkpoint of the backup start into both blocks, and the copy starts at its block. A header
-    # taken unchanged from the server file may instead name a later checkpoint, one made while the data files were
-    # copied: recovering from there would skip changes the copied pages lack. Then start at the first mini-
-    # transaction of the first block instead: that is at or before the real start checkpoint, and applying redo
-    # to pages that already have it is a no-op.
-    in_first_block = [c for c in checkpoints if c - c % OS_FILE_LOG_BLOCK_SIZE == start]
-    if in_first_block:
-        checkpoint = max(in_first_block)
-    elif first_rec_group >= LOG_BLOCK_HDR.size:
-        checkpoint = start + first_rec_group
-    else:
-        raise Corrupt(f"the redo copy starts at LSN {start} but its checkpoint is {max(checkpoints)}, and no "
-                      "mini-transaction starts in the first block", file=file, lsn=max(checkpoints))
-
-    # Walk the blocks as recovery will (log_block_is_valid): the copy ends at the first block whose number or
-    # checksum is wrong, or inside the first block that is not full.
-    end = None
-    epoch_prev = None
-    offset = LOG_FILE_HDR_SIZE
-    lsn = start
-    while offset + OS_FILE_LOG_BLOCK_SIZE <= len(logfile):
-        data_block = logfile[offset:offset + OS_FILE_LOG_BLOCK_SIZE]
-        hdr_no, data_len, _first, epoch = LOG_BLOCK_HDR.unpack_from(data_block)
-        if (hdr_no & ~LOG_BLOCK_FLUSH_BIT_MASK) != 1 + (lsn // OS_FILE_LOG_BLOCK_SIZE) % LOG_BLOCK_MAX_NO:
-            break
-        if struct.unpack_from(">I", data_block, LOG_BLOCK_CHECKSUM)[0] != _crc_block(data_block):
-            break
-        if epoch_prev is not None and epoch not in (epoch_prev, epoch_prev + 1):
-            break
-        epoch_prev = epoch
-        data_len &= 0x7FFF
-        end = lsn + data_len
-        offset += OS_FILE_LOG_BLOCK_SIZE
-        lsn += OS_FILE_LOG_BLOCK_SIZE
-        if data_len < OS_FILE_LOG_BLOCK_SIZE:
-            break
-    if end is None or end < checkpoint:
-        raise Corrupt(f"the redo copy has no valid block at the checkpoint LSN {checkpoint}", file=file,
-                      offset=LOG_FILE_HDR_SIZE, lsn=checkpoint)
-
-    struct.pack_into(">Q", header, LOG_HEADER_START_LSN, start)
-    flags = struct.unpack_from(">I", header, LOG_HEADER_FLAGS)[0]
-    struct.pack_into(">I", header, LOG_HEADER_FLAGS, flags & ~LOG_HEADER_FLAG_FILE_FULL)
-    if creator is not None:
-        raw = creator.encode()[: LOG_HEADER_CREATOR_END - LOG_HEADER_CREATOR - 1]
-        header[LOG_HEADER_CREATOR:LOG_HEADER_CREATOR_END] = raw.ljust(LOG_HEADER_CREATOR_END - LOG_HEADER_CREATOR,
-                                                                      b"\0")
-    for off in (LOG_CHECKPOINT_1, LOG_CHECKPOINT_2):
-        block = bytearray(OS_FILE_LOG_BLOCK_SIZE)
-        struct.pack_into(">Q", block, LOG_CHECKPOINT_LSN, checkpoint)
-        header[off:off + OS_FILE_LOG_BLOCK_SIZE] = block
-    for off in (0, LOG_CHECKPOINT_1, LOG_CHECKPOINT_2):
-        struct.pack_into(">I", header, off + LOG_BLOCK_CHECKSUM, _crc_block(header[off:off + OS_FILE_LOG_BLOCK_SIZE]))
-
-    data = bytes(header) + logfile[LOG_FILE_HDR_SIZE:offset]
-    size = -(-len(data) // REDO_PAD_UNIT) * REDO_PAD_UNIT
-    size = max(size + size // 8, REDO_MIN_SIZE)
-    unit = max(REDO_PAD_UNIT, page_size)
-    size = -(-size // unit) * unit
-    return MysqlRedoPlan(checkpoint, start, end, data, size)
-
-
-def mariadb_log_end_lsn(head: bytes, file_size: int) -> tuple[int, int]:
-    """Return ``(first_lsn, end_lsn)`` of a mariadb-backup ``ib_logfile0``: its bytes after 12288 are contiguous
-    from first_lsn (the backup copy never wraps), so the file size bounds the redo it holds.
-
-    Raises:
-        Truncated / UnsupportedVersion / ChecksumMismatch-like Corrupt: not a 10.8+ log header.
-    """
-    if len(head) < 512 or file_size < MARIADB_LOG_START_OFFSET:
-        raise Truncated(f"{MARIADB_LOGFILE} is {file_size} bytes, shorter than its header", file=MARIADB_LOGFILE)
-    fmt = struct.unpack_from(">I", head, 0)[0]
-    if fmt not in (MARIADB_FORMAT_10_8, MARIADB_FORMAT_ENC_10_8):
-        raise UnsupportedVersion(f"{MARIADB_LOGFILE} format 0x{fmt:08x} is not MariaDB 10.8+", file=MARIADB_LOGFILE)
-    if struct.unpack_from(">I", head, 508)[0] != crc32c.crc32c(head[:508]):
-        raise Corrupt(f"{MARIADB_LOGFILE} header checksum mismatch", file=MARIADB_LOGFILE, offset=508)
-    first_lsn = struct.unpack_from(">Q", head, 8)[0]
-    return first_lsn, first_lsn + file_size - MARIADB_LOG_START_OFFSET
+    head = mysql_redo_start(logfile[:lf.LOG_FILE_HDR_SIZE + lf.OS_FILE_LOG_BLOCK_SIZE], creator=creator)
+    n, end, _stopped = scan_mysql_blocks(memoryview(logfile)[lf.LOG_FILE_HDR_SIZE:], head.start_lsn)
+    if end is None or end < head.checkpoint_lsn:
+        raise Corrupt(f"the redo copy has no valid block at the checkpoint LSN {head.checkpoint_lsn}",
+                      file=XTRABACKUP_LOGFILE, offset=lf.LOG_FILE_HDR_SIZE, lsn=head.checkpoint_lsn)
+    data = head.header + logfile[lf.LOG_FILE_HDR_SIZE:lf.LOG_FILE_HDR_SIZE + n]
+    return MysqlRedoPlan(head.checkpoint_lsn, head.start_lsn, end, data, mysql_redo_file_size(len(data), page_size))
 
 
 # --- configuration and result -------------------------------------------------------------------------------------
@@ -627,9 +598,15 @@ def _shutdown(proc: subprocess.Popen[bytes], timeout: float, err: Path) -> None:
 # --- the steps ----------------------------------------------------------------------------------------------------
 
 
+#: Bytes read at a time when validating and copying a redo copy (a multiple of 512): bounded memory for any size.
+REDO_CHUNK = 8 * 1024 * 1024
+
+
 def _stage_mysql_redo(bd: BackupDir, server_version: str) -> int:
     """Create ``#innodb_redo/#ib_redo0`` from ``xtrabackup_logfile`` unless a redo dir with files exists already
-    (an interrupted prepare: the server's own newer log wins). Returns the end LSN of the copied redo (or 0)."""
+    (an interrupted prepare: the server's own newer log wins). Returns the end LSN of the copied redo (or 0).
+
+    The copy is validated block by block while it is written, in bounded chunks."""
     redo_dir = bd.path / MYSQL_REDO_DIR
     if redo_dir.is_dir() and any(re.fullmatch(r"#ib_redo\d+", p.name) for p in redo_dir.iterdir()):
         log.info("prepare: %s exists from an earlier, interrupted prepare; recovering from it", MYSQL_REDO_DIR)
@@ -638,35 +615,84 @@ def _stage_mysql_redo(bd: BackupDir, server_version: str) -> int:
     if not logfile.is_file():
         raise PrepareError(f"{logfile} is missing", hint="the backup is incomplete")
     m = re.match(r"(\d+\.\d+\.\d+)", server_version)
-    try:
-        plan = build_mysql_prepare_redo(logfile.read_bytes(), page_size=int(bd.my_cnf.get("innodb_page_size", 16384)),
-                                        creator=f"MySQL {m.group(1)}" if m else None)
-    except FormatError as exc:
-        raise PrepareError(f"the redo log copy is unusable: {exc}") from None
+    page_size = int(bd.my_cnf.get("innodb_page_size", 16384))
     redo_dir.mkdir(exist_ok=True)
     tmp = redo_dir / (MYSQL_PREPARED_REDO + ".innostream-tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(plan.data)
-        fh.truncate(plan.file_size)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.rename(redo_dir / MYSQL_PREPARED_REDO)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(tmp.unlink, missing_ok=True)
+        end, file_size, start = _copy_mysql_redo(logfile, tmp, page_size, f"MySQL {m.group(1)}" if m else None)
+        tmp.rename(redo_dir / MYSQL_PREPARED_REDO)
     log.info("prepare: %s/%s: redo %d..%d, checkpoint %d, %d bytes", MYSQL_REDO_DIR, MYSQL_PREPARED_REDO,
-             plan.start_lsn, plan.end_lsn, plan.checkpoint_lsn, plan.file_size)
-    return plan.end_lsn
+             start.start_lsn, end, start.checkpoint_lsn, file_size)
+    return end
+
+
+def _copy_mysql_redo(logfile: Path, tmp: Path, page_size: int, creator: str | None) -> tuple[int, int, MysqlRedoStart]:
+    with open(logfile, "rb") as fin, open(tmp, "wb") as fout:
+        try:
+            start = mysql_redo_start(fin.read(lf.LOG_FILE_HDR_SIZE + lf.OS_FILE_LOG_BLOCK_SIZE), creator=creator)
+        except FormatError as exc:
+            raise PrepareError(f"the redo log copy is unusable: {exc}") from None
+        fout.write(start.header)
+        fin.seek(lf.LOG_FILE_HDR_SIZE)
+        lsn, end, size = start.start_lsn, None, lf.LOG_FILE_HDR_SIZE
+        while chunk := fin.read(REDO_CHUNK):
+            n, chunk_end, stopped = scan_mysql_blocks(chunk, lsn)
+            fout.write(chunk[:n])
+            size += n
+            lsn += n
+            end = chunk_end if chunk_end is not None else end
+            if stopped:
+                break
+        if end is None or end < start.checkpoint_lsn:
+            raise PrepareError(f"the redo log copy has no valid block at the checkpoint LSN {start.checkpoint_lsn}",
+                               file=str(logfile), lsn=start.checkpoint_lsn, hint="the backup is damaged")
+        file_size = mysql_redo_file_size(size, page_size)
+        fout.truncate(file_size)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return end, file_size, start
 
 
 def _check_mariadb_redo(bd: BackupDir) -> int:
+    """Walk the mini-transactions of a backup's ``ib_logfile0`` from its checkpoint as recovery will (length walk
+    + CRC-32C per mtr), in bounded chunks, and return the LSN after the last valid one: the server will recover
+    exactly that far, so a damaged copy is refused before the server touches the backup. Returns 0 (no check)
+    for a log the server wrote itself (an interrupted prepare) or an encrypted one."""
     path = bd.path / MARIADB_LOGFILE
     if not path.is_file():
         raise PrepareError(f"{path} is missing", hint="the backup is incomplete")
+    file_size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(512)
-    try:
-        _first, end = mariadb_log_end_lsn(head, path.stat().st_size)
-    except FormatError as exc:
-        raise PrepareError(f"the redo log copy is unusable: {exc}") from None
-    return end
+        try:
+            header, cp = mtr.find_checkpoint(fh.read(mtr.START_OFFSET))
+        except FormatError as exc:
+            raise PrepareError(f"the redo log copy is unusable: {exc}", file=str(path)) from None
+        if not header.creator.startswith(mtr.BACKUP_CREATOR_PREFIX):
+            log.info("prepare: %s was written by %r, not a backup tool: an earlier prepare ran; recovering from it",
+                     MARIADB_LOGFILE, header.creator)
+            return 0
+        if header.encrypted:
+            log.warning("prepare: %s is encrypted; its mini-transactions are not checked before recovery",
+                        MARIADB_LOGFILE)
+            return 0
+        fh.seek(mtr.lsn_to_offset(cp.checkpoint_lsn, header.first_lsn, file_size))
+        lsn = cp.checkpoint_lsn
+        pending = b""
+        stop = "end of file"
+        # A backup copy never wraps (its sequence bytes are all 1), so one linear pass from the checkpoint.
+        while chunk := fh.read(REDO_CHUNK):
+            buf = pending + chunk
+            res = mtr.scan_mtrs(buf, lsn, header.first_lsn, file_size)
+            lsn += res.end
+            pending = buf[res.end:]
+            if res.status == mtr.MTR_INVALID:
+                seq = mtr.sequence_bit(lsn, header.first_lsn, file_size)
+                stop = mtr.describe_stop(pending, 0, seq)
+                break
+    log.info("prepare: %s: mini-transactions valid from LSN %d to %d (%s)", MARIADB_LOGFILE, cp.checkpoint_lsn,
+             lsn, stop)
+    return lsn
 
 
 @contextlib.contextmanager
@@ -757,7 +783,6 @@ __all__ = [
     "PrepareResult",
     "build_mysql_prepare_redo",
     "find_server_binary",
-    "mariadb_log_end_lsn",
     "prepare_backup",
     "read_backup_dir",
 ]

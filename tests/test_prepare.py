@@ -17,7 +17,6 @@ from streamer.prepare import (
     PrepareConfig,
     apply_ddl_side_files,
     build_mysql_prepare_redo,
-    mariadb_log_end_lsn,
     prepare_backup,
     read_backup_dir,
     recovered_lsn_from_log,
@@ -116,20 +115,6 @@ def test_mysql_redo_rewrite_errors() -> None:
     # A checkpoint beyond the copied data: the redo copy does not reach it.
     with pytest.raises(Corrupt, match="no valid block"):
         build_mysql_prepare_redo(make_mysql_logfile((1 << 20) + 400, 1, last_len=100))
-
-
-def test_mariadb_log_end() -> None:
-    head = bytearray(512)
-    struct.pack_into(">IIQ", head, 0, 0x50687973, 0, 44404)
-    struct.pack_into(">I", head, 508, crc32c.crc32c(bytes(head[:508])))
-    assert mariadb_log_end_lsn(bytes(head), 16184) == (44404, 44404 + 16184 - 12288)
-    with pytest.raises(Truncated):
-        mariadb_log_end_lsn(bytes(head), 4096)
-    head[100] = 1
-    with pytest.raises(Corrupt):
-        mariadb_log_end_lsn(bytes(head), 16184)
-    with pytest.raises(UnsupportedVersion):
-        mariadb_log_end_lsn(b"\x50\x48\x59\x53" + bytes(head[4:]), 16184)
 
 
 # --- backup directory checks -------------------------------------------------------------------------------------
