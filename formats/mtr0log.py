@@ -432,15 +432,45 @@ def scan_mtrs(
     base = lsn - pos - first_lsn  # (LSN of buf[i]) - first_lsn == base + i
     terms: list[int] = []
     n = len(buf)
+    crc = _crc32c.crc32c
+    u32 = _U32.unpack_from
+    # This is find_terminator + check_tail inlined: the per-mtr call overhead is a third of the time on real logs.
     while pos < n:
-        term = find_terminator(buf, pos)
-        if term < 0:
-            return ScanResult(pos, terms, term)
-        end = check_tail(buf, pos, term, 0 if ((base + term) // cap) & 1 else 1)
-        if end < 0:
-            return ScanResult(pos, terms, end)
-        terms.append(term)
-        pos = end
+        p = pos
+        limit = pos + MTR_SIZE_MAX
+        while True:
+            if p >= n:
+                return ScanResult(pos, terms, MTR_INVALID if p > limit else MTR_INCOMPLETE)
+            b = buf[p]
+            if b <= 1:
+                break
+            rlen = b & 0x0F
+            if rlen:
+                p += 1 + rlen
+                continue
+            if p + 1 >= n:
+                return ScanResult(pos, terms, MTR_INCOMPLETE)
+            v = buf[p + 1]
+            if v < 0x80:
+                p += 16 + v
+            elif v < 0xC0:
+                if p + 2 >= n:
+                    return ScanResult(pos, terms, MTR_INCOMPLETE)
+                p += 16 + MIN_2BYTE + ((v & 0x3F) << 8 | buf[p + 2])
+            elif v < 0xE0:
+                if p + 3 >= n:
+                    return ScanResult(pos, terms, MTR_INCOMPLETE)
+                p += 16 + MIN_3BYTE + ((v & 0x1F) << 16 | buf[p + 2] << 8 | buf[p + 3])
+            else:
+                return ScanResult(pos, terms, MTR_INVALID)
+        if p == pos or p > limit or b != (0 if ((base + p) // cap) & 1 else 1):
+            return ScanResult(pos, terms, MTR_INVALID)
+        if p + 5 > n:
+            return ScanResult(pos, terms, MTR_INCOMPLETE)
+        if crc(buf[pos:p]) != u32(buf, p + 1)[0]:
+            return ScanResult(pos, terms, MTR_INVALID)
+        terms.append(p)
+        pos = p + 5
     return ScanResult(pos, terms, 0)
 
 

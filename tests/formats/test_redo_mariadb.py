@@ -293,12 +293,77 @@ def test_fast_length_walk_agrees_with_full_record_decoding(sample) -> None:
     assert n > 10
 
 
+def reference_scan(buf: bytes, lsn: int, first_lsn: int, file_size: int) -> ma.ScanResult:
+    """scan_mtrs spelled with the un-inlined find_terminator / check_tail (the inlined loop must agree)."""
+    pos, terms = 0, []
+    while pos < len(buf):
+        term = ma.find_terminator(buf, pos)
+        if term < 0:
+            return ma.ScanResult(pos, terms, term)
+        end = ma.check_tail(buf, pos, term, ma.sequence_bit(lsn + term, first_lsn, file_size))
+        if end < 0:
+            return ma.ScanResult(pos, terms, end)
+        terms.append(term)
+        pos = end
+    return ma.ScanResult(pos, terms, 0)
+
+
+def test_inlined_scan_agrees_with_reference_walk(sample) -> None:
+    image, meta = sample
+    first = ma.parse_file_header(image).first_lsn
+    end = meta["server_status"]["log_sequence_number"]
+    buf = stream(image, meta["segment_lsn"], end + 1024 - meta["segment_lsn"])
+    for cut in (len(buf), end - meta["segment_lsn"], end - meta["segment_lsn"] - 7, 1000):
+        assert ma.scan_mtrs(buf[:cut], meta["segment_lsn"], first, len(image)) == reference_scan(
+            buf[:cut], meta["segment_lsn"], first, len(image)
+        )
+
+
 @given(st.binary(max_size=600), st.integers(ma.FIRST_LSN, 1 << 40))
 def test_scan_never_crashes_on_garbage(data: bytes, lsn: int) -> None:
     res = ma.scan_mtrs(data, lsn, ma.FIRST_LSN, ma.START_OFFSET + 4096)
     assert 0 <= res.end <= len(data)
     assert res.status in (0, ma.MTR_INCOMPLETE, ma.MTR_INVALID)
+    assert res == reference_scan(data, lsn, ma.FIRST_LSN, ma.START_OFFSET + 4096)
     try:
         ma.parse_records(data)
     except (Corrupt, Truncated):
         pass
+
+
+@st.composite
+def mtr_streams(draw):
+    """Well-formed mtr sequences: random records (short and varint-length forms), terminator, CRC-32C."""
+    out = bytearray()
+    terms = []
+    for _ in range(draw(st.integers(1, 6))):
+        start = len(out)
+        for _ in range(draw(st.integers(1, 5))):
+            if draw(st.booleans()):
+                n = draw(st.integers(1, 15))
+                first = draw(st.sampled_from([0x10, 0x20, 0x30, 0x40, 0x50, 0x70, 0xB0, 0xC0])) | n
+                out += bytes([first]) + draw(st.binary(min_size=n, max_size=n))
+            else:
+                x = draw(st.sampled_from([0, 1, 0x7F, 0x80, 0x100, 0x4080, 0x5000]))
+                enc = ma.encode_varint(x)
+                out += bytes([0x30]) + enc + draw(st.binary(min_size=x + 15 - len(enc), max_size=x + 15 - len(enc)))
+        terms.append(len(out))
+        out += b"\x01" + ma.crc32c(bytes(out[start:])).to_bytes(4, "big")
+    return bytes(out), terms
+
+
+@given(mtr_streams(), st.integers(0, 10**6), st.integers(0, 255))
+def test_scan_on_generated_mtrs(stream_terms, cut: int, flip: int) -> None:
+    data, terms = stream_terms
+    size = ma.START_OFFSET + len(data) + 10  # one lap: every sequence bit is 1
+    res = ma.scan_mtrs(data, ma.FIRST_LSN, ma.FIRST_LSN, size)
+    assert (res.status, res.end, res.terminators) == (0, len(data), terms)
+    cut %= len(data)
+    truncated = ma.scan_mtrs(data[:cut], ma.FIRST_LSN, ma.FIRST_LSN, size)
+    assert truncated == reference_scan(data[:cut], ma.FIRST_LSN, ma.FIRST_LSN, size)
+    assert truncated.status == (0 if cut in [t + 5 for t in terms] or cut == 0 else ma.MTR_INCOMPLETE)
+    bad = bytearray(data)
+    bad[cut] ^= flip or 1
+    damaged = ma.scan_mtrs(bytes(bad), ma.FIRST_LSN, ma.FIRST_LSN, size)
+    assert damaged == reference_scan(bytes(bad), ma.FIRST_LSN, ma.FIRST_LSN, size)
+    assert damaged.end <= cut  # nothing at or after the damaged byte's mtr is accepted
