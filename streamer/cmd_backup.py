@@ -13,6 +13,8 @@ from streamer.connection import ConnectionOptions
 from streamer.log import log
 
 _DIR = click.Path(file_okay=False, path_type=Path)
+#: ``--password`` given without a value: ask, like the MySQL clients do.
+_PROMPT = "\0prompt"
 
 
 @click.command("backup")
@@ -36,7 +38,8 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--defaults-file", type=click.Path(dir_okay=False),
               help="Read [client] options only from this file.")
 @click.option("-u", "--user", help="Server user (needs RELOAD, PROCESS, BACKUP_ADMIN/RELOAD and SELECT).")
-@click.option("-p", "--password", help="Password (better: [client] password= in an option file).")
+@click.option("-p", "--password", is_flag=False, flag_value=_PROMPT, default=None,
+              help="Password; without a value, ask on the terminal (better: [client] password= in an option file).")
 @click.option("--host", help="Server host; localhost or nothing means the unix socket.")
 @click.option("-P", "--port", type=int)
 @click.option("-S", "--socket", help="Unix socket of the server.")
@@ -73,6 +76,8 @@ def backup_cmd(datadir: Path | None, target_dir: Path | None, stream: bool, stre
         raise click.UsageError("--stream writes binary data; redirect stdout to a file or a pipe")
     if not stream and (stream_format != "innostream" or compress != "zstd"):
         log.warning("--format and --compress only apply to --stream; ignored")
+    if password == _PROMPT:
+        password = click.prompt("Enter password", hide_input=True, default="", show_default=False, err=True)
     config = BackupConfig(
         connection=ConnectionOptions(user=user, password=password, host=host, port=port, socket=socket,
                                      defaults_file=defaults_file),
@@ -88,7 +93,8 @@ def backup_cmd(datadir: Path | None, target_dir: Path | None, stream: bool, stre
         compress_threads=compress_threads,
         lock=not no_lock,
         chunk_size=read_buffer_size << 20,
-        argv=main_argv(),
+        # click also takes "--password VALUE"; mask the value itself, not only the "--password=VALUE" form.
+        argv=tuple("..." if password and arg == password else arg for arg in main_argv()),
     )
     out = sys.stdout.buffer if stream else None
     try:

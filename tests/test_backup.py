@@ -443,3 +443,28 @@ def test_mysql_table_with_data_directory_fails_clearly(fresh_server, tmp_path):
     assert "t_remote.ibd" in lines[0]
     srv.execute("CREATE TABLE d.t_after (id INT PRIMARY KEY)")  # the instance lock is gone
     _consumer_free(srv)
+
+
+def test_password_user_from_defaults_file_and_masking(mariadb10, tmp_path):
+    mariadb10.execute("CREATE USER IF NOT EXISTS 'bk'@'localhost' IDENTIFIED BY 's3cret-pw'")
+    mariadb10.execute("GRANT ALL ON *.* TO 'bk'@'localhost'")
+    cnf = tmp_path / "my.cnf"
+    cnf.write_text(f"[client]\nuser = bk\npassword = s3cret-pw\nsocket = {mariadb10.socket}\n")
+    res = subprocess.run([*INNOSTREAM, "backup", "--defaults-file", str(cnf), "--target-dir", str(tmp_path / "a")],
+                         capture_output=True, text=True, env=_env(), timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for n, form in enumerate((["--password", "s3cret-pw"], ["--password=s3cret-pw"], ["-ps3cret-pw"])):
+        target = tmp_path / f"b{n}"
+        res = subprocess.run([*INNOSTREAM, "backup", "--socket", str(mariadb10.socket), "--user", "bk", *form,
+                              "--target-dir", str(target)], capture_output=True, text=True, env=_env(),
+                             timeout=120, check=False)
+        assert res.returncode == 0, res.stderr[-2000:]
+        info = (target / "xtrabackup_info").read_text()
+        assert "s3cret" not in info
+        assert "tool_command = backup --socket" in info
+    bad = subprocess.run([*INNOSTREAM, "backup", "--socket", str(mariadb10.socket), "--user", "bk",
+                          "--password=wrong", "--target-dir", str(tmp_path / "c")], capture_output=True, text=True,
+                         env=_env(), timeout=120, check=False)
+    assert bad.returncode == 4
+    assert _error_lines(bad.stderr)[0].startswith("innostream: error: cannot connect to the server")
+    assert "wrong" not in bad.stderr
