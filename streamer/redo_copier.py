@@ -300,7 +300,13 @@ class MySQLRedoCopier(RedoCopier):
         self.start_lsn = cp
         self._write_lsn = my.align_down(cp)
         self.scanned_lsn = self._write_lsn
-        creator = my.LOG_HEADER_CREATOR_PXB + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        now = time.localtime()  # PXB: "xtrabkup " + ut_sprintf_timestamp(), i.e. "YYMMDD HH:MM:SS" with %2d hour
+        creator = (
+            my.LOG_HEADER_CREATOR_PXB
+            + time.strftime("%y%m%d", now)
+            + f" {now.tm_hour:2d}"
+            + time.strftime(":%M:%S", now)
+        )
         self._emit(my.rewrite_header_for_copy(f.header, cp, creator))
 
     def _close(self) -> None:
