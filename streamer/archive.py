@@ -188,6 +188,8 @@ class ArchiveWriter:
                     self._out.write(payload)
                 self.frames += 1
                 self.stored_bytes += len(payload)
+                if self._queue.empty():  # idle: let a live reader (ssh) see what we have
+                    self._out.flush()
             except BaseException as exc:
                 self._error = exc
 

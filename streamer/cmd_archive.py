@@ -18,6 +18,10 @@ _FORMATS = click.Choice(["auto", "innostream", "xbstream"])
 
 def _open_input(archive: str) -> BinaryIO:
     if archive == "-":
+        if sys.stdin.isatty():
+            from streamer.errors import SourceError
+
+            raise SourceError("no archive on stdin (a terminal)", hint="pipe a stream in or name an ARCHIVE file")
         return sys.stdin.buffer
     try:
         return open(archive, "rb")  # closed by the caller
