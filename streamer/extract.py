@@ -62,7 +62,7 @@ class TargetDir:
         self._open: list[_Out] = []
         self._metadata: list[_Out] = []
         self._meta_bytes = 0
-        self.created: list[str] = []
+        self.created: set[str] = set()
 
     # -- paths ---------------------------------------------------------------------------------------------------
     def _dir_fd(self, parent: str) -> int:
@@ -105,7 +105,7 @@ class TargetDir:
                                      hint="extract into an empty directory") from None
         except OSError as exc:
             raise TargetError(f"cannot create file: {exc.strerror}", file=name) from None
-        self.created.append(name)
+        self.created.add(name)
         return fd
 
     def _exists(self, name: str) -> bool:
@@ -172,6 +172,53 @@ class TargetDir:
             os.close(handle.fd)
             handle.fd = -1
             self._open.remove(handle)
+
+    # -- MariaDB xbstream RENAME / REMOVE chunks (DDL during the backup) -------------------------------------------
+    def rename(self, old: str, new: str) -> None:
+        """Rename a finished member. Only files this extraction wrote are touched; a member may replace another one."""
+        for name in (old, new):
+            why = fa.check_name(name)
+            if why:
+                raise UnsafePath(f"refusing archive member {name!r}: {why}", file=name)
+        held = [m for m in self._metadata if m.name == old]
+        if held:
+            self._metadata = [m for m in self._metadata if m.name != new]
+            held[0].name = new
+            return
+        if old not in self.created:
+            log.warning("xbstream renames %s, which the stream did not write: ignored", old)
+            return
+        if new not in self.created and self._exists(new):
+            raise FileExistsInTarget(f"File exists (errno 17): {self.target / new}", file=new)
+        (op, _, ob), (np, _, nb) = old.rpartition("/"), new.rpartition("/")
+        with self._lock:
+            ofd, nfd = self._dir_fd(op), self._dir_fd(np)
+            try:
+                os.rename(ob, nb, src_dir_fd=ofd, dst_dir_fd=nfd)
+            except OSError as exc:
+                raise TargetError(f"cannot rename to {new}: {exc.strerror}", file=old) from None
+        self.created.discard(old)
+        if new not in self.created:
+            self.created.add(new)
+
+    def remove(self, name: str) -> None:
+        """Remove a finished member this extraction wrote."""
+        why = fa.check_name(name)
+        if why:
+            raise UnsafePath(f"refusing archive member {name!r}: {why}", file=name)
+        if any(m.name == name for m in self._metadata):
+            self._metadata = [m for m in self._metadata if m.name != name]
+            return
+        if name not in self.created:
+            log.warning("xbstream removes %s, which the stream did not write: ignored", name)
+            return
+        parent, _, base = name.rpartition("/")
+        with self._lock:
+            try:
+                os.unlink(base, dir_fd=self._dir_fd(parent))
+            except OSError as exc:
+                raise TargetError(f"cannot remove: {exc.strerror}", file=name) from None
+        self.created.discard(name)
 
     def finish(self) -> None:
         """Commit: write the held-back metadata files, then fsync directories if asked."""

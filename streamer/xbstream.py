@@ -218,10 +218,7 @@ def read_xbstream(
     summary = ArchiveSummary("xbstream", meta, results, {})
     chunks = 0
 
-    def open_file(path: bytes, at: int) -> _XFile:
-        xf = files.get(path)
-        if xf is not None:
-            return xf
+    def member_name(path: bytes, at: int) -> str:
         try:
             name = path.decode()
         except UnicodeDecodeError:
@@ -229,6 +226,13 @@ def read_xbstream(
         why = check_name(name)
         if why:
             raise UnsafePath(f"refusing archive member {name!r}: {why}", offset=at)
+        return name
+
+    def open_file(path: bytes, at: int) -> _XFile:
+        xf = files.get(path)
+        if xf is not None:
+            return xf
+        name = member_name(path, at)
         if path in done:
             raise Corrupt("duplicate file in the stream (chunk after its end-of-file)", file=name, offset=at)
         if len(files) >= MAX_OPEN_FILES:
@@ -343,9 +347,32 @@ def read_xbstream(
                 xf = open_file(path, at)
                 xf.pos = fx.unpack_u64(src.exact(fx.SEEK_TAIL_LEN, "a seek chunk", at))
             elif ctype in (fx.XB_CHUNK_TYPE_RENAME, fx.XB_CHUNK_TYPE_REMOVE):
-                raise UnsupportedVersion(
-                    f"chunk type {chr(ctype)!r} (MariaDB rename/remove, written for DDL during backup) is not supported"
-                    " by extract", offset=at)
+                old_name = member_name(path, at)
+                new_path = b""
+                if ctype == fx.XB_CHUNK_TYPE_RENAME:
+                    new_len = fx.unpack_u32(src.exact(4, "a rename chunk", at))
+                    if new_len == 0 or new_len >= fx.FN_REFLEN:
+                        raise Corrupt(f"rename target length {new_len} at {at:#x}", file=old_name, offset=at)
+                    new_path = src.exact(new_len, "a rename chunk", at)
+                if path in files:
+                    raise Corrupt("rename and remove chunks cannot be applied to an open file (no end-of-file yet)",
+                                  file=old_name, offset=at)
+                done.discard(path)
+                if ctype == fx.XB_CHUNK_TYPE_RENAME:
+                    new_name = member_name(new_path, at)
+                    sink_rename = getattr(sink, "rename", None)
+                    if sink_rename is not None:
+                        sink_rename(old_name, new_name)
+                    results[:] = [r for r in results if r.name != new_name]  # a replaced file is gone
+                    for r in results:
+                        if r.name == old_name:
+                            r.name = new_name
+                    done.add(new_path)
+                else:
+                    sink_remove = getattr(sink, "remove", None)
+                    if sink_remove is not None:
+                        sink_remove(old_name)
+                    results[:] = [r for r in results if r.name != old_name]
             else:
                 raise UnsupportedVersion(f"unknown chunk type {ctype:#x} at offset {at:#x}", offset=at)
         if files:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from formats import xbstream as fx
 from formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
 from streamer.archive import NullSink
-from streamer.errors import UnsafePath
+from streamer.errors import FileExistsInTarget, UnsafePath
 from streamer.extract import extract, list_archive
 from streamer.xbstream import XbstreamWriter, read_xbstream
 from tests.archive.builders import PY, REPO, Dribble, make_archive, run_cli, tree
@@ -188,10 +188,9 @@ GOOD = p_chunk(b"f", 0, b"hello") + fx.build_eof_chunk(b"f")
          + struct.pack("<QQI", 1 << 62, 0, 0), Corrupt, "exceeds the cap"),
         (GOOD + GOOD, Corrupt, "duplicate file"),
         (struct.pack("<8sBBI", fx.XB_STREAM_CHUNK_MAGIC, 0, ord("Z"), 1) + b"f", UnsupportedVersion, "unknown chunk"),
-        (struct.pack("<8sBBI", fx.XB_STREAM_CHUNK_MAGIC, 0, ord("D"), 1) + b"f", UnsupportedVersion, "remove"),
     ],
     ids=["no-eof", "crc", "out-of-order", "cut-path", "cut-payload", "cut-header", "magic", "trailing-junk",
-         "dotdot", "absolute", "path-len", "payload-len", "duplicate", "unknown-type", "remove"],
+         "dotdot", "absolute", "path-len", "payload-len", "duplicate", "unknown-type"],
 )
 def test_bad_xbstreams(tmp_path: Path, stream: bytes, error, text):
     outside = tmp_path / "outside"
@@ -248,3 +247,53 @@ def test_xbstream_any_read_sizes(sizes):
     summary = read_xbstream(Dribble(XB_SAMPLE, sizes), NullSink())  # type: ignore[arg-type]
     assert [(f.name, f.size) for f in summary.files] == [("a.txt", 3), ("sub/zero.bin", 4101), ("empty", 0),
                                                          ("big", 1_300_000)]
+
+
+def r_chunk(old: bytes, new: bytes) -> bytes:
+    head = struct.pack("<8sBBI", fx.XB_STREAM_CHUNK_MAGIC, 0, ord("R"), len(old))
+    return head + old + struct.pack("<I", len(new)) + new
+
+
+def d_chunk(path: bytes) -> bytes:
+    return struct.pack("<8sBBI", fx.XB_STREAM_CHUNK_MAGIC, 0, ord("D"), len(path)) + path
+
+
+def whole(path: bytes, data: bytes) -> bytes:
+    return p_chunk(path, 0, data) + fx.build_eof_chunk(path)
+
+
+RENAMES = {
+    "rename": whole(b"a.txt", b"abc") + r_chunk(b"a.txt", b"b.txt"),
+    "remove": whole(b"a.txt", b"abc") + whole(b"k", b"keep") + d_chunk(b"a.txt"),
+    "rename-then-new": whole(b"a.txt", b"abc") + r_chunk(b"a.txt", b"b.txt") + whole(b"a.txt", b"new"),
+    "rename-onto-member": whole(b"a.txt", b"abc") + whole(b"b.txt", b"zz") + r_chunk(b"a.txt", b"b.txt"),
+    "rename-missing": whole(b"k", b"keep") + r_chunk(b"x.txt", b"y.txt") + d_chunk(b"q"),
+    "metadata": whole(b"xtrabackup_info", b"i") + r_chunk(b"xtrabackup_info", b"xtrabackup_info.old"),
+}
+
+
+@pytest.mark.parametrize("name", list(RENAMES))
+def test_mariadb_rename_and_remove_chunks_like_mbstream(tmp_path: Path, name: str):
+    stream = RENAMES[name]
+    r = mbstream_x(stream, tmp_path / "ref")
+    assert r.returncode == 0
+    summary = extract(io.BytesIO(stream), tmp_path / "ours")
+    assert tree(tmp_path / "ours") == tree(tmp_path / "ref")
+    assert sorted(f.name for f in summary.files) == sorted(tree(tmp_path / "ref"))
+
+
+def test_rename_and_remove_never_touch_files_the_stream_did_not_write(tmp_path: Path):
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "mine").write_text("precious")
+    extract(io.BytesIO(whole(b"a", b"x") + r_chunk(b"mine", b"stolen") + d_chunk(b"mine")), target)
+    assert (target / "mine").read_text() == "precious"
+    assert not (target / "stolen").exists()
+    with pytest.raises(FileExistsInTarget):
+        extract(io.BytesIO(whole(b"b", b"x") + r_chunk(b"b", b"mine")), target)
+    assert (target / "mine").read_text() == "precious"
+    with pytest.raises(UnsafePath):
+        extract(io.BytesIO(whole(b"c", b"x") + r_chunk(b"c", b"../escape")), target)
+    assert not (tmp_path / "escape").exists()
+    with pytest.raises(Corrupt, match="open file"):
+        extract(io.BytesIO(p_chunk(b"d", 0, b"x") + r_chunk(b"d", b"e")), target)
