@@ -240,8 +240,8 @@ class Workers:
     """A fixed set of numbered daemon threads running ``fn(item, thread_no)``.
 
     Not a ThreadPoolExecutor on purpose: its threads are joined at interpreter exit, so one stuck in a write to a
-    stalled pipe would keep a cancelled backup from ever exiting. Daemon threads cannot; the bounded queue keeps
-    at most ``2 * n`` jobs waiting.
+    stalled pipe would keep a cancelled backup from ever exiting. Daemon threads cannot. Jobs are small (a path
+    and a name each); memory is bounded by the chunk each thread holds, not by the queue.
     """
 
     def __init__(self, n: int, fn: Callable[[SourceFile, int], int]) -> None:
