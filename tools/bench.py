@@ -1054,6 +1054,11 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
                   "peer_version": _version([PEER_BACKUP[kind], "--version"]) if with_peer else None}
     finally:
         server.stop()
+        if not args.keep_output:
+            # Archives and extracted copies are several times the dataset; keep only the logs.
+            for path in out.iterdir():
+                if path.name != "logs":
+                    _fresh(path)
     result["ratios"] = compute_ratios(result["series"])
     if validation:
         backups = {s["tool"]: s for s in result["series"] if s["test"] == "backup zstd-1" and s["ok"]}
@@ -1077,6 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated: backup,extract,validation,load")
     parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
                         help="datadir files out of (default) or in the page cache before each backup run")
+    parser.add_argument("--keep-output", action="store_true",
+                        help="keep the archives and extracted trees under WORKDIR/runs (default: only logs)")
     parser.add_argument("--quick", action="store_true", help="compressed tests only")
     parser.add_argument("--no-peer", action="store_true", help="measure innostream only")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="markdown file to update (default %(default)s)")
