@@ -347,8 +347,13 @@ class ErrorLogFollower:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Read what is left of the log and stop following (idempotent)."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         pos = 0
@@ -431,6 +436,35 @@ def recovered_lsn_from_log(flavor: str, lines: list[str]) -> int | None:
     return max(found) if found else None
 
 
+#: The XID the server gives its own binlog two-phase commits (``MYSQL_XID_PREFIX`` + server_id + xid, handler.h):
+#: formatID 1, a 20-byte gtrid starting "MySQLXid", no bqual.
+MYSQL_XID_PREFIX = b"MySQLXid"
+MYSQL_XID_GTRID_LEN = 20
+
+
+def _rollback_binlog_prepared(conn: pymysql.connections.Connection) -> int:
+    """Roll back transactions the backup caught between the binlog's prepare and commit.
+
+    They never reached the binlog position the backup records, and a restored server without the source's binlog
+    cannot resolve them: MariaDB keeps them prepared (holding their locks) or refuses to start (MDEV-36025).
+    MySQL already rolls them back at recovery when its binlog is off. XA transactions prepared by clients keep
+    their state: they survive restarts by design and belong to their transaction manager."""
+    with conn.cursor() as cur:
+        cur.execute("XA RECOVER")
+        rows = cur.fetchall()
+        done = 0
+        for format_id, gtrid_len, bqual_len, data in rows:
+            raw = data if isinstance(data, bytes) else str(data).encode("latin-1")
+            if int(format_id) == 1 and int(gtrid_len) == MYSQL_XID_GTRID_LEN and int(bqual_len) == 0 and (
+                raw.startswith(MYSQL_XID_PREFIX)
+            ):
+                cur.execute(f"XA ROLLBACK X'{raw[:MYSQL_XID_GTRID_LEN].hex()}', '', 1")
+                done += 1
+    if done:
+        log.info("prepare: rolled back %d transaction(s) left prepared by the binlog's two-phase commit", done)
+    return done
+
+
 def _innodb_lsn(conn: pymysql.connections.Connection) -> int | None:
     with conn.cursor() as cur:
         cur.execute("SHOW ENGINE INNODB STATUS")
@@ -504,12 +538,60 @@ def _run_dir() -> Iterator[Path]:
             shutil.rmtree(run, ignore_errors=True)
 
 
+class _ServerExited(PrepareError):
+    """The server stopped before it accepted connections (``lines``: its error log)."""
+
+    def __init__(self, message: str, lines: list[str], **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.lines = lines
+
+
+#: MariaDB refuses to start without its binlog when the backup holds transactions prepared for the binlog's
+#: two-phase commit (MDEV-36025): "Found N prepared transactions! ... --tc-heuristic-recover".
+_NEEDS_HEURISTIC = re.compile(r"Found \d+ prepared transactions!")
+
+
 def _start_and_recover(binary: Path, bd: BackupDir, config: PrepareConfig, result: PrepareResult) -> None:
+    before = {p.name for p in bd.path.iterdir()}
+    lines: list[str] = []
+    try:
+        missing, live_lsn = _run_server(binary, bd, config, lines)
+    except _ServerExited as exc:
+        if bd.flavor != "mariadb" or not any(_NEEDS_HEURISTIC.search(line) for line in exc.lines):
+            raise
+        # Those transactions never reached the binlog position the backup records: roll them back, as MySQL
+        # does by itself when its binlog is off. One start with --tc-heuristic-recover=ROLLBACK does that and
+        # exits; XA transactions prepared by clients ("foreign" XIDs) stay prepared. Then start normally.
+        log.info("prepare: the backup holds binlog-prepared transactions; rolling them back "
+                 "(--tc-heuristic-recover=ROLLBACK) and starting again")
+        try:
+            _run_server(binary, bd, config, lines, ("--tc-heuristic-recover=ROLLBACK",))
+        except _ServerExited as again:
+            if not any("Please restart without --tc-heuristic-recover" in line for line in again.lines):
+                raise
+        missing, live_lsn = _run_server(binary, bd, config, lines)
+    result.log_lines = lines
+    result.recovered_lsn = recovered_lsn_from_log(bd.flavor, lines)
+    if result.recovered_lsn is None:
+        result.recovered_lsn = live_lsn
+    if missing:
+        raise PrepareError(f"{len(missing)} tablespace file(s) known to the data dictionary are missing from "
+                           f"the backup: {', '.join(missing[:5])}", hint="the backup is incomplete")
+    # Files the server creates on a first start that would make every restore of this backup the same
+    # server (auto.cnf holds server_uuid) or carry keys generated here.
+    for name in {p.name for p in bd.path.iterdir()} - before:
+        if name == "auto.cnf" or name.endswith(".pem"):
+            (bd.path / name).unlink()
+
+
+def _run_server(binary: Path, bd: BackupDir, config: PrepareConfig, lines: list[str],
+                extra: tuple[str, ...] = ()) -> tuple[list[str], int | None]:
+    """Start the server on the backup, wait until it accepts connections, look at it, shut it down cleanly.
+    Its error-log lines are appended to ``lines``. Returns (missing tablespace files, InnoDB's LSN)."""
     with _run_dir() as run:
-        argv = _server_argv(binary, bd, run, config)
+        argv = _server_argv(binary, bd, run, config) + list(extra)
         log.debug("prepare: %s", " ".join(argv))
         err = run / "prepare.err"
-        before = {p.name for p in bd.path.iterdir()}
         with ErrorLogFollower(err, lambda s: log.info("server: %s", s)) as follower:
             with open(run / "server.out", "wb") as out:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -517,6 +599,7 @@ def _start_and_recover(binary: Path, bd: BackupDir, config: PrepareConfig, resul
             try:
                 conn = _wait_ready(proc, run / "mysqld.sock", config.timeout, err)
                 try:
+                    _rollback_binlog_prepared(conn)
                     missing = _missing_tablespaces(conn, bd.flavor, bd.path)
                     live_lsn = _innodb_lsn(conn)
                 finally:
@@ -527,21 +610,13 @@ def _start_and_recover(binary: Path, bd: BackupDir, config: PrepareConfig, resul
                     proc.kill()
                     proc.wait()
                 raise
-        result.log_lines = follower.lines
+            finally:
+                follower.stop()
+                lines.extend(follower.lines)
         if proc.returncode != 0:
             raise PrepareError(f"the server exited with code {proc.returncode} at shutdown", file=str(err),
                                hint=_last_errors(follower.lines))
-        result.recovered_lsn = recovered_lsn_from_log(bd.flavor, follower.lines)
-        if result.recovered_lsn is None:
-            result.recovered_lsn = live_lsn
-        if missing:
-            raise PrepareError(f"{len(missing)} tablespace file(s) known to the data dictionary are missing from "
-                               f"the backup: {', '.join(missing[:5])}", hint="the backup is incomplete")
-        # Files the server creates on a first start that would make every restore of this backup the same
-        # server (auto.cnf holds server_uuid) or carry keys generated here.
-        for name in {p.name for p in bd.path.iterdir()} - before:
-            if name == "auto.cnf" or name.endswith(".pem"):
-                (bd.path / name).unlink()
+        return missing, live_lsn
 
 
 #: Follow-up errors that say nothing about the cause.
@@ -572,8 +647,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], sock: Path, timeout: float, err: 
             log.info("prepare: crash recovery running for %.0f s", now - started)
         if not _alive(proc):
             lines = err.read_text(errors="replace").splitlines() if err.exists() else []
-            raise PrepareError(f"crash recovery failed: the server exited with code {proc.returncode}",
-                               hint=_last_errors(lines) + f" (full log kept in {err})")
+            raise _ServerExited(f"crash recovery failed: the server exited with code {proc.returncode}", lines,
+                                hint=_last_errors(lines) + f" (full log kept in {err})")
         if sock.exists():
             try:
                 return pymysql.connect(unix_socket=str(sock), user="root", autocommit=True, connect_timeout=10)

@@ -232,3 +232,86 @@ def test_prepare_nondefault_config(kind: str, options: list[str], fresh_server, 
         assert n <= writer.committed
     finally:
         restored.stop()
+
+
+def test_prepared_xa_survives_prepare(server: Server, tmp_path: Path) -> None:
+    """A client's XA transaction in PREPARED state at backup time stays prepared through prepare and restore
+    (only the server's own binlog 2PC transactions are rolled back), and can still be committed."""
+    schema = "prep_xa"
+    setup_schema(server, schema)
+    xa = server.connect(database=schema)
+    try:
+        with xa.cursor() as cur:
+            cur.execute("XA START 'innostream-xa'")
+            cur.execute("INSERT INTO seq (id, v) VALUES (1, %s)", (payload(1),))
+            cur.execute("XA END 'innostream-xa'")
+            cur.execute("XA PREPARE 'innostream-xa'")
+        backup = tmp_path / "backup"
+        innostream_backup(server, backup)
+    finally:
+        with xa.cursor() as cur:
+            cur.execute("XA ROLLBACK 'innostream-xa'")
+        xa.close()
+    prepare_backup(PrepareConfig(backup, server_binary=server.server_binary, use_memory="64M"))
+    datadir = tmp_path / "restored"
+    restore_backup(RestoreConfig(backup, datadir))
+    restored = start_server(server.kind, tmp_path / "run", datadir=datadir, initialize=False)
+    try:
+        pending = [r[3] for r in restored.query("XA RECOVER")]
+        assert [bytes(p) if not isinstance(p, str) else p.encode() for p in pending] == [b"innostream-xa"]
+        restored.execute("XA COMMIT 'innostream-xa'")
+        assert restored.query(f"SELECT COUNT(*) FROM `{schema}`.seq")[0][0] == 1
+    finally:
+        restored.stop()
+    server.execute(f"DROP DATABASE `{schema}`")
+
+
+@pytest.mark.parametrize("kind", ["mariadb10", "mariadb11"])
+def test_binlog_prepared_transaction_rolled_back(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A transaction the backup caught between the binlog's prepare and commit: a restored MariaDB keeps it
+    prepared with its locks, or refuses to start without the source's binlog (MDEV-36025). We make one
+    deterministically: an XA transaction whose XID has the server's internal form ("MySQLXid" + server id + xid,
+    formatID 1, no bqual), which recovery cannot tell from a real one. Prepare rolls it back; a client XA
+    transaction next to it stays prepared."""
+    server: Server = request.getfixturevalue(kind)
+    schema = "prep_2pc"
+    setup_schema(server, schema)
+    internal = "X'4D7953514C586964' , '', 1".replace("X'4D7953514C586964'", "X'4D7953514C586964" + "00000001"
+                                                                             + "00000000DEADBEEF'")
+    conns = [server.connect(database=schema), server.connect(database=schema)]
+    try:
+        with conns[0].cursor() as cur:
+            cur.execute(f"XA START {internal}")
+            cur.execute("INSERT INTO seq (id, v) VALUES (1, %s)", (payload(1),))
+            cur.execute(f"XA END {internal}")
+            cur.execute(f"XA PREPARE {internal}")
+        with conns[1].cursor() as cur:
+            cur.execute("XA START 'client-xa'")
+            cur.execute("INSERT INTO seq (id, v) VALUES (2, %s)", (payload(2),))
+            cur.execute("XA END 'client-xa'")
+            cur.execute("XA PREPARE 'client-xa'")
+        backup = tmp_path / "backup"
+        innostream_backup(server, backup)
+    finally:
+        with conns[0].cursor() as cur:
+            cur.execute(f"XA ROLLBACK {internal}")
+        with conns[1].cursor() as cur:
+            cur.execute("XA ROLLBACK 'client-xa'")
+        for c in conns:
+            c.close()
+    res = subprocess.run([sys.executable, "-m", "streamer", "prepare", "--target-dir", str(backup),
+                          "--server-binary", str(server.server_binary)], capture_output=True, text=True, cwd=REPO,
+                         check=False, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rolled back 1 transaction(s) left prepared" in res.stderr
+    datadir = tmp_path / "restored"
+    restore_backup(RestoreConfig(backup, datadir))
+    restored = start_server(kind, tmp_path / "run", datadir=datadir, initialize=False)
+    try:
+        pending = [r[3] for r in restored.query("XA RECOVER")]
+        assert [p if isinstance(p, str) else bytes(p).decode() for p in pending] == ["client-xa"]
+        restored.execute("XA COMMIT 'client-xa'")
+        assert [r[0] for r in restored.query(f"SELECT id FROM `{schema}`.seq")] == [2]
+    finally:
+        restored.stop()
+    server.execute(f"DROP DATABASE `{schema}`")
