@@ -43,6 +43,7 @@ from streamer.connection import (
     ServerFacts,
     Session,
     current_lsn,
+    encryption_plugin_config,
     read_log_status,
     read_server_facts,
     resolve_options,
@@ -273,7 +274,7 @@ def _strip_data_file_path(value: str) -> str:
 LOG_N_FILES = 32
 
 
-def backup_my_cnf(facts: ServerFacts, undo_files: int = 0) -> bytes:
+def backup_my_cnf(facts: ServerFacts, undo_files: int = 0, plugin_config: Sequence[str] = ()) -> bytes:
     """``backup-my.cnf``: the InnoDB settings prepare must start with (innodb-formats.md 6.2 / 6.4).
 
     MySQL 9 has neither ``innodb_log_file_size`` nor ``innodb_undo_tablespaces``; we write what is true of the
@@ -296,7 +297,7 @@ def backup_my_cnf(facts: ServerFacts, undo_files: int = 0) -> bytes:
         options: dict[str, object] = dict(common, innodb_compression_level=v("innodb_compression_level", "6"))
         if v("innodb_buffer_pool_filename"):
             options["innodb_buffer_pool_filename"] = v("innodb_buffer_pool_filename")
-        return meta.build_backup_my_cnf(options, "mariadb")
+        return meta.build_backup_my_cnf(options, "mariadb", plugin_config=plugin_config)
 
     def onoff(name: str) -> str:
         return "ON" if v(name, "OFF").upper() in ("ON", "1") else "OFF"
@@ -317,7 +318,7 @@ def backup_my_cnf(facts: ServerFacts, undo_files: int = 0) -> bytes:
 
 def build_metadata(facts: ServerFacts, result: BackupResult, status: LogStatus, *, started: datetime,
                    ended: datetime, argv: Sequence[str], stream_format: str | None, compressed: bool,
-                   server_uuid: str, undo_files: int = 0) -> dict[str, bytes]:
+                   server_uuid: str, undo_files: int = 0, plugin_config: Sequence[str] = ()) -> dict[str, bytes]:
     """The metadata files, in the order they are written (checkpoints last: the commit point)."""
     flavor = facts.flavor
     files: dict[str, bytes] = {}
@@ -325,7 +326,7 @@ def build_metadata(facts: ServerFacts, result: BackupResult, status: LogStatus, 
     if result.binlog is not None:
         files[meta.XTRABACKUP_BINLOG_INFO] = meta.build_binlog_info(result.binlog)
         binlog_pos = meta.format_binlog_pos(result.binlog.filename, result.binlog.position, result.binlog.gtid)
-    files[meta.BACKUP_MY_CNF] = backup_my_cnf(facts, undo_files)
+    files[meta.BACKUP_MY_CNF] = backup_my_cnf(facts, undo_files, plugin_config)
     info: dict[str, object] = {
         "uuid": server_uuid,
         "name": "",
@@ -529,6 +530,7 @@ class Backup:
             raise TargetError("refusing to write the binary stream to a terminal",
                               hint="pipe it (| innostream extract -C DIR) or redirect it to a file")
         server_uuid = str(self.session.value("SELECT UUID()"))
+        plugin_config = encryption_plugin_config(self.session) if flavor == "mariadb" else []
         binlog_on = facts.var("log_bin", "0").upper() in ("1", "ON")
 
         if not cfg.lock:
@@ -607,7 +609,8 @@ class Backup:
         files = build_metadata(facts, res, status, started=started, ended=datetime.now(), argv=cfg.argv,
                                stream_format=None if cfg.target_dir is not None else cfg.stream_format,
                                compressed=cfg.compress, server_uuid=server_uuid,
-                               undo_files=sum(1 for f in inventory.innodb if UNDO_RE.match(f.name)))
+                               undo_files=sum(1 for f in inventory.innodb if UNDO_RE.match(f.name)),
+                               plugin_config=plugin_config)
         for name, data in files.items():
             log.info("Writing %s", name)
             self.sink.add_bytes(name, data)

@@ -283,6 +283,28 @@ def read_server_facts(session: Session) -> ServerFacts:
     )
 
 
+def encryption_plugin_config(session: Session) -> list[str]:
+    """MariaDB: the ``backup-my.cnf`` lines that let prepare load the server's key management plugin.
+
+    Like mariadb-backup (encryption_plugin.cc): ``plugin_load=name=library`` (suffix dropped), ``plugin_dir``,
+    every ``<name>_*`` variable, and ``innodb_encrypt_log``. Empty when no encryption plugin is active.
+    """
+    rows = session.query("SELECT PLUGIN_NAME, PLUGIN_LIBRARY, @@plugin_dir FROM information_schema.PLUGINS "
+                         "WHERE PLUGIN_TYPE = 'ENCRYPTION' AND PLUGIN_STATUS = 'ACTIVE'")
+    if not rows:
+        return []
+    name, library, plugin_dir = (str(v) if v is not None else "" for v in rows[0])
+    load = name
+    if library:
+        load += "=" + re.sub(r"\.(so|dll)$", "", library)
+    lines = [f"plugin_load={load}", f'plugin_dir="{plugin_dir}"']
+    like = name.replace("_", "\\_") + "\\_%"
+    lines += [f"{k}={v}" for k, v in session.query("SHOW GLOBAL VARIABLES LIKE %s", (like,))]
+    encrypt_log = session.value("SELECT @@innodb_encrypt_log")
+    lines.append(f"innodb_encrypt_log={encrypt_log}")
+    return lines
+
+
 # --- LSNs and binlog ----------------------------------------------------------------------------------------------
 
 
