@@ -17,6 +17,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -600,3 +601,22 @@ def test_mariadb_encrypted_tables(fresh_server, tmp_path):
         assert restored.query("SELECT COUNT(*) FROM e.t WHERE v LIKE 'secret%'")[0][0] == 4000
     finally:
         restored.stop()
+
+
+def test_interrupt_during_target_dir_copy_leaves_no_backup(server, tmp_path):
+    """Ctrl-C while files are being copied into a directory (raised from the main thread's progress tick, where a
+    real SIGINT lands): Interrupted, no xtrabackup_checkpoints, locks released, consumer unregistered."""
+    from streamer.errors import Interrupted
+
+    def on_event(name, value):
+        raise KeyboardInterrupt
+
+    target = tmp_path / "b"
+    with pytest.raises(Interrupted):
+        run_backup(_config(server, target_dir=target, parallel=1), on_event=on_event)
+    assert target.is_dir()
+    assert not (target / "xtrabackup_checkpoints").exists()
+    assert not (target / "xtrabackup_info").exists()
+    _ddl_works(server)
+    _consumer_free(server)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("copy-", "redo-copier"))]
