@@ -442,24 +442,28 @@ MYSQL_XID_PREFIX = b"MySQLXid"
 MYSQL_XID_GTRID_LEN = 20
 
 
-def _rollback_binlog_prepared(conn: pymysql.connections.Connection) -> int:
+def _rollback_binlog_prepared(sock: Path) -> int:
     """Roll back transactions the backup caught between the binlog's prepare and commit.
 
     They never reached the binlog position the backup records, and a restored server without the source's binlog
-    cannot resolve them: MariaDB keeps them prepared (holding their locks) or refuses to start (MDEV-36025).
-    MySQL already rolls them back at recovery when its binlog is off. XA transactions prepared by clients keep
-    their state: they survive restarts by design and belong to their transaction manager."""
-    with conn.cursor() as cur:
-        cur.execute("XA RECOVER")
-        rows = cur.fetchall()
-        done = 0
-        for format_id, gtrid_len, bqual_len, data in rows:
-            raw = data if isinstance(data, bytes) else str(data).encode("latin-1")
-            if int(format_id) == 1 and int(gtrid_len) == MYSQL_XID_GTRID_LEN and int(bqual_len) == 0 and (
-                raw.startswith(MYSQL_XID_PREFIX)
-            ):
-                cur.execute(f"XA ROLLBACK X'{raw[:MYSQL_XID_GTRID_LEN].hex()}', '', 1")
-                done += 1
+    cannot resolve them: MariaDB keeps them prepared (holding their locks) or refuses to start (MDEV-36025);
+    MySQL 9.7 with its binlog off keeps them prepared too. XA transactions prepared by clients keep their state:
+    they survive restarts by design and belong to their transaction manager."""
+    # XIDs are binary; MySQL sends them in a text column, so read them undecoded.
+    conn = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True, use_unicode=False)
+    done = 0
+    try:
+        with conn.cursor() as cur:
+            cur.execute("XA RECOVER")
+            for format_id, gtrid_len, bqual_len, data in cur.fetchall():
+                raw = bytes(data)
+                if int(format_id) == 1 and int(gtrid_len) == MYSQL_XID_GTRID_LEN and int(bqual_len) == 0 and (
+                    raw.startswith(MYSQL_XID_PREFIX)
+                ):
+                    cur.execute(f"XA ROLLBACK X'{raw[:MYSQL_XID_GTRID_LEN].hex()}', '', 1")
+                    done += 1
+    finally:
+        conn.close()
     if done:
         log.info("prepare: rolled back %d transaction(s) left prepared by the binlog's two-phase commit", done)
     return done
@@ -559,9 +563,9 @@ def _start_and_recover(binary: Path, bd: BackupDir, config: PrepareConfig, resul
     except _ServerExited as exc:
         if bd.flavor != "mariadb" or not any(_NEEDS_HEURISTIC.search(line) for line in exc.lines):
             raise
-        # Those transactions never reached the binlog position the backup records: roll them back, as MySQL
-        # does by itself when its binlog is off. One start with --tc-heuristic-recover=ROLLBACK does that and
-        # exits; XA transactions prepared by clients ("foreign" XIDs) stay prepared. Then start normally.
+        # Those transactions never reached the binlog position the backup records: roll them back. One start
+        # with --tc-heuristic-recover=ROLLBACK does that and exits; XA transactions prepared by clients
+        # ("foreign" XIDs) stay prepared. Then start normally.
         log.info("prepare: the backup holds binlog-prepared transactions; rolling them back "
                  "(--tc-heuristic-recover=ROLLBACK) and starting again")
         try:
@@ -599,7 +603,7 @@ def _run_server(binary: Path, bd: BackupDir, config: PrepareConfig, lines: list[
             try:
                 conn = _wait_ready(proc, run / "mysqld.sock", config.timeout, err)
                 try:
-                    _rollback_binlog_prepared(conn)
+                    _rollback_binlog_prepared(run / "mysqld.sock")
                     missing = _missing_tablespaces(conn, bd.flavor, bd.path)
                     live_lsn = _innodb_lsn(conn)
                 finally:
