@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -589,6 +588,57 @@ class _RFile:
 ObserverFactory = Callable[[str, dict[str, Any]], Any]
 
 
+class _InOrder:
+    """Runs callbacks on finished futures in submission order, in a thread of its own.
+
+    The per-file sha256, page validation and closing of files must see a file's frames in order; doing that here
+    keeps the reading thread (pipe, checksums, dispatch) and the decompress/write pool busy at the same time. The
+    queue is bounded (back-pressure); an error is re-raised in the reader by ``check``/``finish``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._queue: queue.Queue[tuple[Future, Callable[[Any], None]] | None] = queue.Queue(maxsize=limit)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="isx-order", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, then = item
+            if self._error is not None:
+                fut.cancel()  # failing: skip the rest, keep draining so the reader never blocks
+                continue
+            try:
+                then(fut.result())
+            except BaseException as exc:
+                self._error = exc
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, fut: Future, then: Callable[[Any], None]) -> None:
+        self.check()
+        self._queue.put((fut, then))
+
+    def finish(self) -> None:
+        """Wait until every callback ran; raise the first error."""
+        self._queue.put(None)
+        self._thread.join()
+        self.check()
+
+    def stop(self, exc: BaseException) -> None:
+        """Abandon the rest after an error in the reader."""
+        if self._error is None:
+            self._error = exc
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 def read_archive(
     inp: BinaryIO,
     sink: Sink,
@@ -611,13 +661,7 @@ def read_archive(
     results: list[FileResult] = []
     summary = ArchiveSummary("innostream", reader.meta, results, {})
     pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="isx") if verify_data else None
-    pending: deque[tuple[Future, Callable[[Any], None]]] = deque()
-    max_pending = 2 * max(1, parallel) + 2
-
-    def settle(limit: int) -> None:
-        while pending and (len(pending) > limit or pending[0][0].done()):
-            fut, then = pending.popleft()
-            then(fut.result())
+    order = _InOrder(2 * max(1, parallel) + 2)
 
     def data_job(frame: Frame, rf: _RFile) -> bytes:
         raw = decompress(frame)
@@ -696,7 +740,7 @@ def read_archive(
                 rf.result.stored_bytes += h.stored_len
                 summary.raw_bytes += h.raw_len
                 if pool is not None:
-                    pending.append((pool.submit(data_job, frame, rf), hash_in_order(rf, h.offset)))
+                    order.put(pool.submit(data_job, frame, rf), hash_in_order(rf, h.offset))
             elif h.type == fa.FRAME_FILE_END:
                 rf = files.get(h.file_id)  # type: ignore[assignment]
                 if rf is None or h.file_id not in reader.open_ids:
@@ -706,9 +750,9 @@ def read_archive(
                     raise Corrupt(f"file size {size} is below the end of its data ({rf.end})", file=rf.result.name,
                                   **where)
                 reader.open_ids.discard(h.file_id)
-                pending.append((_done(None), end_in_order(rf, frame, size, nframes, digest)))
+                order.put(_done(None), end_in_order(rf, frame, size, nframes, digest))
             elif h.type == fa.FRAME_TRAILER:
-                settle(0)
+                order.finish()
                 _check_trailer(reader, frame, summary, results, verify_data)
                 reader.expect_eof()
                 summary.archive_bytes = reader.pos
@@ -719,11 +763,10 @@ def read_archive(
             else:
                 summary.skipped_frames += 1
                 summary.warnings.append(f"skipped optional frame type {h.type:#x} at offset {frame.pos}")
-            settle(max_pending)
+            order.check()
         raise AssertionError("unreachable")  # FrameReader raises Truncated at EOF
-    except BaseException:
-        for fut, _ in pending:
-            fut.cancel()
+    except BaseException as exc:
+        order.stop(exc)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
             pool = None

@@ -125,7 +125,8 @@ class TargetDir:
             out.buf = bytearray()
         else:
             out.fd = self._create(name, mode)
-        self._open.append(out)
+        with self._lock:
+            self._open.append(out)
         return out
 
     def write_at(self, handle: _Out, offset: int, data: bytes) -> None:
@@ -159,8 +160,9 @@ class TargetDir:
                 if self._meta_bytes > MAX_METADATA_BYTES:
                     raise Corrupt(f"metadata files exceed {MAX_METADATA_BYTES} bytes", file=handle.name)
                 handle.buf.extend(bytes(size - len(handle.buf)))
-            self._metadata.append(handle)
-            self._open.remove(handle)
+            with self._lock:
+                self._metadata.append(handle)
+                self._open.remove(handle)
             return
         try:
             os.ftruncate(handle.fd, size)
@@ -171,7 +173,8 @@ class TargetDir:
         finally:
             os.close(handle.fd)
             handle.fd = -1
-            self._open.remove(handle)
+            with self._lock:
+                self._open.remove(handle)
 
     # -- MariaDB xbstream RENAME / REMOVE chunks (DDL during the backup) -------------------------------------------
     def rename(self, old: str, new: str) -> None:

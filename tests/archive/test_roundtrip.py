@@ -58,14 +58,17 @@ def test_frames_never_cross_chunk_boundaries():
 
 def test_concurrent_writers_interleave(tmp_path: Path):
     rnd = random.Random(7)
-    files = {f"db/t{i}.ibd": rnd.randbytes(300_000 + i * 10_000) for i in range(6)}
+    rounds, step = 6, 300_000
+    files = {f"db/t{i}.ibd": rnd.randbytes(rounds * step - i * 1000) for i in range(6)}
     out = io.BytesIO()
     w = ArchiveWriter(out, meta={"flavor": "mysql"}, threads=2, max_inflight=3)
+    barrier = threading.Barrier(len(files))
 
     def copy(name: str, data: bytes) -> None:
         fid = w.begin_file(name)
-        for off in range(0, len(data), 16384):
-            w.write(fid, off, memoryview(bytearray(data[off : off + 16384])))
+        for off in range(0, len(data), step):
+            barrier.wait()  # lockstep: every round has one write of every file
+            w.write(fid, off, memoryview(bytearray(data[off : off + step])))
         w.end_file(fid, len(data))
 
     threads = [threading.Thread(target=copy, args=item) for item in files.items()]
@@ -77,7 +80,7 @@ def test_concurrent_writers_interleave(tmp_path: Path):
     _, frames = split_frames(out.getvalue())
     ids = [fa.unpack_frame_header(f[:56]).file_id for f in frames[:-1]]
     switches = sum(1 for a, b in itertools.pairwise(ids) if a != b)
-    assert switches > len(files)  # really interleaved
+    assert switches >= rounds * (len(files) - 1)  # really interleaved
     extract(io.BytesIO(out.getvalue()), tmp_path / "t", parallel=3)
     assert tree(tmp_path / "t") == files
 
