@@ -312,7 +312,7 @@ def detect(inp: BinaryIO) -> tuple[str, BinaryIO]:
 
 def read_any(
     inp: BinaryIO,
-    sink: Sink,
+    sink: Sink | Callable[[], Sink],
     *,
     parallel: int = 2,
     fmt: str = "auto",
@@ -321,10 +321,16 @@ def read_any(
     observer_factory: ObserverFactory | None = None,
     on_file_done: Callable[[FileResult], None] | None = None,
 ) -> ArchiveSummary:
-    """Read an innostream archive or an xbstream (detected unless ``fmt`` says) into ``sink``."""
+    """Read an innostream archive or an xbstream (detected unless ``fmt`` says) into ``sink``.
+
+    ``sink`` may be a factory, called only once the input was recognised (so that garbage on stdin does not leave
+    an empty target directory behind).
+    """
     kind, stream = detect(inp)
     if fmt != "auto" and not kind.startswith(fmt):
         raise BadMagic(f"input is {kind}, not {fmt}", offset=0)
+    if callable(sink):
+        sink = sink()
     if kind == "innostream":
         return read_archive(stream, sink, parallel=parallel, verify_data=verify_data,
                             observer_factory=observer_factory, on_file_done=on_file_done)
@@ -341,8 +347,7 @@ def extract(
         FormatError: damaged or hostile input (nothing outside ``target`` is touched).
         TargetError: a file exists already, an unsafe path, a write failure.
     """
-    sink = TargetDir(target, fsync=fsync)
-    summary = read_any(inp, sink, parallel=parallel, fmt=fmt, dialect=dialect,
+    summary = read_any(inp, lambda: TargetDir(target, fsync=fsync), parallel=parallel, fmt=fmt, dialect=dialect,
                        on_file_done=lambda r: log.debug("extracted %s (%d bytes)", r.name, r.size))
     log.info("extracted %d files, %d bytes from %s into %s", len(summary.files), sum(f.size for f in summary.files),
              summary.format, target)

@@ -297,6 +297,8 @@ def test_cli_errors_are_one_line(tmp_path: Path, blob, code, text):
     assert b"Traceback" not in r.stderr
     assert r.stderr.count(b"innostream: error:") == 1
     assert r.stdout == b""
+    if not blob.startswith(fa.STREAM_MAGIC):  # unrecognised input: the target is not even created
+        assert not (tmp_path / "t").exists()
 
 
 def test_errors_carry_context():
