@@ -316,3 +316,41 @@ def test_binlog_prepared_transaction_rolled_back(kind: str, request: pytest.Fixt
     finally:
         restored.stop()
     server.execute(f"DROP DATABASE `{schema}`")
+
+
+def test_streamed_backup_prepare_restore(server: Server, tmp_path: Path) -> None:
+    """``backup --stream | extract`` gives a directory prepare and restore take like a --target-dir backup."""
+    schema = "prep_stream"
+    setup_schema(server, schema)
+    writer = Writer(server, schema)
+    writer.start()
+    target = tmp_path / "extracted"
+    try:
+        while writer.committed < 30 and writer.error is None:
+            writer.stop.wait(0.05)
+        before = writer.committed
+        backup = subprocess.Popen([sys.executable, "-m", "streamer", "backup", "--stream", "--socket",
+                                   str(server.socket), "--user", "root"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, cwd=REPO)
+        extract = subprocess.run([sys.executable, "-m", "streamer", "extract", "-C", str(target)],
+                                 stdin=backup.stdout, capture_output=True, text=True, cwd=REPO, check=False,
+                                 timeout=900)
+        assert backup.stdout is not None
+        backup.stdout.close()
+        assert backup.wait(timeout=900) == 0
+        assert extract.returncode == 0, extract.stderr[-3000:]
+    finally:
+        writer.stop.set()
+        writer.join(timeout=60)
+    assert writer.error is None, writer.error
+    result = prepare_backup(PrepareConfig(target, server_binary=server.server_binary, use_memory="64M"))
+    assert result.recovered_lsn is not None
+    assert result.recovered_lsn >= result.last_lsn
+    datadir = tmp_path / "restored"
+    restore_backup(RestoreConfig(target, datadir))
+    restored = start_server(server.kind, tmp_path / "run", datadir=datadir, initialize=False)
+    try:
+        assert check_consistent(restored, schema, before) <= writer.committed
+    finally:
+        restored.stop()
+    server.execute(f"DROP DATABASE `{schema}`")
