@@ -361,6 +361,8 @@ def test_interrupted_prepare_then_rerun(mariadb_backup_dir: Path, mariadb10: Ser
     assert parse_checkpoints((backup / "xtrabackup_checkpoints").read_bytes()).backup_type == "full-backuped"
     holders = subprocess.run(["pgrep", "-f", f"--datadir={backup}"], capture_output=True, text=True, check=False)
     assert holders.stdout.strip() == "", "a server still runs on the backup"
-    res = run_cli("prepare", "--target-dir", str(backup), "--server-binary", str(mariadb10.server_binary))
+    # The rerun also finds the server by itself (mariadbd on PATH or in /usr/sbin, version 10.11 as recorded).
+    res = run_cli("prepare", "--target-dir", str(backup))
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "/usr/sbin/mariadbd" in res.stderr
     assert parse_checkpoints((backup / "xtrabackup_checkpoints").read_bytes()).backup_type == "full-prepared"
