@@ -23,7 +23,16 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               help="Extra option for the server, e.g. --server-option=--innodb-log-file-size=256M (repeatable).")
 def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, timeout: float,
                 server_options: tuple[str, ...]) -> None:
-    """Apply the backup's redo log with the real server so the directory is a consistent data directory."""
+    """Apply the backup's redo log with the real server so the directory is a consistent data directory.
+
+    The flavour's own mysqld/mariadbd runs crash recovery on the backup (no networking, private socket, no
+    binlog, grant tables skipped), must reach the backup's last_lsn, and is shut down cleanly; then
+    xtrabackup_checkpoints says backup_type = full-prepared. Running it again on a prepared backup does nothing.
+
+    \b
+    innostream prepare --target-dir /backups/today
+    innostream prepare --target-dir /tmp/b --server-binary tools/server-wrappers/mysqld-sid
+    """
     result = prepare_backup(PrepareConfig(target_dir.resolve(), server_binary, use_memory, timeout, server_options))
     state = "already prepared" if result.already_prepared else "prepared"
     click.echo(f"innostream: {target_dir}: {state} ({result.flavor}, last_lsn {result.last_lsn})", err=True)
@@ -34,7 +43,14 @@ def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, t
 @click.option("--datadir", required=True, type=_DIR, help="Empty (or missing) data directory to fill.")
 @click.option("--move", is_flag=True, help="Move files instead of copying them (like --move-back).")
 def restore_cmd(target_dir: Path, datadir: Path, move: bool) -> None:
-    """Copy (or move) a prepared backup into an empty data directory (like xtrabackup --copy-back)."""
+    """Copy (or move) a prepared backup into an empty data directory (like xtrabackup --copy-back).
+
+    Data files and the redo log the server expects are copied, holes kept; the backup's metadata files are not.
+    A non-empty datadir is refused.
+
+    \b
+    innostream restore --target-dir /backups/today --datadir /var/lib/mysql
+    """
     result = restore_backup(RestoreConfig(target_dir.resolve(), datadir.resolve(), move))
     verb = "moved" if move else "copied"
     click.echo(f"innostream: {verb} {result.files} files ({result.bytes} bytes) to {datadir}", err=True)
