@@ -41,6 +41,8 @@ DEFAULT_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/t
 MIN_VERSION = {"mysql": (8, 0, 30), "mariadb": (10, 8, 0)}
 #: How long lock statements may wait before the backup fails instead of hanging (seconds).
 LOCK_WAIT_TIMEOUT = 300
+#: wait_timeout of our sessions: the largest value both servers accept (one year).
+SESSION_WAIT_TIMEOUT = 31536000
 #: How long FLUSH TABLES WITH READ LOCK may wait for running statements; meanwhile all writes queue behind it.
 FTWRL_WAIT_TIMEOUT = 30
 
@@ -186,6 +188,9 @@ class Session:
         self.purpose = purpose
         self.conn = connect(args)
         self._lock = threading.Lock()
+        # A backup may take hours, and the redo consumer's session stays idle while the server is; the server
+        # must not close it (its locks or registration would silently go away).
+        self.execute(f"SET SESSION wait_timeout = {SESSION_WAIT_TIMEOUT}")
 
     def query(self, sql: str, params: Any = None) -> list[tuple]:
         with self._lock:
