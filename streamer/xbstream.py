@@ -244,7 +244,7 @@ def read_xbstream(
             xf.observer = observer_factory(name, meta)
         return xf
 
-    def copy_payload(xf: _XFile, length: int, offset: int, crc_prefix: int, stored: int, at: int,
+    def copy_payload(xf: _XFile, length: int, offset: int, crc_prefix: int, at: int,
                      sparse: list[tuple[int, int]] | None) -> int:
         """Stream ``length`` payload bytes to the file; return the CRC."""
         crc = crc_prefix
@@ -272,6 +272,8 @@ def read_xbstream(
                 xf.observer.feed(pos, payload[used : used + n])
             pos += n
             used += n
+        if used != length:
+            raise Corrupt(f"sparse map covers {used} of {length} payload bytes", file=xf.result.name, offset=at)
         return crc
 
     try:
@@ -333,7 +335,7 @@ def read_xbstream(
                                   file=xf.result.name, offset=at)
                 if flags & fx.XB_STREAM_FLAG_REWRITE:
                     raise UnsupportedVersion("REWRITE chunks are not supported", file=xf.result.name, offset=at)
-                got = copy_payload(xf, length, offset, crc, length, at, sparse)
+                got = copy_payload(xf, length, offset, crc, at, sparse)
                 if got != checksum:
                     raise ChecksumMismatch(
                         f"invalid checksum at offset {at:#x}: expected {checksum:#010x}, read {got:#010x}",
