@@ -620,3 +620,32 @@ def test_interrupt_during_target_dir_copy_leaves_no_backup(server, tmp_path):
     _ddl_works(server)
     _consumer_free(server)
     assert not [t for t in threading.enumerate() if t.name.startswith(("copy-", "redo-copier"))]
+
+
+def test_killed_lock_session_fails_the_backup(server, tmp_path):
+    """A DBA kills our connections mid-copy: the locks are gone, so the backup must fail, never finish quietly."""
+    from streamer.errors import SourceError
+
+    killed: list[int] = []
+
+    def on_event(name, value):
+        if killed:
+            return
+        conn = server.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'root' AND ID <> "
+                            "CONNECTION_ID() AND COMMAND <> 'Daemon'")
+                for (pid,) in cur.fetchall():
+                    cur.execute(f"KILL CONNECTION {int(pid)}")
+                    killed.append(pid)
+        finally:
+            conn.close()
+
+    target = tmp_path / "b"
+    with pytest.raises(SourceError):
+        run_backup(_config(server, target_dir=target), on_event=on_event)
+    assert killed
+    assert not (target / "xtrabackup_checkpoints").exists()
+    _ddl_works(server)
+    _consumer_free(server)
