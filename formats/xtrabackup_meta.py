@@ -289,10 +289,14 @@ def tool_command(argv: Sequence[str]) -> str:
     return " ".join(mask_argv(argv))
 
 
-def format_binlog_pos(filename: str, position: int, gtid: str | None = None) -> str:
-    """The ``binlog_pos`` value of xtrabackup_info, e.g. ``filename 'binlog.000001', position '1183', GTID ...``."""
+def format_binlog_pos(filename: str, position: int, gtid: str | None = None, *, flavor: str | None = None) -> str:
+    """The ``binlog_pos`` value of xtrabackup_info, e.g. ``filename 'binlog.000001', position '1183', GTID ...``.
+
+    mariadb-backup always writes the GTID part, empty (``''``) on a server without GTIDs (11.8 fixture); PXB only
+    when there is one. Without ``flavor`` an empty GTID is left out.
+    """
     text = f"filename '{filename}', position '{position}'"
-    if gtid:
+    if gtid or (flavor == "mariadb" and gtid is not None):
         text += f", GTID of the last change '{gtid}'"
     return text
 
@@ -309,9 +313,12 @@ class BinlogInfo:
     gtid: str = ""
 
 
-def build_binlog_info(info: BinlogInfo) -> bytes:
-    """Write ``file<TAB>pos[<TAB>gtid]\\n`` (MariaDB: last GTID; MySQL: gtid_executed set)."""
-    fields = [info.filename, str(info.position)] + ([info.gtid] if info.gtid else [])
+def build_binlog_info(info: BinlogInfo, flavor: str | None = None) -> bytes:
+    """Write ``file<TAB>pos[<TAB>gtid]\\n`` (MariaDB: last GTID; MySQL: gtid_executed set).
+
+    mariadb-backup always writes the third field, even empty (``binlog.000001<TAB>325<TAB>``, 11.8 fixture).
+    """
+    fields = [info.filename, str(info.position)] + ([info.gtid] if info.gtid or flavor == "mariadb" else [])
     return ("\t".join(fields) + "\n").encode()
 
 

@@ -289,3 +289,25 @@ def test_meta_variants() -> None:
         parse_meta(b"zip_size = 0\n")
     with pytest.raises(Corrupt):
         parse_meta(b"page_size = 12345\n")
+
+
+# --- MariaDB 11.8 (mariadb_backup_* names, server without GTIDs) ----------------------------------------------------
+
+
+def test_mariadb_11_8_files_roundtrip() -> None:
+    cp_raw = fixture("mariadb-11.8-full-mariadb_backup_checkpoints")
+    assert build_checkpoints(parse_checkpoints(cp_raw, file="mariadb_backup_checkpoints"), "mariadb") == cp_raw
+    info_raw = fixture("mariadb-11.8-full-mariadb_backup_info")
+    info = parse_info(info_raw, file="mariadb_backup_info")
+    assert build_info(info, "mariadb") == info_raw
+    # No GTID yet: mariadb-backup still writes the GTID part, empty.
+    assert info["binlog_pos"] == format_binlog_pos("binlog.000001", 325, "", flavor="mariadb")
+    assert format_binlog_pos("binlog.000001", 325, "") == "filename 'binlog.000001', position '325'"
+    cnf_raw = fixture("mariadb-11.8-full-backup-my.cnf")
+    assert parse_backup_my_cnf(cnf_raw)["innodb_undo_tablespaces"] == "3"
+    assert build_backup_my_cnf(parse_backup_my_cnf(cnf_raw), "mariadb") == cnf_raw
+    bl_raw = fixture("mariadb-11.8-full-mariadb_backup_binlog_info")
+    bl = parse_binlog_info(bl_raw)
+    assert bl == BinlogInfo("binlog.000001", 325, "")
+    assert build_binlog_info(bl, "mariadb") == bl_raw
+    assert build_binlog_info(bl) == b"binlog.000001\t325\n"
