@@ -34,6 +34,7 @@ from streamer.log import log
 from streamer.xbstream import read_xbstream
 
 MAX_METADATA_BYTES = 64 << 20  # held in memory until the commit point
+PAGE0_BYTES = 65536  # enough of a tablespace's start to read page 0 of the largest page size
 MAX_DIR_FDS = 256  # directory descriptors kept open for O_NOFOLLOW-safe creation
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -406,7 +407,7 @@ class PageValidator:
         from formats.fsp0fsp import space_info
 
         try:
-            self.info = space_info(bytes(self.buf[:65536]), self.flavor)
+            self.info = space_info(bytes(self.buf[:PAGE0_BYTES]), self.flavor)
         except InnostreamError as exc:
             self.note = f"no page validation: {exc}"
             return False
@@ -431,25 +432,25 @@ class PageValidator:
     def feed(self, offset: int, raw: bytes) -> None:
         if self.note is not None:
             return
-        end_known = self.page_start + len(self.buf)
-        if offset > end_known:
-            gap = offset - end_known
-            if self.page_size:
-                # complete the current page with zeros, skip whole zero pages, start the next partial page
-                fill = (-len(self.buf)) % self.page_size
-                if gap > fill + self.page_size:
-                    self.buf.extend(bytes(fill))
-                    self._flush(False)
-                    skip = (offset - self.page_start) // self.page_size * self.page_size
-                    self.page_start += skip
-                    gap = offset - self.page_start
-            if gap > 64 << 20:
-                self.note = "page 0 is not in the archive (hole)"
+        if not self.page_size and offset > len(self.buf):
+            # a hole before the page size is known: materialise at most the first 64 KiB (page 0 of any size)
+            self.buf.extend(bytes(min(offset, PAGE0_BYTES) - len(self.buf)))
+            if offset >= PAGE0_BYTES and not self._setup():
                 return
+        end_known = self.page_start + len(self.buf)
+        if offset > end_known:  # page size known: complete the current page, skip whole zero pages
+            ps = self.page_size
+            gap = offset - end_known
+            fill = (-len(self.buf)) % ps
+            if gap > fill + ps:
+                self.buf.extend(bytes(fill))
+                self._flush(False)
+                self.page_start += (offset - self.page_start) // ps * ps
+                gap = offset - self.page_start
             self.buf.extend(bytes(gap))
         self.buf.extend(raw)
         if not self.page_size:
-            if len(self.buf) < 65536 and offset + len(raw) < 65536:
+            if len(self.buf) < PAGE0_BYTES:
                 return
             if not self._setup():
                 return
@@ -459,7 +460,7 @@ class PageValidator:
         if self.note is not None:
             return
         if not self.page_size:
-            want = min(size, 65536) - (self.page_start + len(self.buf))
+            want = min(size, PAGE0_BYTES) - (self.page_start + len(self.buf))
             if want > 0:
                 self.buf.extend(bytes(want))
             if not self.buf or not self._setup():
