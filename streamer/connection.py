@@ -213,6 +213,31 @@ class Session:
         with suppress(Exception):
             self.conn.close()
 
+    def kill(self) -> None:
+        """End this session on the server from a fresh connection.
+
+        After Ctrl-C interrupted a statement (say, a lock request still waiting) the connection is unusable, and
+        the server would only notice the closed socket when that statement ends: until then its lock request
+        stays queued. ``KILL CONNECTION`` ends it now, and with it every lock and registration it holds.
+        """
+        try:
+            thread_id = self.conn.thread_id()
+        except Exception:  # never connected
+            return
+        self.close()
+        try:
+            other = connect(self.args)
+        except SourceError as exc:
+            log.warning("could not end the %s session %s on the server: %s", self.purpose, thread_id, exc)
+            return
+        try:
+            with other.cursor() as cur:
+                cur.execute(f"KILL CONNECTION {int(thread_id)}")
+        except pymysql.err.MySQLError:
+            pass  # already gone: nothing left to release
+        finally:
+            other.close()
+
 
 def parse_version(text: str) -> tuple[int, int, int]:
     """``8.0.36-log`` / ``10.11.19-MariaDB-0+deb12u1-log`` -> (major, minor, patch)."""
@@ -462,9 +487,9 @@ class BackupLocks:
                     log.info("Executed UNLOCK INSTANCE")
                 self.ddl_locked = False
                 self.commit_blocked = False
-        except Exception as exc:  # cleaning up; closing the connection releases them too
-            log.warning("releasing backup locks failed (%s); closing the connection releases them", exc)
-            self.session.close()
+        except Exception as exc:  # cleaning up; ending the session releases them too
+            log.warning("releasing backup locks failed (%s); ending the session to release them", exc)
+            self.session.kill()
 
 
 class RedoConsumer:
@@ -503,8 +528,9 @@ class RedoConsumer:
             try:
                 self.session.value("SELECT innodb_redo_log_consumer_unregister()")
                 log.info("Unregistered the redo log consumer")
-            except SourceError as exc:
-                log.warning("unregistering the redo log consumer failed: %s", exc)
+            except Exception as exc:  # cleaning up; ending the session unregisters too
+                log.warning("unregistering the redo log consumer failed (%s); ending its session", exc)
+                self.session.kill()
             self.registered = False
         self.session.close()
 

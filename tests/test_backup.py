@@ -649,3 +649,33 @@ def test_killed_lock_session_fails_the_backup(server, tmp_path):
     assert not (target / "xtrabackup_checkpoints").exists()
     _ddl_works(server)
     _consumer_free(server)
+
+
+def test_sigint_while_waiting_for_the_backup_lock_leaves_nothing_queued(mariadb10, tmp_path):
+    """Ctrl-C while BACKUP STAGE waits (another session holds LOCK TABLES ... WRITE): the waiting statement must not
+    stay queued on the server after we exit (it would hold up DDL for lock_wait_timeout)."""
+    holder = mariadb10.connect()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLES sample.t_plain WRITE")
+        proc = subprocess.Popen([*INNOSTREAM, "backup", *_cli_conn(mariadb10), "--target-dir", str(tmp_path / "b")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+        deadline = time.monotonic() + 30
+        while not mariadb10.query("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'BACKUP STAGE%'"):
+            assert time.monotonic() < deadline, "the backup never waited for its lock"
+            assert proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.returncode == 130, stderr[-2000:]
+        assert len(_error_lines(stderr)) == 1, stderr[-2000:]
+        deadline = time.monotonic() + 5
+        while mariadb10.query("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'BACKUP STAGE%'"):
+            assert time.monotonic() < deadline, "our BACKUP STAGE statement is still queued on the server"
+            time.sleep(0.05)
+    finally:
+        with holder.cursor() as cur:
+            cur.execute("UNLOCK TABLES")
+        holder.close()
+    _ddl_works(mariadb10)
