@@ -350,16 +350,24 @@ def _stop_leftovers() -> None:
             server.stop(timeout=60)
 
 
+def _tmpdir(workdir: Path) -> Path:
+    """A private tmpdir: a starting server deletes every ``#sql*`` file in its tmpdir, so servers sharing /tmp
+    destroy each other's temporary tables (seen: concurrent mariadb-install-db runs failing with ERROR 1051)."""
+    tmp = workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return tmp
+
+
 def _base_options(kind: Kind, datadir: Path, workdir: Path) -> list[str]:
     opts = [
         "--no-defaults",
         "--user=root",
         f"--datadir={datadir}",
+        f"--tmpdir={_tmpdir(workdir)}",
         f"--innodb-buffer-pool-size={DEFAULT_BUFFER_POOL}",
         "--skip-name-resolve",
     ]
     if kind.flavor == "mysql":
-        # The mysqld-created files must be readable by the host-side backup tool whatever its umask.
         opts += ["--secure-file-priv=", "--mysqlx=OFF", "--performance-schema=OFF"]
     else:
         opts += ["--performance-schema=OFF"]
@@ -384,6 +392,7 @@ def initialize_datadir(kind_name: str, datadir: Path, workdir: Path, options: Se
             f"--datadir={datadir}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
+            f"--tmpdir={_tmpdir(workdir)}",
             f"--innodb-buffer-pool-size={DEFAULT_BUFFER_POOL}",
             *options,
         ]
