@@ -1,8 +1,9 @@
 """Talking to the server being backed up: connection options, server facts, locks, LSNs, binlog position.
 
-Connection options behave like the MySQL/MariaDB clients': ``--defaults-file`` replaces the default option files,
-``[client]`` (and ``[innostream]``) groups are read from ``/etc/my.cnf``, ``/etc/mysql/my.cnf`` and ``~/.my.cnf``,
-and command-line options win. Without host or socket the client default socket is used.
+Connection options behave like the MySQL/MariaDB clients': ``--defaults-file`` replaces the default option files;
+the ``[client]`` (MariaDB also ``[client-server]``, ``[client-mariadb]``) and ``[innostream]`` groups are read from
+``/etc/my.cnf``, ``/etc/mysql/my.cnf`` and ``~/.my.cnf``; command-line options win. Without host or socket the
+client default socket is used.
 
 Locks, per flavour (what mariadb-backup and Percona XtraBackup 8 do, simplest correct form):
 
@@ -34,7 +35,7 @@ from streamer.log import log
 #: Option files the clients read when no --defaults-file is given, in order (later ones win).
 DEFAULT_OPTION_FILES = ("/etc/my.cnf", "/etc/mysql/my.cnf", "~/.my.cnf")
 #: Groups we take connection options from.
-OPTION_GROUPS = ("client", "innostream")
+OPTION_GROUPS = ("client", "client-server", "client-mariadb", "innostream")
 #: Where the clients look when neither host nor socket is given (Debian's and the upstream default).
 DEFAULT_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
 #: Oldest servers whose redo format we copy.
