@@ -390,6 +390,23 @@ class ErrorLogFollower:
             log.debug("server: %s", short)
 
 
+#: MariaDB redo log size for the prepare run. The server resizes the log to its own innodb_log_file_size at the
+#: next start ("Resizing redo log from ... to ..."), so the backup need not carry the source's (maybe many GB)
+#: fully allocated log; mariadb-backup leaves a 12304-byte one.
+MARIADB_PREPARE_LOG_SIZE = "16M"
+
+
+def local_data_file_path(value: str) -> str:
+    """``innodb_data_file_path`` with directories stripped (``/data/ibdata1:12M:autoextend`` ->
+    ``ibdata1:12M:autoextend``): in a backup the system tablespace files are at the top (mariabackup's
+    ``make_local_paths``)."""
+    parts = []
+    for spec in value.split(";"):
+        name, sep, rest = spec.partition(":")
+        parts.append(name.replace("\\", "/").rsplit("/", 1)[-1] + sep + rest)
+    return ";".join(parts)
+
+
 def _server_argv(binary: Path, bd: BackupDir, run: Path, config: PrepareConfig) -> list[str]:
     target = bd.path
     argv = [
@@ -402,9 +419,10 @@ def _server_argv(binary: Path, bd: BackupDir, run: Path, config: PrepareConfig) 
     if os.geteuid() == 0:
         argv.append("--user=root")
     cnf = bd.my_cnf
-    for key in ("innodb_page_size", "innodb_data_file_path"):
-        if cnf.get(key):
-            argv.append(f"--{key.replace('_', '-')}={cnf[key]}")
+    if cnf.get("innodb_page_size"):
+        argv.append(f"--innodb-page-size={cnf['innodb_page_size']}")
+    if cnf.get("innodb_data_file_path"):
+        argv.append(f"--innodb-data-file-path={local_data_file_path(cnf['innodb_data_file_path'])}")
     if bd.flavor == "mysql":
         argv += [f"--secure-file-priv={run}", "--skip-log-bin", "--skip-replica-start", "--log-error-verbosity=3",
                  "--mysqlx=OFF",
@@ -412,8 +430,9 @@ def _server_argv(binary: Path, bd: BackupDir, run: Path, config: PrepareConfig) 
                  "--loose-sha256-password-auto-generate-rsa-keys=OFF",
                  "--loose-caching-sha2-password-auto-generate-rsa-keys=OFF"]
     else:
-        argv += ["--skip-slave-start", "--skip-log-bin", f"--innodb-undo-directory={target}"]
-        for key in ("innodb_checksum_algorithm", "innodb_undo_tablespaces", "innodb_log_file_size"):
+        argv += ["--skip-slave-start", "--skip-log-bin", f"--innodb-undo-directory={target}",
+                 f"--innodb-log-file-size={MARIADB_PREPARE_LOG_SIZE}"]
+        for key in ("innodb_checksum_algorithm", "innodb_undo_tablespaces"):
             if cnf.get(key):
                 argv.append(f"--{key.replace('_', '-')}={cnf[key]}")
     return argv + list(config.server_options)

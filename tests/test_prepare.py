@@ -17,6 +17,7 @@ from streamer.prepare import (
     PrepareConfig,
     apply_ddl_side_files,
     build_mysql_prepare_redo,
+    local_data_file_path,
     prepare_backup,
     read_backup_dir,
     recovered_lsn_from_log,
@@ -245,3 +246,9 @@ def test_recovered_lsn_from_real_logs() -> None:
     assert recovered_lsn_from_log("mariadb", mariadb) == 256806304
     assert recovered_lsn_from_log("mariadb", mariadb[2:]) == 256806304
     assert recovered_lsn_from_log("mysql", mysql[3:]) is None
+
+
+def test_local_data_file_path() -> None:
+    assert local_data_file_path("ibdata1:12M:autoextend") == "ibdata1:12M:autoextend"
+    assert local_data_file_path("/data/ibdata1:12M;/d2/ibdata2:100M:autoextend:max:1G") == (
+        "ibdata1:12M;ibdata2:100M:autoextend:max:1G")
