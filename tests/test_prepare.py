@@ -9,14 +9,12 @@ import crc32c
 import pytest
 
 from formats.errors import Corrupt, Truncated, UnsupportedVersion
+from formats.xtrabackup_logfile import LOG_HEADER_FLAG_FILE_FULL, REDO_MIN_SIZE, build_mysql_prepare_redo
 from formats.xtrabackup_meta import Checkpoints, build_checkpoints
 from streamer.errors import PrepareError, TargetError
 from streamer.prepare import (
-    LOG_HEADER_FLAG_FILE_FULL,
-    REDO_MIN_SIZE,
     PrepareConfig,
     apply_ddl_side_files,
-    build_mysql_prepare_redo,
     local_data_file_path,
     prepare_backup,
     read_backup_dir,
@@ -252,3 +250,33 @@ def test_local_data_file_path() -> None:
     assert local_data_file_path("ibdata1:12M:autoextend") == "ibdata1:12M:autoextend"
     assert local_data_file_path("/data/ibdata1:12M;/d2/ibdata2:100M:autoextend:max:1G") == (
         "ibdata1:12M;ibdata2:100M:autoextend:max:1G")
+
+
+def test_mysql_redo_rewrite_real_sample() -> None:
+    """The redo helper's real MySQL 9.7.4 sample (fixtures/redo) made into an xtrabackup_logfile the way a backup
+    copies it; the prepared file ends where the server said its log ended and is a valid redo file for the
+    parser of formats/log0files_io (header CRC, both checkpoints, checkpoint inside the file)."""
+    import gzip
+    import json
+
+    from formats import log0files_io as lf
+
+    base = Path(__file__).resolve().parents[1] / "fixtures" / "redo"
+    meta = json.loads((base / "mysql-9.7-redo.json").read_text())
+    raw = gzip.decompress((base / "mysql-9.7-redo.bin.gz").read_bytes())
+    header, segment = raw[:2048], raw[2048:]
+    status = meta["server_status"]
+    cp = status["Innodb_redo_log_checkpoint_lsn"]
+    skip = lf.align_down(cp) - meta["segment_lsn"]
+    logfile = header + segment[skip:]
+    plan = build_mysql_prepare_redo(logfile, creator="MySQL 9.7.4")
+    assert plan.checkpoint_lsn == cp
+    assert plan.end_lsn == status["Innodb_redo_log_current_lsn"]
+    hdr = lf.parse_file_header(plan.data[:512])  # checksum verified
+    assert (hdr.start_lsn, hdr.creator) == (lf.align_down(cp), "MySQL 9.7.4")
+    assert hdr.log_uuid == status["Innodb_redo_log_uuid"]
+    assert not hdr.flags & LOG_HEADER_FLAG_FILE_FULL
+    assert [c.lsn for c in lf.checkpoints(plan.data[:2048]) if c] == [cp, cp]
+    found = lf.find_checkpoint(plan.data[:2048], plan.file_size)
+    assert found is not None
+    assert found.lsn == cp
