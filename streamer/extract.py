@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,6 +340,24 @@ def read_any(
                          observer_factory=observer_factory if verify_data else None)
 
 
+class _Progress:
+    """A line on stderr every ``every`` seconds while files complete (long extractions over ssh), debug per file."""
+
+    def __init__(self, verb: str, every: float = 15.0) -> None:
+        self.verb, self.every = verb, every
+        self.files = self.bytes = 0
+        self.last = time.monotonic()
+
+    def __call__(self, result: FileResult) -> None:
+        self.files += 1
+        self.bytes += max(result.size, 0)
+        log.debug("%s %s (%d bytes)", self.verb, result.name, result.size)
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info("%s %d files, %.0f MB so far", self.verb, self.files, self.bytes / 1e6)
+
+
 def extract(
     inp: BinaryIO, target: Path, *, parallel: int = 2, fsync: bool = False, fmt: str = "auto", dialect: str = "auto"
 ) -> ArchiveSummary:
@@ -348,8 +367,9 @@ def extract(
         FormatError: damaged or hostile input (nothing outside ``target`` is touched).
         TargetError: a file exists already, an unsafe path, a write failure.
     """
+    progress = _Progress("extracted")
     summary = read_any(inp, lambda: TargetDir(target, fsync=fsync), parallel=parallel, fmt=fmt, dialect=dialect,
-                       on_file_done=lambda r: log.debug("extracted %s (%d bytes)", r.name, r.size))
+                       on_file_done=progress)
     log.info("extracted %d files, %d bytes from %s into %s", len(summary.files), sum(f.size for f in summary.files),
              summary.format, target)
     return summary
