@@ -106,7 +106,7 @@ class BackupResult:
     to_lsn: int = 0  # server checkpoint at backup end
     server_lsn: int = 0  # server LSN under the commit block at the end
     files: int = 0
-    bytes: int = 0
+    bytes_copied: int = 0
     retried_pages: int = 0
     binlog: meta.BinlogInfo | None = None
     lock_seconds: float = 0.0
@@ -393,11 +393,14 @@ def _open_sink(config: BackupConfig, out: BinaryIO | None, meta_info: dict) -> S
     if out is None:
         raise TargetError("no --target-dir and no output stream")
     if config.stream_format == "xbstream":
-        from streamer.xbstream import XbstreamWriter as cls
-    else:
-        from streamer.archive import ArchiveWriter as cls
-    return cls(out, level=config.compress_level, threads=config.compress_threads, meta=meta_info,
-               compress=config.compress)
+        from streamer.xbstream import XbstreamWriter
+
+        return XbstreamWriter(out, level=config.compress_level, threads=config.compress_threads, meta=meta_info,
+                              compress=config.compress)
+    from streamer.archive import ArchiveWriter
+
+    return ArchiveWriter(out, level=config.compress_level, threads=config.compress_threads, meta=meta_info,
+                         compress=config.compress)
 
 
 class _RedoWriter:
@@ -599,7 +602,7 @@ class Backup:
             log.info("MySQL binlog position: %s",
                      meta.format_binlog_pos(status.binlog_file, status.binlog_pos, status.gtid))
         res.files = self.progress.files + 1
-        res.bytes = self.progress.bytes
+        res.bytes_copied = self.progress.bytes
         res.retried_pages = copier.retried_pages
         log.info("The latest check point (for incremental): '%d'", to_lsn)
         self.progress.close()

@@ -24,13 +24,13 @@ from streamer.errors import FileExistsInTarget, TargetError, UnsafePath
 class Sink(Protocol):
     """What the backup engine writes to: a directory or an archive stream. Thread-safe."""
 
-    def begin_file(self, name: str, mode: int = 0o640) -> int: ...
+    def begin_file(self, name: str, *, mode: int = 0o640) -> int: ...
 
-    def write(self, file_id: int, offset: int, data: bytes) -> None: ...
+    def write(self, file_id: int, offset: int, data: bytes | bytearray | memoryview) -> None: ...
 
     def end_file(self, file_id: int, size: int) -> None: ...
 
-    def add_bytes(self, name: str, data: bytes) -> None: ...
+    def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None: ...
 
     def close(self, trailer: dict | None = None) -> None: ...
 
@@ -108,7 +108,7 @@ class DirSink:
         except OSError as exc:
             raise TargetError(f"cannot create file: [Errno {exc.errno}] {exc.strerror}", file=str(path)) from None
 
-    def begin_file(self, name: str, mode: int = 0o640) -> int:
+    def begin_file(self, name: str, *, mode: int = 0o640) -> int:
         """Create ``name`` (exclusively) and return the id to write it through."""
         with self._lock:
             if self._closed:
@@ -119,7 +119,7 @@ class DirSink:
             self._files[file_id] = _OpenFile(name, fd)
         return file_id
 
-    def write(self, file_id: int, offset: int, data: bytes | memoryview) -> None:
+    def write(self, file_id: int, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; skipped ranges stay holes."""
         f = self._files[file_id]
         view = memoryview(data)
@@ -150,9 +150,9 @@ class DirSink:
         finally:
             os.close(f.fd)
 
-    def add_bytes(self, name: str, data: bytes) -> None:
+    def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None:
         """Write a small whole file (metadata) in one go."""
-        file_id = self.begin_file(name)
+        file_id = self.begin_file(name, mode=mode)
         self.write(file_id, 0, data)
         self.end_file(file_id, len(data))
 
