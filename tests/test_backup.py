@@ -679,3 +679,59 @@ def test_sigint_while_waiting_for_the_backup_lock_leaves_nothing_queued(mariadb1
             cur.execute("UNLOCK TABLES")
         holder.close()
     _ddl_works(mariadb10)
+
+
+def test_mysql_small_redo_slow_stream_heavy_writes(fresh_server, tmp_path):
+    """MySQL with an 8 MB redo log, a stream read slowly (the log copier shares the stalled output) and a writer
+    pushing several times the log's capacity through it: the redo consumer makes the server wait instead of
+    overwriting redo we have not copied, the backup completes and restores."""
+    srv = fresh_server("mysql9", options=["--innodb-redo-log-capacity=8M"], sample=True)
+    srv.execute("CREATE DATABASE w")
+    srv.execute("CREATE TABLE w.blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB NOT NULL) ENGINE=InnoDB")
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:
+        conn = srv.connect()
+        try:
+            with conn.cursor() as cur:
+                while not stop.is_set() and len(written) < 30:
+                    cur.execute("INSERT INTO w.blobs (b) VALUES (REPEAT('z', 1000000))")
+                    written.append(1)
+        finally:
+            conn.close()
+
+    archive = tmp_path / "backup.isa"
+    proc = subprocess.Popen([*INNOSTREAM, "backup", *_cli_conn(srv), "--stream", "--compress", "none",
+                             "--parallel", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    assert proc.stdout is not None
+    with open(archive, "wb") as out:
+        while True:
+            chunk = proc.stdout.read1(256 << 10)
+            if not chunk:
+                break
+            out.write(chunk)
+            time.sleep(0.02)  # about 12 MB/s
+    proc.wait(timeout=300)
+    stop.set()
+    t.join(timeout=60)
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.returncode == 0, stderr[-3000:]
+    lsns = [int(x.split(")")[0]) for x in stderr.split("Transaction log of lsn (")[1].split(" to (")]
+    assert lsns[1] - lsns[0] > 8 << 20, "the backup should span more redo than the log holds"
+    target = tmp_path / "b"
+    ext = subprocess.run([*INNOSTREAM, "extract", "-C", str(target), str(archive)], capture_output=True, text=True,
+                         env=_env(), timeout=300, check=False)
+    assert ext.returncode == 0, ext.stderr[-2000:]
+    _prepare(srv, target)
+    restored = _start_on(target, "mysql9", tmp_path / "restored")
+    try:
+        n, bad = restored.query("SELECT COUNT(*), SUM(LENGTH(b) <> 1000000) FROM w.blobs")[0]
+        assert 0 < n <= len(written)
+        assert bad == 0
+        for table, rows in SAMPLE_ROWS.items():
+            assert restored.query(f"SELECT COUNT(*) FROM sample.{table}")[0][0] == rows
+    finally:
+        restored.stop()
