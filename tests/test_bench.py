@@ -119,8 +119,10 @@ def test_lag_report_interpolates_server_lsn() -> None:
     assert rep["server_lsn_end"] == 13_000  # past the last sample: the last sample
     assert rep["max_gap"] == pytest.approx(1.0)  # 2.0 -> 3.0 (start 1.0 -> 1.5 is shorter)
     r = {**rep, "kept_up": True}
-    assert bench.kept_up_label(r) == "barely (55% of capacity)"
+    assert bench.kept_up_label(r) == "barely (15% of capacity at a line, up to 55% between lines)"
     assert bench.kept_up_label({**r, "max_lag_share": 0.1}) == "yes"
+    assert bench.kept_up_label({**r, "max_lag_share": 0.1, "lag_at_lines_max": 1_200}) == (
+        "barely (60% of capacity at a line, up to 10% between lines)")
     assert bench.kept_up_label({**r, "kept_up": False}) == "**no**"
 
 

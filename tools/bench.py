@@ -721,7 +721,7 @@ def bench_under_load(server: Any, meta: dict[str, Any], out: Path, load_seconds:
                    returncodes=[p.returncode for p in res.procs], wall=res.wall, cpu=res.cpu, rss_sum=res.rss_sum,
                    out_bytes=res.out_bytes, load_seconds=load_seconds, sysbench_tps=tps,
                    load_covered_backup=backup_done_under_load, sysbench=shlex.join(sb_argv))
-        rep["kept_up"] = res.ok and rep.get("max_lag", rep.get("lag_at_lines_max", 0)) < capacity
+        rep["kept_up"] = res.ok and rep.get("lag_at_lines_max", 0) < capacity
         results.append(rep)
         log(f"  under load {tool:<16} {res.wall:6.2f} s, ok={res.ok}, max lag {human(rep.get('max_lag', 0))} of "
             f"{human(capacity)} capacity, {rep['scanned_lines']} progress lines, redo "
@@ -898,9 +898,11 @@ def render(results: dict[str, Any]) -> str:
         if kind.get("load"):
             lines += ["", "Backup during `sysbench oltp_write_only` (2 threads). *Lag at lines*: server LSN minus the "
                       "LSN a progress line reports, at that line; *max lag*: server LSN just before a line minus the "
-                      "LSN reported copied until then (upper bound; what must stay below the capacity).", "",
+                      "LSN reported copied until then (an upper bound: a copier that reports once per long poll may "
+                      "have copied more). The true lag is between the two and must stay below the capacity.", "",
                       "| tool | ok | wall s | sysbench tps | redo rate | checkpoint age at start | lag at lines (max / "
-                      "median) | max lag | capacity | max lag / capacity | progress lines | longest silence s "
+                      "median) | max lag (upper bound) | capacity | max lag / capacity | progress lines | longest "
+                      "silence s "
                       "| kept up |",
                       "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
             for r in kind["load"]:
@@ -977,20 +979,28 @@ def compute_targets(kind: dict[str, Any]) -> list[dict[str, str]]:
     for r in kind.get("load", []):
         if r["tool"] == "innostream":
             rows.append({"target": "log copier keeps up under sysbench load",
-                         "measured": f"max lag {human(r['max_lag']) if 'max_lag' in r else '–'} of "
-                                     f"{human(r['capacity'])} redo, longest silence {_fmt(r.get('max_gap'), '.1f')} s, "
+                         "measured": f"lag {human(r.get('lag_at_lines_max', 0))} at a line, up to "
+                                     f"{human(r['max_lag']) if 'max_lag' in r else '–'} between lines, of "
+                                     f"{human(r['capacity'])} redo; longest silence {_fmt(r.get('max_gap'), '.1f')} s; "
                                      f"exit {r['returncodes']}",
                          "met": kept_up_label(r)})
     return rows
 
 
 def kept_up_label(r: dict[str, Any]) -> str:
-    """yes / barely (over half the redo capacity: a little more load or a longer backup loses redo) / no."""
+    """yes / barely / no for the log copier under load.
+
+    no: the backup failed, or the copier was a whole redo capacity behind at one of its own progress lines (lower
+    bound). barely: it succeeded, but the lag reached half the capacity at a line, or its upper bound (between lines)
+    did: a little more load or a slower poll and the server overwrites redo not yet read. The true lag lies between
+    the two bounds; the backup's own overwrite check is what proves it never reached the capacity.
+    """
     if not r["kept_up"]:
         return "**no**"
-    share = r.get("max_lag_share")
-    if share is not None and share >= TARGET_LAG_SHARE:
-        return f"barely ({share:.0%} of capacity)"
+    low, high = r.get("lag_at_lines_max", 0) / r["capacity"], r.get("max_lag_share")
+    if low >= TARGET_LAG_SHARE or (high is not None and high >= TARGET_LAG_SHARE):
+        between = f", up to {high:.0%} between lines" if high is not None else ""
+        return f"barely ({low:.0%} of capacity at a line{between})"
     return "yes"
 
 
@@ -1088,7 +1098,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="measure innostream only")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="markdown file to update (default %(default)s)")
     parser.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="measure nothing: re-render the table (and the doc) from an earlier results file")
     args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        for kind in results["kinds"]:
+            if "error" in kind:
+                continue
+            for r in kind.get("load", []):
+                r["kept_up"] = r["ok"] and r.get("lag_at_lines_max", 0) < r["capacity"]
+            kind["ratios"] = compute_ratios(kind["series"])
+            kind["targets"] = compute_targets(kind)
+        body = render(results)
+        print(body)
+        if not args.no_doc:
+            write_doc(args.doc, body)
+        return 0
     if not 0 < args.size <= MAX_SIZE:
         parser.error(f"--size must be between 1 byte and {human(MAX_SIZE)}")
     if args.runs < 1:
