@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -92,6 +93,8 @@ class BackupConfig:
     lock: bool = True
     chunk_size: int = DEFAULT_CHUNK
     poll_interval: float = 0.1
+    spool_redo: bool | None = None  # None: spool when streaming (see _RedoWriter)
+    tmpdir: Path | None = None  # where the redo spool file goes (default: $TMPDIR or /tmp)
     argv: tuple[str, ...] = ()
 
 
@@ -404,24 +407,63 @@ def _open_sink(config: BackupConfig, out: BinaryIO | None, meta_info: dict) -> S
 
 
 class _RedoWriter:
-    """Appends the redo copy to its member in the sink (the copier gives bytes, the sink wants offsets)."""
+    """Appends the redo copy to its member in the sink (the copier gives bytes, the sink wants offsets).
 
-    def __init__(self, sink: Sink, name: str) -> None:
+    With ``spool_dir`` the redo goes to an unlinked temporary file first and into the sink at ``finish``. A stream
+    is only as fast as its reader (ssh, a slow disk at the other end); if the log copier wrote into it directly it
+    would fall behind with it, and the server would overwrite redo not yet copied (MariaDB) or, with MySQL's redo
+    consumer, stall every writer until the network caught up. Spooled, the log copier runs at local disk speed.
+    """
+
+    def __init__(self, sink: Sink, name: str, spool_dir: Path | None = None) -> None:
         self.sink = sink
         self.name = name
         self.file_id: int | None = None
         self.offset = 0
+        self.spool: BinaryIO | None = None
+        if spool_dir is not None:
+            try:
+                self.spool = tempfile.TemporaryFile(prefix="innostream-redo-", dir=spool_dir)
+            except OSError as exc:
+                raise TargetError(f"cannot create the redo spool file: {exc.strerror}", file=str(spool_dir),
+                                  hint="use --tmpdir DIR with room for the redo written during the backup") from None
 
     def __call__(self, data: bytes) -> None:
+        if self.spool is not None:
+            try:
+                self.spool.write(data)
+            except OSError as exc:
+                raise TargetError(f"cannot write the redo spool file: {exc.strerror}",
+                                  hint="use --tmpdir DIR with room for the redo written during the backup") from None
+            self.offset += len(data)
+            return
         if self.file_id is None:
             self.file_id = self.sink.begin_file(self.name)
         self.sink.write(self.file_id, self.offset, data)
         self.offset += len(data)
 
-    def finish(self) -> None:
-        if self.file_id is None:
+    def finish(self, chunk: int = 4 << 20) -> None:
+        """End the member; a spooled copy is streamed into the sink now."""
+        if self.spool is not None:
+            self.file_id = self.sink.begin_file(self.name)
+            self.spool.flush()
+            pos = 0
+            while pos < self.offset:
+                data = os.pread(self.spool.fileno(), min(chunk, self.offset - pos), pos)
+                if not data:
+                    raise TargetError("the redo spool file is shorter than what was written to it")
+                self.sink.write(self.file_id, pos, data)
+                pos += len(data)
+            self.close()
+        elif self.file_id is None:
             self.file_id = self.sink.begin_file(self.name)
         self.sink.end_file(self.file_id, self.offset)
+
+    def close(self) -> None:
+        if self.spool is not None:
+            with contextlib.suppress(OSError):
+                self.spool.close()
+            self.spool = None
 
 
 def redo_copy_name(flavor: str) -> str:
@@ -446,6 +488,7 @@ class Backup:
         self.sink: Sink | None = None
         self.progress: Progress | None = None
         self.pool: Workers | None = None
+        self.redo_writer: _RedoWriter | None = None
         self._last_scanned = 0
         self._last_lsn_poll = 0.0
 
@@ -563,7 +606,10 @@ class Backup:
             self.consumer = RedoConsumer(args)
         from streamer.redo_copier import open_redo_copier
 
-        redo_writer = _RedoWriter(self.sink, redo_copy_name(flavor))
+        spool = cfg.spool_redo if cfg.spool_redo is not None else cfg.target_dir is None
+        redo_writer = _RedoWriter(self.sink, redo_copy_name(flavor),
+                                  Path(cfg.tmpdir or tempfile.gettempdir()) if spool else None)
+        self.redo_writer = redo_writer
         self.redo = open_redo_copier(flavor, logd, redo_writer, poll_interval=cfg.poll_interval,
                                      advance=self.consumer.advance if self.consumer else None)
         if getattr(self.redo, "copy_file_name", redo_writer.name) != redo_writer.name:
@@ -667,6 +713,8 @@ class Backup:
         if self.redo is not None:
             with contextlib.suppress(Exception):
                 self.redo.abort()
+        if self.redo_writer is not None:
+            self.redo_writer.close()
         if self.progress is not None:
             self.progress.close()
         if self.consumer is not None:

@@ -45,13 +45,16 @@ _PROMPT = "\0prompt"
 @click.option("-S", "--socket", help="Unix socket of the server.")
 @click.option("--no-lock", is_flag=True, help="Do not block DDL or commits. Only if no DDL runs during the backup "
               "and you accept non-InnoDB tables and the binlog position being inconsistent.")
+@click.option("--tmpdir", type=_DIR, help="With --stream, the redo copy is spooled here (an unlinked temporary "
+              "file) so a slow reader never holds back the log copier (default: $TMPDIR or /tmp).")
 @click.option("--read-buffer-size", type=click.IntRange(1, 64), default=4, show_default=True,
               help="MiB read at a time per copier thread.")
 def backup_cmd(datadir: Path | None, target_dir: Path | None, stream: bool, stream_format: str, compress: str,
                compress_level: int, compress_threads: int, parallel: int, innodb_data_home_dir: Path | None,
                innodb_log_group_home_dir: Path | None, innodb_undo_directory: Path | None,
                defaults_file: str | None, user: str | None, password: str | None, host: str | None,
-               port: int | None, socket: str | None, no_lock: bool, read_buffer_size: int) -> None:
+               port: int | None, socket: str | None, no_lock: bool, tmpdir: Path | None,
+               read_buffer_size: int) -> None:
     """Hot physical backup of a running server into --target-dir or as a stream on stdout.
 
     \b
@@ -93,6 +96,7 @@ def backup_cmd(datadir: Path | None, target_dir: Path | None, stream: bool, stre
         compress_threads=compress_threads,
         lock=not no_lock,
         chunk_size=read_buffer_size << 20,
+        tmpdir=tmpdir,
         # click also takes "--password VALUE"; mask the value itself, not only the "--password=VALUE" form.
         argv=tuple("..." if password and arg == password else arg for arg in main_argv()),
     )

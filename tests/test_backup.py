@@ -681,11 +681,13 @@ def test_sigint_while_waiting_for_the_backup_lock_leaves_nothing_queued(mariadb1
     _ddl_works(mariadb10)
 
 
-def test_mysql_small_redo_slow_stream_heavy_writes(fresh_server, tmp_path):
-    """MySQL with an 8 MB redo log, a stream read slowly (the log copier shares the stalled output) and a writer
-    pushing several times the log's capacity through it: the redo consumer makes the server wait instead of
-    overwriting redo we have not copied, the backup completes and restores."""
-    srv = fresh_server("mysql9", options=["--innodb-redo-log-capacity=8M"], sample=True)
+@pytest.mark.parametrize(("kind", "option"), [("mysql9", "--innodb-redo-log-capacity=8M"),
+                                              ("mariadb10", "--innodb-log-file-size=8M")])
+def test_small_redo_slow_stream_heavy_writes(kind, option, fresh_server, tmp_path):
+    """An 8 MB redo log, a stream read slowly and a writer pushing several times the log's capacity through it
+    during the backup: the redo copy is spooled locally, so the log copier never waits for the reader, the
+    server neither overwrites uncopied redo nor stalls, and the backup completes and restores."""
+    srv = fresh_server(kind, options=[option], sample=True)
     srv.execute("CREATE DATABASE w")
     srv.execute("CREATE TABLE w.blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB NOT NULL) ENGINE=InnoDB")
     stop = threading.Event()
@@ -726,7 +728,7 @@ def test_mysql_small_redo_slow_stream_heavy_writes(fresh_server, tmp_path):
                          env=_env(), timeout=300, check=False)
     assert ext.returncode == 0, ext.stderr[-2000:]
     _prepare(srv, target)
-    restored = _start_on(target, "mysql9", tmp_path / "restored")
+    restored = _start_on(target, kind, tmp_path / "restored")
     try:
         n, bad = restored.query("SELECT COUNT(*), SUM(LENGTH(b) <> 1000000) FROM w.blobs")[0]
         assert 0 < n <= len(written)
