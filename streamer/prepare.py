@@ -433,14 +433,18 @@ def apply_ddl_side_files(target: Path) -> int:
 
 @contextlib.contextmanager
 def _run_dir() -> Iterator[Path]:
-    """A short private directory under /tmp for socket, pid and error log (chroot wrappers share /tmp)."""
+    """A short private directory under /tmp for socket, pid and error log (chroot wrappers share /tmp).
+
+    Removed afterwards, except when the server failed: then its log stays for the user (the error names it)."""
     run = Path(tempfile.mkdtemp(prefix="innostream-prepare-", dir="/tmp"))
-    ok = False
+    keep = False
     try:
         yield run
-        ok = True
+    except PrepareError:
+        keep = True
+        raise
     finally:
-        if ok:
+        if not keep:
             shutil.rmtree(run, ignore_errors=True)
 
 
