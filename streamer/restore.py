@@ -134,12 +134,12 @@ def restore_backup(config: RestoreConfig) -> RestoreResult:
         if any(datadir.iterdir()):
             raise TargetError(f"datadir {datadir} is not empty; restore only fills an empty data directory",
                               hint="move the old data directory away first")
+    if datadir.resolve() == bd.path.resolve() or bd.path.resolve() in datadir.resolve().parents:
+        raise TargetError("datadir must not be inside the backup directory")
     try:
         datadir.mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as exc:
         raise TargetError(f"cannot create {datadir}: {exc.strerror}") from None
-    if datadir.resolve() == bd.path.resolve() or bd.path.resolve() in datadir.resolve().parents:
-        raise TargetError("datadir must not be inside the backup directory")
 
     files = _files_to_restore(bd.path)
     total = sum((bd.path / rel).stat().st_size for rel in files)

@@ -204,6 +204,9 @@ def test_restore_refusals(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match="not empty"):
         restore_backup(RestoreConfig(done, busy))
     assert (busy / "ibdata1").read_bytes() == b"precious"
+    with pytest.raises(TargetError, match="inside the backup"):
+        restore_backup(RestoreConfig(done, done / "data"))
+    assert not (done / "data").exists()
 
 
 def test_restore_copies_data_not_metadata(tmp_path: Path) -> None:
