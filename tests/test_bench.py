@@ -282,3 +282,39 @@ def test_small_program_is_not_billed_for_our_own_peak(tmp_path: Path) -> None:
     assert res.ok
     assert res.procs[0].maxrss_sampled
     assert 0 < res.procs[0].maxrss < 20 * bench.MiB
+
+
+@pytest.mark.slow
+def test_whole_benchmark_on_a_tiny_dataset(tmp_path: Path) -> None:
+    """The real flow end to end (server, sysbench, both tools, both directions), small enough for a test run."""
+    import json
+
+    doc = tmp_path / "B.md"
+    rc = bench.main(["--size", "24M", "--runs", "1", "--kinds", "mariadb10", "--workdir", str(tmp_path / "w"),
+                     "--load-time", "30", "--doc", str(doc)])
+    assert rc == 0
+    results = json.loads(next((tmp_path / "w").glob("results-*.json")).read_text())
+    kind = results["kinds"][0]
+    assert kind["kind"] == "mariadb10"
+    assert kind["dataset"]["tables"] == 4
+    series = {(s["test"], s["tool"]): s for s in kind["series"]}
+    for test in ("backup zstd-1", "extract zstd-1", "backup uncompressed", "extract uncompressed"):
+        for tool in ("innostream", "mariadb-backup"):
+            s = series[(test, tool)]
+            assert s["ok"], (test, tool, s["returncodes"])
+            assert s["wall"] > 0
+            assert s["cpu"] > 0
+            assert s["out_bytes"] > 1_000_000
+    # Both tools extract the same amount of data from their own archives.
+    assert series[("extract zstd-1", "innostream")]["out_bytes"] == pytest.approx(
+        series[("extract zstd-1", "mariadb-backup")]["out_bytes"], rel=0.02)
+    assert {r["test"] for r in kind["ratios"]} == {"backup zstd-1", "extract zstd-1", "backup uncompressed",
+                                                   "extract uncompressed"}
+    assert kind["validation"]["pages"] > 0
+    load = {r["tool"]: r for r in kind["load"]}
+    assert load["innostream"]["ok"]
+    assert load["innostream"]["scanned_lines"] >= 1
+    assert load["innostream"]["samples"] >= 2
+    assert "### mariadb10" in doc.read_text()
+    # Only logs are left behind by default.
+    assert [p.name for p in (tmp_path / "w" / "runs" / "mariadb10").iterdir()] == ["logs"]

@@ -918,7 +918,8 @@ def render(results: dict[str, Any]) -> str:
         if kind.get("targets"):
             lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
             lines += [f"| {t['target']} | {t['measured']} | {t['met']} |" for t in kind["targets"]]
-        lines += ["", "Exact commands (archives and logs under the work dir):", "", "```"]
+        lines += ["", "Exact commands (output files are relative to the work dir's `runs/KIND/`; each process's "
+                  "stderr is kept under `runs/KIND/logs/`):", "", "```"]
         seen = set()
         for s in kind["series"]:
             if s["command"] not in seen:
