@@ -233,3 +233,16 @@ def test_options_reach_initialize_and_server(fresh_server, kind: str, options: l
     else:
         assert srv.query("SELECT @@innodb_log_file_size") == [(4 << 20,)]
     assert srv.query("SELECT COUNT(*) FROM sample.t_compressed") == [(1000,)]
+
+
+def test_setup_sh_second_run_is_a_quick_check() -> None:
+    """tools/setup.sh already ran (tools/test.sh runs it first): running it again changes nothing and says so."""
+    repo = Path(__file__).resolve().parent.parent
+    res = subprocess.run(["bash", str(repo / "tools" / "setup.sh")], capture_output=True, text=True, check=False,
+                         stdin=subprocess.DEVNULL, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "host packages already installed" in res.stderr
+    assert "debootstrap" not in res.stderr
+    assert res.stderr.count("complete: ") == 2
+    assert "Ver 9.7." in res.stderr
+    assert "Ver 11.8." in res.stderr
