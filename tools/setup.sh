@@ -15,7 +15,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SID_MYSQL="${INNOSTREAM_SID_MYSQL:-/var/tmp/innostream/sid-mysql}"
 SID_MARIADB="${INNOSTREAM_SID_MARIADB:-/var/tmp/innostream/sid-mariadb}"
-MIRROR="${DEBIAN_MIRROR:-}"
+MIRROR="${DEBIAN_MIRROR:-}"  # empty: debootstrap's default mirror
 HOST_PACKAGES=(mariadb-server mariadb-backup mariadb-client sysbench debootstrap zstd python3-venv python3-pip git
                ca-certificates shellcheck)
 export DEBIAN_FRONTEND=noninteractive
@@ -93,7 +93,7 @@ make_chroot() {
     mkdir -p "$(dirname "$root")"
     local log="$root.debootstrap.log" t=$SECONDS
     say "debootstrap sid into $root (--include=$include), log $log"
-    if ! debootstrap --variant=minbase --include="$include" sid "$root" "$MIRROR" >"$log" 2>&1; then
+    if ! debootstrap --variant=minbase --include="$include" sid "$root" ${MIRROR:+"$MIRROR"} >"$log" 2>&1; then
         tail -n 20 "$log" >&2
         die "debootstrap of $root failed"
     fi
