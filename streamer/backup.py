@@ -510,6 +510,12 @@ class Backup:
         for label, p in (("innodb data home", home), ("redo log", logd), ("undo", undo)):
             if not p.is_dir():
                 raise SourceError(f"{label} directory not found", file=str(p))
+        if cfg.target_dir is not None:
+            target = Path(cfg.target_dir).absolute().resolve()
+            for d in (datadir, home, logd, undo):
+                if target == d or target.is_relative_to(d):
+                    raise TargetError("the target directory is inside the server's directories", file=str(target),
+                                      hint="back up to a directory outside the datadir, InnoDB and log directories")
         if not os.access(datadir, os.R_OK | os.X_OK):
             raise SourceError("cannot read the data directory", file=str(datadir),
                               hint="run innostream as the mysql user or root")

@@ -737,3 +737,12 @@ def test_small_redo_slow_stream_heavy_writes(kind, option, fresh_server, tmp_pat
             assert restored.query(f"SELECT COUNT(*) FROM sample.{table}")[0][0] == rows
     finally:
         restored.stop()
+
+
+def test_target_inside_the_datadir_is_refused(mariadb10, tmp_path):
+    target = Path(mariadb10.datadir) / "mybackup"
+    res = subprocess.run([*INNOSTREAM, "backup", *_cli_conn(mariadb10), "--target-dir", str(target)],
+                         capture_output=True, text=True, env=_env(), timeout=120, check=False)
+    assert res.returncode == 6
+    assert "inside the server's directories" in res.stderr
+    assert not target.exists()
