@@ -327,7 +327,7 @@ def build_metadata(facts: ServerFacts, result: BackupResult, status: LogStatus, 
     files: dict[str, bytes] = {}
     binlog_pos = ""
     if result.binlog is not None:
-        files[meta.XTRABACKUP_BINLOG_INFO] = meta.build_binlog_info(result.binlog)
+        files[meta.XTRABACKUP_BINLOG_INFO] = meta.build_binlog_info(result.binlog, flavor)
         binlog_pos = meta.format_binlog_pos(result.binlog.filename, result.binlog.position, result.binlog.gtid)
     files[meta.BACKUP_MY_CNF] = backup_my_cnf(facts, undo_files, plugin_config)
     info: dict[str, object] = {
