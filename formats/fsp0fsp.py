@@ -119,7 +119,7 @@ class SpaceInfo:
     flags: int
     flavor: str  # "mysql" | "mariadb"
     logical_page_size: int
-    physical_page_size: int  # < logical for ROW_FORMAT=COMPRESSED
+    physical_page_size: int  # the ROW_FORMAT=COMPRESSED size (<= logical) when zip_size, else logical
     full_crc32: bool
     page_compressed: bool
     encrypted: bool  # best effort: MySQL flag bit 13, MariaDB crypt data on page 0 (type != 0)
@@ -129,8 +129,15 @@ class SpaceInfo:
 
     @property
     def zip_size(self) -> int:
-        """The ROW_FORMAT=COMPRESSED page size, or 0 (the upstream ``zip_size()``)."""
-        return self.physical_page_size if self.physical_page_size != self.logical_page_size else 0
+        """The ROW_FORMAT=COMPRESSED page size, or 0 (MariaDB ``zip_size()``, MySQL ``page_size_t::is_compressed``).
+
+        Decided by ZIP_SSIZE in the flags, as the servers do, not by physical < logical: KEY_BLOCK_SIZE equal to
+        innodb_page_size (16 on 16K, 8 on 8K, 4 on 4K) still makes page0zip pages, only as large as the logical
+        ones. A SpaceInfo built without real flags (flags 0) falls back to physical < logical.
+        """
+        return zip_size_from_flags(self.flags, self.flavor) or (
+            self.physical_page_size if self.physical_page_size != self.logical_page_size else 0
+        )
 
     @property
     def extent_size(self) -> int:
@@ -221,9 +228,19 @@ def page_size_from_flags(flags: int, flavor: str) -> tuple[int, int]:
         return logical, logical  # full_crc32 never has ROW_FORMAT=COMPRESSED
     ssize = (flags & FSP_FLAGS_MASK_PAGE_SSIZE) >> FSP_FLAGS_POS_PAGE_SSIZE
     logical = (UNIV_ZIP_SIZE_MIN >> 1) << (ssize or UNIV_PAGE_SSIZE_ORIG)
+    return logical, zip_size_from_flags(flags, flavor) or logical
+
+
+def zip_size_from_flags(flags: int, flavor: str) -> int:
+    """The ROW_FORMAT=COMPRESSED page size that FSP_FLAGS_ZIP_SSIZE gives, or 0 when the space is not compressed.
+
+    Any nonzero ZIP_SSIZE means page0zip format, even when it equals the logical page size. full_crc32 flags
+    (MariaDB) have no ZIP_SSIZE: bits 1..3 belong to the page size there.
+    """
+    if is_full_crc32(flags, flavor):
+        return 0
     zssize = (flags & FSP_FLAGS_MASK_ZIP_SSIZE) >> FSP_FLAGS_POS_ZIP_SSIZE
-    physical = (UNIV_ZIP_SIZE_MIN >> 1) << zssize if zssize else logical
-    return logical, physical
+    return (UNIV_ZIP_SIZE_MIN >> 1) << zssize if zssize else 0
 
 
 def guess_flavor(page0: bytes | memoryview) -> str | None:

@@ -80,6 +80,13 @@ SAMPLES = [
            [*KEY_OPTIONS, "--innodb-checksum-algorithm=crc32"],
            notes="ENCRYPTED=YES with legacy flags: key version at 26, post-encryption crc32 at 30"),
     Sample("mariadb11-full_crc32-16k", "mariadb11", "plain", "ENGINE=InnoDB", notes="MariaDB 11.8 default"),
+    # KEY_BLOCK_SIZE equal to innodb_page_size: still page0zip pages (ZIP_SSIZE set), as large as the logical ones.
+    Sample("mysql9-compressed-kbs8-8k", "mysql9", "zip8", "ENGINE=InnoDB ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=8",
+           ["--innodb-page-size=8k"], notes="innodb_page_size=8k + KEY_BLOCK_SIZE=8: zip page = logical page"),
+    Sample("mariadb10-compressed-kbs8-8k", "mariadb10", "zip8", "ENGINE=InnoDB ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=8",
+           ["--innodb-page-size=8k"], notes="innodb_page_size=8k + KEY_BLOCK_SIZE=8: zip page = logical page"),
+    Sample("mariadb10-compressed-kbs4-4k", "mariadb10", "zip4", "ENGINE=InnoDB ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=4",
+           ["--innodb-page-size=4k"], notes="innodb_page_size=4k + KEY_BLOCK_SIZE=4: zip page = logical page"),
 ]
 
 
@@ -119,7 +126,8 @@ def _server_facts(srv: Server, table: str) -> dict:
             (name,),
         )[0]
         space, flag, row_format, ps = row
-        zip_ps = ps if ps != page_size else 0  # MariaDB reports the physical size in PAGE_SIZE
+        # MariaDB reports the physical size in PAGE_SIZE; it equals innodb_page_size when KEY_BLOCK_SIZE does.
+        zip_ps = ps if row_format == "Compressed" else 0
         checksum = srv.query("SELECT @@innodb_checksum_algorithm")[0][0]
     return {
         "space_id": int(space),

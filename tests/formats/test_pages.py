@@ -43,11 +43,13 @@ from formats.fsp0fsp import (
     FSP_HEADER_FAST,
     FSP_HEADER_OFFSET,
     XDES_ARR_OFFSET,
+    SpaceInfo,
     encryption_info_offset,
     guess_flavor,
     page_size_from_flags,
     parse_fsp_header,
     space_info,
+    zip_size_from_flags,
 )
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "pages"
@@ -77,7 +79,8 @@ def sample(request: pytest.FixtureRequest) -> tuple[dict, bytes, bytes]:
 def test_manifest_covers_the_required_formats() -> None:
     assert {"mariadb10-full_crc32-16k", "mariadb10-crc32-16k", "mysql9-crc32-16k", "mariadb10-full_crc32-4k",
             "mysql9-crc32-8k", "mariadb10-compressed-kbs8", "mysql9-compressed-kbs8",
-            "mariadb10-full_crc32-page_compressed-16k"} <= set(NAMES)  # fmt: skip
+            "mariadb10-full_crc32-page_compressed-16k", "mysql9-compressed-kbs8-8k", "mariadb10-compressed-kbs8-8k",
+            "mariadb10-compressed-kbs4-4k"} <= set(NAMES)  # fmt: skip
 
 
 # --- page 0 against what the server said ------------------------------------------------------------------------
@@ -89,6 +92,9 @@ def test_space_info_matches_server(sample: tuple[dict, bytes, bytes]) -> None:
     assert info.logical_page_size == entry["innodb_page_size"]
     assert info.physical_page_size == (entry["zip_page_size"] or entry["innodb_page_size"])
     assert info.physical_page_size == entry["physical_page_size"]
+    # ROW_FORMAT=COMPRESSED as the server says, also when KEY_BLOCK_SIZE equals innodb_page_size (zip = logical)
+    assert info.zip_size == entry["zip_page_size"]
+    assert (info.zip_size != 0) is (entry["row_format"] == "Compressed")
     # full_crc32 is what a MariaDB server with the default algorithm writes, except for ROW_FORMAT=COMPRESSED.
     expect_fcrc32 = entry["innodb_checksum_algorithm"] == "full_crc32" and not entry["zip_page_size"]
     assert info.full_crc32 is expect_fcrc32
@@ -384,6 +390,48 @@ def test_not_page_zero_raises_bad_magic() -> None:
 )
 def test_page_size_from_flags(flags: int, flavor: str, sizes: tuple[int, int]) -> None:
     assert page_size_from_flags(flags, flavor) == sizes
+
+
+@pytest.mark.parametrize(
+    ("flags", "flavor", "zip_size"),
+    [
+        (0x4129, "mysql", 8192),  # real: innodb_page_size=8k, KEY_BLOCK_SIZE=8 (zip = logical)
+        (0x129, "mariadb", 8192),  # real: the same on MariaDB 10.11
+        (0xE7, "mariadb", 4096),  # real: innodb_page_size=4k, KEY_BLOCK_SIZE=4
+        (0x402B, "mysql", 16384),  # 16K pages, KEY_BLOCK_SIZE=16
+        (0x2B, "mariadb", 16384),
+        (0x4029, "mysql", 8192),  # 16K pages, KEY_BLOCK_SIZE=8
+        (0x4121, "mysql", 0),  # plain 8K
+        (0x15, "mariadb", 0),  # full_crc32: bits 1..3 are the page size, not ZIP_SSIZE
+        (0x13, "mariadb", 0),
+    ],
+)
+def test_zip_size_from_flags_not_from_sizes(flags: int, flavor: str, zip_size: int) -> None:
+    """A nonzero ZIP_SSIZE means page0zip pages even when they are as large as the logical page (the 8K bug)."""
+    assert zip_size_from_flags(flags, flavor) == zip_size
+    logical, physical = page_size_from_flags(flags, flavor)
+    assert physical == (zip_size or logical)
+    info = SpaceInfo(space_id=5, flags=flags, flavor=flavor, logical_page_size=logical, physical_page_size=physical,
+                     full_crc32=flavor == "mariadb" and bool(flags & 0x10), page_compressed=False, encrypted=False)
+    assert info.zip_size == zip_size
+
+
+@pytest.mark.parametrize("name", ["mysql9-compressed-kbs8-8k", "mariadb10-compressed-kbs8-8k",
+                                  "mariadb10-compressed-kbs4-4k"])  # fmt: skip
+def test_zip_page_as_large_as_logical_page(name: str) -> None:
+    """The reported failure: page 0 of a KEY_BLOCK_SIZE = innodb_page_size table was checked as an uncompressed
+    page ("LSN in header and trailer differ": a zip page has no LSN copy in its trailer). It is a valid zip page."""
+    entry, page0, page = load(name)
+    info = space_info(page0, flavor_of(entry))
+    assert info.logical_page_size == info.physical_page_size == info.zip_size == entry["innodb_page_size"]
+    assert BE32.unpack_from(page0, 0)[0] == page_zip_calc_checksum(page0, "crc32")
+    assert BE32.unpack_from(page0, len(page0) - 4)[0] != BE32.unpack_from(page0, 20)[0]  # no LSN copy
+    assert page_is_corrupted(page0, info, 0) is None
+    assert validate_pages(page0 + page, info, 0) == [(1, f"page number {entry['pages'][1]} in page 1")]
+    assert validate_pages(page, info, entry["pages"][1]) == []
+    assert checksum_algorithm(page, info) == "crc32"
+    bad = _flip(page, len(page) - 1)  # the last byte is zip data under the checksum, not an LSN copy
+    assert "compressed page checksum mismatch" in (page_is_corrupted(bad, info, entry["pages"][1]) or "")
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,10 @@ FORMATS = {
     "mysql9-innodb-16k": ("innodb", set(range(26, 38))),
     "mariadb10-compressed-kbs8": ("crc32", set(range(16, 24)) | set(range(26, 34))),  # zip: LSN, flush LSN
     "mysql9-compressed-kbs8": ("crc32", set(range(16, 24)) | set(range(26, 34))),
+    # KEY_BLOCK_SIZE = innodb_page_size: zip pages as large as the logical ones
+    "mysql9-compressed-kbs8-8k": ("crc32", set(range(16, 24)) | set(range(26, 34))),
+    "mariadb10-compressed-kbs8-8k": ("crc32", set(range(16, 24)) | set(range(26, 34))),
+    "mariadb10-compressed-kbs4-4k": ("crc32", set(range(16, 24)) | set(range(26, 34))),
 }
 N_PAGES = 8
 
