@@ -50,6 +50,7 @@ class TablespaceReport:
     flags: int | None = None
     logical_page_size: int | None = None
     physical_page_size: int | None = None
+    zip_size: int = 0  # ROW_FORMAT=COMPRESSED page size from the flags (may equal the logical size), else 0
     full_crc32: bool | None = None
     page_compressed: bool | None = None
     compression_algo: str | None = None
@@ -156,6 +157,7 @@ def _fill_info(rep: TablespaceReport, info: SpaceInfo) -> None:
     rep.flags = info.flags
     rep.logical_page_size = info.logical_page_size
     rep.physical_page_size = info.physical_page_size
+    rep.zip_size = info.zip_size
     rep.full_crc32 = info.full_crc32
     rep.page_compressed = info.page_compressed
     rep.compression_algo = PAGE_COMPRESSION_ALGORITHMS.get(info.compression_algo) if info.page_compressed else None
@@ -322,8 +324,8 @@ def render_tablespace(d: dict[str, Any], listed: int = 20) -> str:
         feats.append(f"page_compressed ({d['compression_algo']})")
     if d["encrypted"]:
         feats.append("encrypted")
-    if d["physical_page_size"] != d["logical_page_size"]:
-        feats.append("ROW_FORMAT=COMPRESSED")
+    if d.get("zip_size"):
+        feats.append(f"ROW_FORMAT=COMPRESSED, KEY_BLOCK_SIZE={d['zip_size'] // 1024}")
     lines += [
         f"server family:    {d['flavor']} (from {d['flavor_source']})",
         f"space id:         {d['space_id']}",
@@ -362,7 +364,7 @@ def render_datadir(d: dict[str, Any]) -> str:
             notes.append(f"{rel}: {t['note']}")
         feats = [f for f, on in (("fcrc32", t["full_crc32"]), ("pcomp", t["page_compressed"]),
                                  ("enc", t["encrypted"])) if on]  # fmt: skip
-        if t["physical_page_size"] != t["logical_page_size"]:
+        if t.get("zip_size"):
             feats.append("zip")
         main_algo = next((k for k in t["checksums"] if k != "zero"), "zero")
         rows.append((str(t["space_id"]), str(t["logical_page_size"]), str(t["physical_page_size"]), str(t["pages"]),

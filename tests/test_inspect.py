@@ -212,3 +212,15 @@ def test_inspect_multi_file_system_tablespace(fresh_server) -> None:
     assert result["invalid_pages"] == 1, render(result)
     bad = next(t for t in result["tablespaces"] if Path(t["path"]).name == "ibdata2")["invalid"]
     assert bad[0]["page"] == 256 + i
+
+
+@pytest.mark.parametrize(("name", "kbs"), [("mysql9-compressed-kbs8-8k", 8), ("mariadb10-compressed-kbs4-4k", 4),
+                                           ("mariadb10-compressed-kbs8", 8), ("mysql9-crc32-16k", 0)])
+def test_inspect_names_row_format_compressed_from_flags(tmp_path: Path, name: str, kbs: int) -> None:
+    """A compressed table whose KEY_BLOCK_SIZE equals the page size is still ROW_FORMAT=COMPRESSED (ZIP_SSIZE)."""
+    path, _entry, _ps = make_tablespace(tmp_path, name)
+    code, out = run(str(path))
+    assert code == 0, out
+    assert (f"ROW_FORMAT=COMPRESSED, KEY_BLOCK_SIZE={kbs}" in out) == bool(kbs), out
+    code, out = run(str(path), "--json")
+    assert json.loads(out)["zip_size"] == kbs * 1024
