@@ -104,24 +104,28 @@ def test_peer_tail_line_is_parsed() -> None:
 
 
 def test_lag_report_interpolates_server_lsn() -> None:
-    # Server writes 1000 bytes/s of redo; the copier starts at 10_500 and reports at 1.5, 2.0 and 3.0 s.
+    # Server writes 1000 bytes/s of redo; the copier starts at t=1.0 from LSN 10_000 (its checkpoint) and reports
+    # at 1.5, 2.0 and 3.0 s.
     samples = [(0.0, 10_000), (1.0, 11_000), (2.0, 12_000), (3.0, 13_000)]
     scanned = [(1.5, 11_200), (2.0, 11_900), (3.0, 12_900)]
-    rep = bench.lag_report(scanned, samples, capacity=2_000, t_start=1.0, t_end=3.5, start_lsn=10_500)
+    rep = bench.lag_report(scanned, samples, capacity=2_000, t_start=0.8, t_end=3.5, start=(1.0, 10_000))
     assert rep["redo_rate"] == pytest.approx(1000)
     assert rep["lag_at_lines_max"] == 300  # 11_500 - 11_200 at t=1.5
     assert rep["lag_at_lines_median"] == 100
-    # Just before each line: 11_500 - 10_500, 12_000 - 11_200, 13_000 - 11_900.
-    assert rep["max_lag"] == 1_100
-    assert rep["max_lag_share"] == pytest.approx(0.55)
-    assert rep["server_lsn_start"] == 11_000
-    assert rep["start_age"] == 500  # 11_000 - 10_500
+    # Just before each line: 11_500 - 10_000, 12_000 - 11_200, 13_000 - 11_900.
+    assert rep["max_lag"] == 1_500
+    assert rep["max_lag_share"] == pytest.approx(0.75)
+    assert rep["steady_max_lag"] == 1_100  # after the first line
+    assert rep["steady_share"] == pytest.approx(0.55)
+    assert rep["start_age"] == 1_000  # 11_000 - 10_000 when the copier started
+    assert rep["catch_up"] == pytest.approx(0.5)
+    assert rep["server_lsn_start"] == 10_800
     assert rep["server_lsn_end"] == 13_000  # past the last sample: the last sample
     assert rep["max_gap"] == pytest.approx(1.0)  # 2.0 -> 3.0 (start 1.0 -> 1.5 is shorter)
     r = {**rep, "kept_up": True}
     assert bench.kept_up_label(r) == "barely (15% of capacity at a line, up to 55% between lines)"
-    assert bench.kept_up_label({**r, "max_lag_share": 0.1}) == "yes"
-    assert bench.kept_up_label({**r, "max_lag_share": 0.1, "lag_at_lines_max": 1_200}) == (
+    assert bench.kept_up_label({**r, "steady_share": 0.1}) == "yes"
+    assert bench.kept_up_label({**r, "steady_share": 0.1, "lag_at_lines_max": 1_200}) == (
         "barely (60% of capacity at a line, up to 10% between lines)")
     assert bench.kept_up_label({**r, "kept_up": False}) == "**no**"
 
@@ -182,7 +186,7 @@ def test_ratios_targets_and_render() -> None:
     assert "| extract zstd-1 | 1.20 |" in text
     assert "mariadb-backup backup zstd-1" in text  # exact commands listed
     assert "* a note" in text
-    row = ("| innostream | yes | 20.00 | 900 | 1.0 MiB/s | – | 1.0 MiB / 1.0 MiB | 5.0 MiB | 96.0 MiB | 5.2% | 20 "
+    row = ("| innostream | yes | 20.00 | 900 | 1.0 MiB/s | 96.0 MiB | – | – | 1.0 MiB / 1.0 MiB | 5.0 MiB / – | 20 "
            "| 1.2 | yes |")
     assert row in text
 
