@@ -320,5 +320,11 @@ def test_whole_benchmark_on_a_tiny_dataset(tmp_path: Path) -> None:
     assert load["innostream"]["scanned_lines"] >= 1
     assert load["innostream"]["samples"] >= 2
     assert "### mariadb10" in doc.read_text()
+    assert load["innostream"]["raw"]["start"] is not None
+    assert "catch_up" in load["innostream"]
+    # Re-rendering from the results file recomputes the same lag figures.
+    before = doc.read_text()
+    assert bench.main(["--render", str(next((tmp_path / "w").glob("results-*.json"))), "--doc", str(doc)]) == 0
+    assert doc.read_text() == before
     # Only logs are left behind by default.
     assert [p.name for p in (tmp_path / "w" / "runs" / "mariadb10").iterdir()] == ["logs"]
