@@ -557,7 +557,7 @@ class Backup:
         """The log copier's thread error (redo overwritten, corrupt block) ends the backup at once."""
         # The copier hands its thread's error to stop(); look at it early so a lost redo ends the backup now
         # instead of after copying everything else.
-        err = getattr(self.redo, "error", None) or getattr(self.redo, "_error", None)
+        err = self.redo.error if self.redo is not None else None
         if isinstance(err, BaseException):
             self.cancel.set()
             raise err

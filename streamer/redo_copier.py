@@ -14,6 +14,10 @@ copy consistent at prepare. The copier starts at the server's checkpoint, then p
 
 Data at the write frontier that does not validate is "not yet written" and is retried on the next poll. Data that
 the server has already reused is detected from LSN arithmetic and raises :class:`RedoOverwritten`.
+
+The copy starts a checkpoint age behind the server (under write load tens of MiB, most of the capacity), so
+``start()`` copies that backlog itself, in large reads, before the polling thread starts and before the backup's
+data copy threads compete with it for the GIL.
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ STALL_TIMEOUT = 30.0
 MYSQL_CHUNK = 4 << 20  # bytes read per pread on MySQL (whole blocks)
 MARIADB_WINDOW_MIN = 64 << 10  # first read size on MariaDB; doubled while an mtr is incomplete
 MARIADB_WINDOW_MAX = 2 * ma.MTR_SIZE_MAX  # an mtr is at most 1 MiB, so this window always holds one
-MAX_BYTES_PER_POLL = 64 << 20  # bound one poll so that progress lines and advance() keep coming
+MARIADB_READ_MAX = 8 << 20  # reads grow up to this while they are consumed whole (the backlog at the start)
+assert MARIADB_READ_MAX >= MARIADB_WINDOW_MAX
+MAX_BYTES_PER_POLL = 16 << 20  # bound one poll so that progress lines and advance() keep coming
+#: ``start()`` copies the backlog synchronously for at most this long; the thread goes on from there.
+CATCH_UP_SECONDS = 60.0
 
 Writer = Callable[[bytes], None]
 
@@ -88,16 +96,33 @@ class RedoCopier:
 
     # --- public API ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Read the checkpoint, write the copy's header and start the polling thread."""
+        """Read the checkpoint, write the copy's header, copy the backlog, then start the polling thread.
+
+        The backlog (checkpoint to the current end of the log) is copied here, on the caller's thread, so that it
+        is done before anything else of the backup runs: a backup under load starts most of a capacity behind.
+
+        Raises:
+            SourceError, RedoOverwritten, Corrupt: as the thread would, but at once.
+        """
         if self._thread is not None:
             raise RuntimeError("redo copier already started")
         try:
             self._begin()
+            log.info("Transaction log copy starts at lsn (%d)", self.start_lsn)
+            self._catch_up()
         except OSError as exc:
+            self._close()
             raise _source_error(exc) from exc
-        log.info("Transaction log copy starts at lsn (%d)", self.start_lsn)
+        except BaseException:
+            self._close()
+            raise
         self._thread = threading.Thread(target=self._run, name="redo-copier", daemon=True)
         self._thread.start()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The copier thread's error once it failed (it stopped then), else None; stop() and check() raise it."""
+        return self._error
 
     def current_checkpoint(self) -> int:
         """Re-read the server's latest checkpoint LSN (the backup's ``to_lsn``)."""
@@ -147,8 +172,11 @@ class RedoCopier:
     def _begin(self) -> None:
         raise NotImplementedError
 
-    def _poll(self, final: bool) -> None:
-        """Copy everything valid that is there now; ``final`` writes a partial last piece as well."""
+    def _poll(self, final: bool) -> bool:
+        """Copy everything valid that is there now; ``final`` writes a partial last piece as well.
+
+        Returns True if it stopped at the end of the log, False if at the per-poll byte bound (more is there).
+        """
         raise NotImplementedError
 
     def _target_reached(self, target: int) -> bool:
@@ -166,9 +194,25 @@ class RedoCopier:
         pass
 
     # --- thread ------------------------------------------------------------------------------------------------------
-    def _emit(self, data: bytes | bytearray) -> None:
-        self._write(bytes(data))
+    def _emit(self, data: bytes | bytearray | memoryview) -> None:
+        self._write(data if type(data) is bytes else bytes(data))
         self.bytes_written += len(data)
+
+    def _report(self) -> None:
+        """Progress line for new data, then tell ``advance`` what is copied."""
+        if self.scanned_lsn != self._logged:
+            self._logged = self.scanned_lsn
+            log.info(">> log scanned up to (%d)", self.scanned_lsn)
+        self._do_advance()
+
+    def _catch_up(self) -> None:
+        """Poll without pause until a poll reaches the end of the log (or CATCH_UP_SECONDS pass)."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while True:
+            at_end = self._poll(final=False)
+            self._report()
+            if at_end or time.monotonic() > deadline:
+                return
 
     def _reraise(self) -> None:
         if self._error is not None:
@@ -181,23 +225,20 @@ class RedoCopier:
             while not self._quit:
                 before = self.scanned_lsn
                 target = self._target
-                self._poll(final=False)
-                if self.scanned_lsn != self._logged:
-                    self._logged = self.scanned_lsn
-                    log.info(">> log scanned up to (%d)", self.scanned_lsn)
-                self._do_advance()
+                at_end = self._poll(final=False)
+                self._report()
                 now = time.monotonic()
                 if self.scanned_lsn != before:
                     last_progress = now
                 if target is not None:
                     if self._target_reached(target):
                         self._poll(final=True)
-                        if self.scanned_lsn != self._logged:
-                            log.info(">> log scanned up to (%d)", self.scanned_lsn)
-                        self._do_advance()
+                        self._report()
                         return
                     if now - last_progress > self.stall_timeout:
                         self._stalled(target)
+                if not at_end:
+                    continue  # more is there already: no pause
                 self._wake.wait(self.poll_interval if target is None else min(self.poll_interval, 0.05))
                 self._wake.clear()
         except OSError as exc:
@@ -357,13 +398,13 @@ class MySQLRedoCopier(RedoCopier):
         except FormatError:
             return False
 
-    def _poll(self, final: bool) -> None:
+    def _poll(self, final: bool) -> bool:
         budget = MAX_BYTES_PER_POLL
         while budget > 0 and not self._quit:
             lsn = self._write_lsn
             if not self._open_for(lsn):
                 self.frontier = f"no redo file holds lsn {lsn} yet"
-                return
+                return True
             f = self._file
             assert f is not None
             assert self._fd is not None
@@ -409,7 +450,8 @@ class MySQLRedoCopier(RedoCopier):
                 self._emit(memoryview(buf)[size : size + my.OS_FILE_LOG_BLOCK_SIZE])
                 self._partial_written = True
             if stop:
-                return
+                return True
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -490,7 +532,7 @@ class MariaDBRedoCopier(RedoCopier):
             data += pread_exact(fd, size - first, ma.START_OFFSET, str(self.path))
         return data
 
-    def _poll(self, final: bool) -> None:
+    def _poll(self, final: bool) -> bool:
         cp = self._checkpoint()  # read BEFORE the data: the log up to cp.end_lsn is on disk by then
         st = os.fstat(self._open())
         try:
@@ -504,7 +546,7 @@ class MariaDBRedoCopier(RedoCopier):
                 hint="do not change innodb_log_file_size while a backup runs",
             )
         cap = ma.capacity(self.file_size)
-        window = MARIADB_WINDOW_MIN
+        window = MARIADB_WINDOW_MIN  # small while idle (one short read per poll), doubled while reads are used up
         budget = MAX_BYTES_PER_POLL
         frontier = False
         while budget > 0 and not self._quit:
@@ -512,14 +554,13 @@ class MariaDBRedoCopier(RedoCopier):
             buf = self._read_circular(lsn, min(window, cap))
             res = ma.scan_mtrs(buf, lsn, self.first_lsn, self.file_size)
             if res.terminators:
-                out = bytearray(memoryview(buf)[: res.end])
-                for t in res.terminators:
-                    out[t] = 1  # the copy never wraps: every mtr is on its first lap
-                self._emit(out)
-                self.scanned_lsn = lsn + res.end
+                self._emit_mtrs(buf, lsn, res)
                 budget -= res.end
-            if res.status == 0:
-                continue  # the window ended exactly at an mtr boundary: more may follow
+            if res.status == 0 or (res.status == ma.MTR_INCOMPLETE and res.end > len(buf) // 2):
+                # The read was (nearly) all mtrs: a backlog, read on in larger pieces.
+                if window < MARIADB_READ_MAX and window < cap:
+                    window *= 2
+                continue
             if res.status == ma.MTR_INCOMPLETE:
                 if res.end == 0 and window < MARIADB_WINDOW_MAX and window < cap:
                     window *= 2
@@ -543,6 +584,21 @@ class MariaDBRedoCopier(RedoCopier):
                 lsn=lsn,
                 hint=OVERWRITE_HINT,
             )
+        return frontier
+
+    def _emit_mtrs(self, buf: bytes, lsn: int, res: ma.ScanResult) -> None:
+        """Write the mtrs ``buf[:res.end]`` (at ``lsn``) with every sequence byte set to 1: the copy never wraps."""
+        end = res.end
+        seq = ma.sequence_bit
+        if seq(lsn, self.first_lsn, self.file_size) and seq(lsn + end - 1, self.first_lsn, self.file_size):
+            # Both ends on a lap whose sequence bit is 1 (and less than a lap apart): the bytes are right already.
+            self._emit(buf if end == len(buf) else buf[:end])
+        else:
+            out = bytearray(memoryview(buf)[:end])
+            for t in res.terminators:
+                out[t] = 1
+            self._emit(out)
+        self.scanned_lsn = lsn + end
 
 
 def open_redo_copier(

@@ -169,6 +169,9 @@ def test_mariadb_log_resize_during_copy_is_a_source_error(fresh_server) -> None:
     deadline = time.monotonic() + 30
     while srv.query("SELECT @@innodb_log_file_size")[0][0] != 8388608 and time.monotonic() < deadline:
         time.sleep(0.2)
+    while copier.error is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the thread polls every 0.05 s and stops at the first error
+    assert isinstance(copier.error, SourceError)  # public, for the backup's early check
     with pytest.raises(SourceError, match="resized or re-created"):
         copier.stop(flushed_lsn(srv), timeout=30)
 
@@ -240,6 +243,9 @@ def test_copier_on_static_sample_copies_checkpoint_to_end(name: str, tmp_path: P
     copier.start()
     cp = meta["server_status"]["last_checkpoint_at"]
     assert copier.start_lsn == cp
+    # start() itself copied the backlog up to the end of the log (only a partial last MySQL block is left)
+    assert end_lsn(meta) - copier.scanned_lsn < my.OS_FILE_LOG_BLOCK_SIZE
+    assert copier.error is None
     assert copier.current_checkpoint() == cp
     last = copier.stop(end_lsn(meta), timeout=10)
     assert last == end_lsn(meta)
@@ -282,10 +288,11 @@ def test_mariadb_invalid_log_before_the_checkpoint_end_is_overwritten(tmp_path: 
     header, cp = ma.find_checkpoint(image[: ma.START_OFFSET])
     image[ma.lsn_to_offset(cp.checkpoint_lsn + 1, header.first_lsn, len(image))] ^= 0x01
     copier = open_redo_copier("mariadb", place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
-    copier.start()
     with pytest.raises(RedoOverwritten) as info:
-        copier.stop(end_lsn(meta), timeout=10)
+        copier.start()  # found while copying the backlog: start() raises it, no thread is left behind
     assert info.value.lsn == cp.checkpoint_lsn
+    assert copier.error is None
+    assert copier._fd is None
 
 
 def test_mysql_block_numbered_ahead_is_overwritten(tmp_path: Path) -> None:
@@ -298,9 +305,8 @@ def test_mysql_block_numbered_ahead_is_overwritten(tmp_path: Path) -> None:
     struct.pack_into(">I", block, 508, my.crc32c(bytes(block[:508])))
     image[off : off + 512] = block
     copier = open_redo_copier("mysql", place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
-    copier.start()
     with pytest.raises(RedoOverwritten, match="block numbers mismatch") as info:
-        copier.stop(end_lsn(meta), timeout=10)
+        copier.start()
     assert info.value.lsn == lsn
 
 

@@ -367,3 +367,24 @@ def test_scan_on_generated_mtrs(stream_terms, cut: int, flip: int) -> None:
     damaged = ma.scan_mtrs(bytes(bad), ma.FIRST_LSN, ma.FIRST_LSN, size)
     assert damaged == reference_scan(bytes(bad), ma.FIRST_LSN, ma.FIRST_LSN, size)
     assert damaged.end <= cut  # nothing at or after the damaged byte's mtr is accepted
+
+
+@given(mtr_streams(), st.integers(1, 200), st.integers(0, 10**6), st.integers(0, 1000))
+def test_scan_across_several_laps(stream_terms, cap: int, skew: int, cut: int) -> None:
+    """A tiny circular area: the stream's mtrs end on several different laps, each with its own sequence bit."""
+    data, terms = stream_terms
+    size = ma.START_OFFSET + cap
+    lsn = ma.FIRST_LSN + skew
+    buf = bytearray(data)
+    for t in terms:
+        buf[t] = ma.sequence_bit(lsn + t, ma.FIRST_LSN, size)
+    res = ma.scan_mtrs(bytes(buf), lsn, ma.FIRST_LSN, size)
+    assert (res.status, res.end, res.terminators) == (0, len(data), terms)
+    cut %= len(data) + 1
+    assert ma.scan_mtrs(bytes(buf[:cut]), lsn, ma.FIRST_LSN, size) == reference_scan(
+        bytes(buf[:cut]), lsn, ma.FIRST_LSN, size
+    )
+    wrong = bytearray(buf)
+    wrong[terms[-1]] ^= 1  # the other lap's bit: stale data ends the log there
+    stale = ma.scan_mtrs(bytes(wrong), lsn, ma.FIRST_LSN, size)
+    assert (stale.status, stale.terminators) == (ma.MTR_INVALID, terms[:-1])
