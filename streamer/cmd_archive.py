@@ -58,14 +58,14 @@ def extract_cmd(archive: str, fmt: str, xbstream_dialect: str, target: Path, par
 
 @click.command("list")
 @_input_options
-@click.option("-l", "--long", "long_", is_flag=True, help="Also show stored bytes and the sha256 of each file.")
+@click.option("-l", "--long", "long_", is_flag=True, help="Also show stored bytes and the xxh3-128 digest of each file.")
 def list_cmd(archive: str, fmt: str, xbstream_dialect: str, long_: bool) -> None:
     """List the files of an archive (checks every frame checksum, decompresses nothing)."""
     inp = _open_input(archive)
 
     def show(r) -> None:  # type: ignore[no-untyped-def]
         if long_:
-            click.echo(f"{r.size:>14} {r.stored_bytes:>14} {r.sha256 or '-':64} {r.name}")
+            click.echo(f"{r.size:>14} {r.stored_bytes:>14} {r.digest or '-':32} {r.name}")
         else:
             click.echo(f"{r.size:>14} {r.name}")
 

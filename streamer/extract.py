@@ -268,7 +268,11 @@ class TargetDir:
 
 
 class PrefixedInput:
-    """A binary input with some already-read bytes in front (format detection on a pipe)."""
+    """A binary input with some already-read bytes in front (format detection on a pipe).
+
+    Reads never concatenate: while prefix bytes remain, a read returns only those (a short read, which every
+    consumer loops over, as on a raw pipe); afterwards reads go straight to the input.
+    """
 
     def __init__(self, prefix: bytes, inp: BinaryIO) -> None:
         self._prefix = prefix
@@ -280,10 +284,25 @@ class PrefixedInput:
                 data, self._prefix = self._prefix + self._inp.read(), b""
                 return data
             head, self._prefix = self._prefix[:n], self._prefix[n:]
-            if len(head) < n:
-                head += self._inp.read(n - len(head)) or b""
             return head
         return self._inp.read(n) or b""
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        """Fill ``buf`` from the prefix first, then from the input; return the count (0 at the end)."""
+        if self._prefix:
+            k = min(len(buf), len(self._prefix))
+            buf[:k] = self._prefix[:k]
+            self._prefix = self._prefix[k:]
+            return k
+        readinto = getattr(self._inp, "readinto", None)
+        if readinto is not None:
+            try:
+                return readinto(buf) or 0
+            except NotImplementedError:  # io.RawIOBase subclasses that implement only read()
+                pass
+        data = self._inp.read(len(buf)) or b""
+        buf[: len(data)] = data
+        return len(data)
 
 
 def detect(inp: BinaryIO) -> tuple[str, BinaryIO]:

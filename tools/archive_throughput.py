@@ -30,11 +30,14 @@ def main() -> None:
     ap.add_argument("--copiers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="compression threads")
     ap.add_argument("--level", type=int, default=1)
+    ap.add_argument("--no-compress", action="store_true", help="store raw (like backup --compress=none)")
     ap.add_argument("--format", choices=["innostream", "xbstream"], default="innostream")
     args = ap.parse_args()
     out = sys.stdout.buffer
     cls = ArchiveWriter if args.format == "innostream" else XbstreamWriter
-    w = cls(out, level=args.level, threads=args.threads, meta={"flavor": "mariadb", "tool": "archive_throughput"})
+    meta = {"flavor": "mariadb", "tool": "archive_throughput"}
+    kw = {"compress": False} if args.no_compress and cls is ArchiveWriter else {}
+    w = cls(out, level=args.level, threads=args.threads, meta=meta, **kw)
     files = [p for p in sorted(args.src.rglob("*")) if p.is_file()]
     todo: queue.Queue[Path | None] = queue.Queue()
     for p in files:

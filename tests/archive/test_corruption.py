@@ -3,7 +3,6 @@ length gives its own clear error (never a traceback), and nothing outside the ta
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 from pathlib import Path
@@ -50,13 +49,13 @@ def one_file(name: str, data: bytes, *, mode: int = 0o640, file_id: int = 1, seq
     return [
         frame(fa.FRAME_FILE_BEGIN, file_id, seq, fa.build_file_begin(name, mode)),
         frame(fa.FRAME_DATA, file_id, seq + 1, data),
-        frame(fa.FRAME_FILE_END, file_id, seq + 2, fa.build_file_end(len(data), 1, hashlib.sha256(data).digest())),
+        frame(fa.FRAME_FILE_END, file_id, seq + 2, fa.build_file_end(len(data), 1, xxhash.xxh3_128_digest(data))),
     ]
 
 
 def test_handmade_archive_is_valid(tmp_path: Path):
     files = one_file("a/b", b"hello")
-    blob = build(files, info={"files": [["a/b", 5, hashlib.sha256(b"hello").hexdigest()]]})
+    blob = build(files, info={"files": [["a/b", 5, xxhash.xxh3_128_hexdigest(b"hello")]]})
     extract(io.BytesIO(blob), tmp_path / "t")
     assert (tmp_path / "t/a/b").read_bytes() == b"hello"
 
@@ -160,10 +159,10 @@ def test_dropped_duplicated_reordered_frames():
 def test_trailer_disagreements():
     # a trailer whose counts or digest disagree (well-formed frame, wrong content)
     body = one_file("f", b"x")
-    good = build(body, info={"files": [["f", 1, hashlib.sha256(b"x").hexdigest()]]})
+    good = build(body, info={"files": [["f", 1, xxhash.xxh3_128_hexdigest(b"x")]]})
     read(good)
     with pytest.raises(Corrupt, match="file list"):
-        read(build(body, info={"files": [["f", 2, hashlib.sha256(b"x").hexdigest()]]}))
+        read(build(body, info={"files": [["f", 2, xxhash.xxh3_128_hexdigest(b"x")]]}))
     _, frames = split_frames(good)
     h = fa.unpack_frame_header(frames[-1][:56])
     fr, nf, rb, sb, dg, info = fa.parse_trailer(frames[-1][56:])
@@ -182,11 +181,11 @@ def test_file_digest_and_frame_count_are_checked():
     wrong = [
         frame(fa.FRAME_FILE_BEGIN, 1, 0, fa.build_file_begin("f", 0o640)),
         frame(fa.FRAME_DATA, 1, 1, data),
-        frame(fa.FRAME_FILE_END, 1, 2, fa.build_file_end(len(data), 1, hashlib.sha256(b"other").digest())),
+        frame(fa.FRAME_FILE_END, 1, 2, fa.build_file_end(len(data), 1, xxhash.xxh3_128_digest(b"other"))),
     ]
     with pytest.raises(ChecksumMismatch, match="file digest"):
         read(build(wrong))
-    wrong[2] = frame(fa.FRAME_FILE_END, 1, 2, fa.build_file_end(len(data), 2, hashlib.sha256(data).digest()))
+    wrong[2] = frame(fa.FRAME_FILE_END, 1, 2, fa.build_file_end(len(data), 2, xxhash.xxh3_128_digest(data)))
     with pytest.raises(Corrupt, match="counts 2 data frames"):
         read(build(wrong))
 
@@ -246,7 +245,7 @@ def test_absurd_lengths_are_refused_before_allocating():
 def test_optional_frames_are_skipped():
     body = one_file("f", b"x")
     opt = frame(0x85, 0, 3, b"some future extension")
-    summary = read(build([*body, opt], info={"files": [["f", 1, hashlib.sha256(b"x").hexdigest()]]}))
+    summary = read(build([*body, opt], info={"files": [["f", 1, xxhash.xxh3_128_hexdigest(b"x")]]}))
     assert summary.skipped_frames == 1
     assert [f.name for f in summary.files] == ["f"]
 

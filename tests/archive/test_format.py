@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import pytest
+import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,9 +46,16 @@ def test_payload_structs_round_trip():
     assert fa.parse_file_begin(fb) == ("db/t1.ibd", 0o640)
     spec = fa.FILE_BEGIN.parse(fb)
     assert (spec.mode, spec.name_len) == (0o640, 9)
-    fe = fa.build_file_end(12345, 3, b"\x11" * 32)
-    assert fa.parse_file_end(fe) == (12345, 3, b"\x11" * 32)
-    assert fa.FILE_END.build(fa.FILE_END.parse(fe)) == fe
+    fe = fa.build_file_end(12345, 3, b"\x11" * 16)
+    assert len(fe) == fa.FILE_END_SIZE == 32
+    assert fa.parse_file_end(fe) == (12345, 3, b"\x11" * 16)
+    spec = fa.FILE_END.parse(fe)
+    assert (spec.size, spec.data_frames, spec.reserved, spec.xxh3_128) == (12345, 3, 0, b"\x11" * 16)
+    assert fa.FILE_END.build(spec) == fe
+    with pytest.raises(ValueError, match="16"):
+        fa.build_file_end(1, 1, b"\x11" * 32)  # a SHA-256-sized digest is refused
+    with pytest.raises(Corrupt, match="expected 32"):
+        fa.parse_file_end(fe + bytes(16))
     tr = fa.build_trailer(10, 2, 300, 200, b"\x22" * 16, {"to_lsn": 5, "files": []})
     assert fa.parse_trailer(tr) == (10, 2, 300, 200, b"\x22" * 16, {"to_lsn": 5, "files": []})
     assert fa.TRAILER.build(fa.TRAILER.parse(tr)) == tr[: fa.TRAILER_FIXED]
@@ -122,3 +130,9 @@ def test_format_md_example_is_what_the_writer_writes():
     data_start = blob.index(b"ISFR\x02") + fa.FRAME_HEADER_SIZE
     assert bytes.fromhex(hexdump) == blob[:data_start] + blob[data_start + 4096 :]
     assert f"total {len(blob)} bytes" in example
+    # the FILE_END digest in the example is the xxh3_128 of the file, holes as zeros, in canonical byte order
+    end = blob.index(b"ISFR\x03")
+    size, nframes, digest = fa.parse_file_end(blob[end + fa.FRAME_HEADER_SIZE : end + fa.FRAME_HEADER_SIZE + 32])
+    assert (size, nframes) == (8192, 1)
+    assert digest == xxhash.xxh3_128_digest(b"x" * 4096 + bytes(4096)) == fa.file_digest(b"x" * 4096 + bytes(4096))
+    assert f'"{digest.hex()}"' in example  # the JSON shown in the comment
