@@ -46,8 +46,6 @@ MARIADB_WINDOW_MAX = 2 * ma.MTR_SIZE_MAX  # an mtr is at most 1 MiB, so this win
 MARIADB_READ_MAX = 8 << 20  # reads grow up to this while they are consumed whole (the backlog at the start)
 assert MARIADB_READ_MAX >= MARIADB_WINDOW_MAX
 MAX_BYTES_PER_POLL = 16 << 20  # bound one poll so that progress lines and advance() keep coming
-#: ``start()`` copies the backlog synchronously for at most this long; the thread goes on from there.
-CATCH_UP_SECONDS = 60.0
 
 Writer = Callable[[bytes], None]
 
@@ -93,6 +91,9 @@ class RedoCopier:
         self._logged = 0
         self.frontier = "not polled yet"  # why the last poll stopped where it did
         self.stall_timeout = STALL_TIMEOUT
+        #: Upper bound of the backlog at start (set by _begin): the server never writes more than its log capacity
+        #: past its checkpoint, so once this much is copied, what start() found is copied.
+        self.backlog_bound = 0
 
     # --- public API ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -206,12 +207,16 @@ class RedoCopier:
         self._do_advance()
 
     def _catch_up(self) -> None:
-        """Poll without pause until a poll reaches the end of the log (or CATCH_UP_SECONDS pass)."""
-        deadline = time.monotonic() + CATCH_UP_SECONDS
+        """Poll without pause until a poll reaches the end of the log or the backlog found at start is copied.
+
+        The second bound keeps a server that writes as fast as we read (or MySQL's consumer-throttled one) from
+        holding the backup in start(); the thread goes on from there.
+        """
+        limit = self.start_lsn + self.backlog_bound
         while True:
             at_end = self._poll(final=False)
             self._report()
-            if at_end or time.monotonic() > deadline:
+            if at_end or self.scanned_lsn >= limit:
                 return
 
     def _reraise(self) -> None:
@@ -339,6 +344,7 @@ class MySQLRedoCopier(RedoCopier):
     def _begin(self) -> None:
         cp, f = mysql_checkpoint(self.redo_dir)
         self.start_lsn = cp
+        self.backlog_bound = sum(g.end_lsn - g.start_lsn for g in list_mysql_redo_files(self.redo_dir))
         self._write_lsn = my.align_down(cp)
         self.scanned_lsn = self._write_lsn
         now = time.localtime()  # PXB: "xtrabkup " + ut_sprintf_timestamp(), i.e. "YYMMDD HH:MM:SS" with %2d hour
@@ -519,6 +525,7 @@ class MariaDBRedoCopier(RedoCopier):
         if self.file_size < ma.START_OFFSET + ma.SIZE_OF_FILE_CHECKPOINT:
             raise Corrupt(f"{self.path} is too small ({self.file_size} bytes)", file=str(self.path))
         self.start_lsn = self.scanned_lsn = cp.checkpoint_lsn
+        self.backlog_bound = ma.capacity(self.file_size)
         version = self.header.creator.split(" ")[-1] if self.header.creator.startswith("MariaDB ") else "0.0.0"
         creator = ma.BACKUP_CREATOR_PREFIX + version
         self._emit(ma.build_log_prefix(cp.checkpoint_lsn, creator, cp.checkpoint_lsn, cp.end_lsn))

@@ -15,8 +15,9 @@ import pytest
 
 from formats import log0files_io as my
 from formats import mtr0log as ma
+from streamer import redo_copier
 from streamer.errors import Corrupt, RedoOverwritten, SourceError
-from streamer.redo_copier import open_redo_copier
+from streamer.redo_copier import MariaDBRedoCopier, open_redo_copier
 from streamer.redo_inspect import inspect_redo
 from tools.sandbox import WRAPPERS, Server
 
@@ -240,11 +241,14 @@ def test_copier_on_static_sample_copies_checkpoint_to_end(name: str, tmp_path: P
     root = place(image, meta, tmp_path)
     chunks: list[bytes] = []
     copier = open_redo_copier(meta["flavor"], root, chunks.append, poll_interval=0.01)
+    at_thread_start: list[int] = []
+    run = copier._run
+    copier._run = lambda: (at_thread_start.append(copier.scanned_lsn), run())  # type: ignore[method-assign]
     copier.start()
     cp = meta["server_status"]["last_checkpoint_at"]
     assert copier.start_lsn == cp
     # start() itself copied the backlog up to the end of the log (only a partial last MySQL block is left)
-    assert end_lsn(meta) - copier.scanned_lsn < my.OS_FILE_LOG_BLOCK_SIZE
+    assert end_lsn(meta) - at_thread_start[0] < my.OS_FILE_LOG_BLOCK_SIZE
     assert copier.error is None
     assert copier.current_checkpoint() == cp
     last = copier.stop(end_lsn(meta), timeout=10)
@@ -259,6 +263,29 @@ def test_copier_on_static_sample_copies_checkpoint_to_end(name: str, tmp_path: P
     copy.write_bytes(data)
     info = inspect_redo(copy)
     assert (info["kind"], info["end_lsn"], info["invalid"]) == ("backup copy", last, None)
+
+
+def test_start_copies_at_most_the_backlog_bound_then_the_thread_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """start() stops its synchronous catch-up once backlog_bound bytes are copied; the thread copies the rest."""
+    image, meta = sample_image("mariadb-10.11")
+
+    class Bounded(MariaDBRedoCopier):
+        def _begin(self) -> None:
+            super()._begin()
+            self.backlog_bound = 1  # as if the log were tiny: one poll is enough
+
+        def _run(self) -> None:
+            self.scanned_at_thread_start = self.scanned_lsn
+            super()._run()
+
+    monkeypatch.setattr(redo_copier, "MAX_BYTES_PER_POLL", 4096)
+    monkeypatch.setattr(redo_copier, "MARIADB_WINDOW_MIN", 1024)
+    chunks: list[bytes] = []
+    copier = Bounded(place(image, meta, tmp_path), chunks.append, poll_interval=0.01)
+    copier.start()
+    assert copier.start_lsn < copier.scanned_at_thread_start < end_lsn(meta)
+    assert copier.stop(end_lsn(meta), timeout=10) == end_lsn(meta)
+    check_mariadb_copy(b"".join(chunks), copier.start_lsn, end_lsn(meta))
 
 
 @pytest.mark.parametrize("name", ["mariadb-10.11", "mysql-9.7"])
