@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -46,6 +46,9 @@ class _Out:
     mode: int
     fd: int = -1
     buf: bytearray | None = None  # metadata files: kept in memory until finish()
+    # One pwrite at a time per file: the kernel serialises buffered writes to one inode anyway (i_rwsem), and a
+    # second writer would spin on that lock burning CPU (7 % of extraction samples); here it sleeps instead.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TargetDir:
@@ -144,16 +147,19 @@ class TargetDir:
             return
         # Files are new (O_EXCL) and get their size from ftruncate, so aligned zero blocks need not be written:
         # they stay holes, as in the source (xbstream carries them as zeros).
-        for a, b in nonzero_extents(data, offset):
-            view = memoryview(data)[a:b]
-            pos = offset + a
-            try:
-                while view:
-                    n = os.pwrite(handle.fd, view, pos)
-                    view = view[n:]
-                    pos += n
-            except OSError as exc:
-                raise TargetError(f"cannot write: {exc.strerror}", file=handle.name, offset=pos) from None
+        extents = list(nonzero_extents(data, offset))
+        whole = memoryview(data)
+        with handle.lock:
+            for a, b in extents:
+                view = whole[a:b]
+                pos = offset + a
+                try:
+                    while view:
+                        n = os.pwrite(handle.fd, view, pos)
+                        view = view[n:]
+                        pos += n
+                except OSError as exc:
+                    raise TargetError(f"cannot write: {exc.strerror}", file=handle.name, offset=pos) from None
 
     def end(self, handle: _Out, size: int) -> None:
         if handle.buf is not None:
