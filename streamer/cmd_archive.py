@@ -58,7 +58,7 @@ def extract_cmd(archive: str, fmt: str, xbstream_dialect: str, target: Path, par
 
 @click.command("list")
 @_input_options
-@click.option("-l", "--long", "long_", is_flag=True, help="Also show stored bytes and the xxh3-128 digest of each file.")
+@click.option("-l", "--long", "long_", is_flag=True, help="Also show stored bytes and the xxh3-128 of each file.")
 def list_cmd(archive: str, fmt: str, xbstream_dialect: str, long_: bool) -> None:
     """List the files of an archive (checks every frame checksum, decompresses nothing)."""
     inp = _open_input(archive)
