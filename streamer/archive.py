@@ -6,8 +6,8 @@ from one output thread. A bounded queue of in-flight frames gives back-pressure 
 
 The reader parses frames from a pipe in one pass, verifies every checksum, the sequence and the file state machine,
 decompresses and hands data to a sink in parallel, and hashes each file (xxh3-128) in order on the consumer side.
-Small DATA frames of one file (the pieces between holes) travel to the pool in batches of about 1 MiB, so per-frame
-thread hand-offs do not dominate. Memory is bounded by the frame caps times the number of batches in flight.
+Small DATA frames of one file (the pieces between holes) travel to the pool in batches of about 1 MiB of data, so
+per-frame thread hand-offs do not dominate. Memory is bounded by the frame caps times the batches in flight.
 """
 
 from __future__ import annotations
