@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from formats.archive import check_name
 from streamer.errors import FileExistsInTarget, TargetError, UnsafePath
 
 
@@ -41,12 +42,12 @@ def safe_member_name(name: str) -> PurePosixPath:
     """Check a member name is relative and stays under the target; return it as a path.
 
     Raises:
-        UnsafePath: absolute, empty, or with ``..``/``.`` components.
+        UnsafePath: what :func:`formats.archive.check_name` refuses (absolute, empty, NUL, ``..``/``.`` parts).
     """
-    path = PurePosixPath(name)
-    if not name or path.is_absolute() or any(part in ("..", ".", "") for part in name.split("/")):
-        raise UnsafePath(f"unsafe member name {name!r}", file=name)
-    return path
+    why = check_name(name)
+    if why:
+        raise UnsafePath(f"unsafe member name {name!r}: {why}", file=name)
+    return PurePosixPath(name)
 
 
 @dataclass
