@@ -74,6 +74,23 @@ def innostream_backup(srv: Server, target: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+def backup_under_writes(srv: Server, schema: str, target: Path, min_commits: int) -> tuple[Writer, int]:
+    """Back up ``srv`` into ``target`` once the writer has committed ``min_commits`` rows into ``schema``, while it
+    keeps committing; return the stopped writer and its commit count when the backup started."""
+    writer = Writer(srv, schema)
+    writer.start()
+    try:
+        while writer.committed < min_commits and writer.error is None:
+            writer.stop.wait(0.05)
+        before = writer.committed
+        innostream_backup(srv, target)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=60)
+    assert writer.error is None, writer.error
+    return writer, before
+
+
 def check_consistent(restored: Server, schema: str, at_least: int) -> int:
     rows = restored.query(f"SELECT id, v FROM `{schema}`.seq ORDER BY id")
     ids = [r[0] for r in rows]
@@ -88,18 +105,8 @@ def test_backup_under_writes_prepare_restore(server: Server, tmp_path: Path) -> 
     schema = "prep_live"
     setup_schema(server, schema)
     sample_before = table_checksums(server)
-    writer = Writer(server, schema)
-    writer.start()
-    try:
-        while writer.committed < 50 and writer.error is None:
-            writer.stop.wait(0.05)
-        before = writer.committed
-        backup = tmp_path / "backup"
-        innostream_backup(server, backup)
-    finally:
-        writer.stop.set()
-        writer.join(timeout=60)
-    assert writer.error is None, writer.error
+    backup = tmp_path / "backup"
+    writer, before = backup_under_writes(server, schema, backup, 50)
     assert writer.committed > before, "the writer must have committed while the backup ran"
 
     result = prepare_backup(PrepareConfig(backup, server_binary=server.server_binary, use_memory="64M"))
@@ -124,17 +131,8 @@ def test_reference_prepare_accepts_our_backup(kind: str, request: pytest.Fixture
     server: Server = request.getfixturevalue(kind)
     schema = "prep_ref"
     setup_schema(server, schema)
-    writer = Writer(server, schema)
-    writer.start()
-    try:
-        while writer.committed < 20 and writer.error is None:
-            writer.stop.wait(0.05)
-        backup = tmp_path / "backup"
-        innostream_backup(server, backup)
-    finally:
-        writer.stop.set()
-        writer.join(timeout=60)
-    assert writer.error is None, writer.error
+    backup = tmp_path / "backup"
+    backup_under_writes(server, schema, backup, 20)
     res = subprocess.run([REFERENCE_BACKUP[kind], "--prepare", f"--target-dir={backup}"], capture_output=True,
                          text=True, check=False, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -161,17 +159,8 @@ def test_prepare_refuses_damaged_redo(kind: str, request: pytest.FixtureRequest,
     server: Server = request.getfixturevalue(kind)
     schema = "prep_damaged"
     setup_schema(server, schema)
-    writer = Writer(server, schema)
-    writer.start()
-    try:
-        while writer.committed < 50 and writer.error is None:
-            writer.stop.wait(0.05)
-        backup = tmp_path / "backup"
-        innostream_backup(server, backup)
-    finally:
-        writer.stop.set()
-        writer.join(timeout=60)
-    assert writer.error is None, writer.error
+    backup = tmp_path / "backup"
+    backup_under_writes(server, schema, backup, 50)
     redo = backup / ("xtrabackup_logfile" if server.flavor == "mysql" else "ib_logfile0")
     head = 2048 if server.flavor == "mysql" else 12288
     size = redo.stat().st_size
@@ -209,18 +198,8 @@ def test_prepare_nondefault_config(kind: str, options: list[str], fresh_server, 
     server = fresh_server(kind, options=options)
     schema = "prep_cfg"
     setup_schema(server, schema)
-    writer = Writer(server, schema)
-    writer.start()
-    try:
-        while writer.committed < 30 and writer.error is None:
-            writer.stop.wait(0.05)
-        before = writer.committed
-        backup = tmp_path / "backup"
-        innostream_backup(server, backup)
-    finally:
-        writer.stop.set()
-        writer.join(timeout=60)
-    assert writer.error is None, writer.error
+    backup = tmp_path / "backup"
+    writer, before = backup_under_writes(server, schema, backup, 30)
     result = prepare_backup(PrepareConfig(backup, server_binary=server.server_binary, use_memory="64M"))
     assert result.recovered_lsn is not None
     assert result.recovered_lsn >= result.last_lsn
