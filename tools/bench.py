@@ -537,15 +537,20 @@ def bench_backup(server: Any, out: Path, runs: int, compress: bool, with_ours: b
     return [s for s, _ in contenders], {k: v for k, v in files.items() if v.exists()}
 
 
+def _reset_backup_run(dest: Path, server: Any, cache: str) -> None:
+    """Before each backup: no output left from the last run, empty scratch dirs for both tools, write-back
+    settled and the datadir's page cache as ``cache`` says."""
+    _fresh(dest)
+    for tmp in ("ours-tmp", "peer-tmp"):
+        _fresh(server.workdir / tmp)
+    (server.workdir / "peer-tmp").mkdir()
+    _settle()
+    set_cache([server.datadir], cache)
+
 def _backup_runner(stages: list[list[str]], dest: Path, logs: Path, server: Any,
                    cache: str) -> Callable[[int], PipelineResult]:
     def run(i: int) -> PipelineResult:
-        _fresh(dest)
-        for tmp in ("ours-tmp", "peer-tmp"):
-            _fresh(server.workdir / tmp)
-        (server.workdir / "peer-tmp").mkdir()
-        _settle()
-        set_cache([server.datadir], cache)
+        _reset_backup_run(dest, server, cache)
         return run_pipeline(stages, log_dir=logs / f"run{i + 1}", stdout_path=dest)
 
     return run
@@ -685,12 +690,7 @@ def bench_under_load(server: Any, meta: dict[str, Any], out: Path, load_seconds:
     for tool in tools:
         stages = ours_backup(server, compress=True) if tool == "innostream" else peer_backup(server, compress=True)
         dest = out / f"load-{tool}.zst"
-        _fresh(dest)
-        for tmp in ("ours-tmp", "peer-tmp"):
-            _fresh(server.workdir / tmp)
-        (server.workdir / "peer-tmp").mkdir()
-        _settle()
-        set_cache([server.datadir], cache)
+        _reset_backup_run(dest, server, cache)
         scanned: list[tuple[float, int]] = []
         starts: list[tuple[float, int]] = []
 
