@@ -14,8 +14,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
-
-from formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
+from innostream.formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
 
 STREAM_MAGIC = b"INNOSTRM"
 FRAME_MAGIC = b"ISFR"

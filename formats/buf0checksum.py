@@ -26,9 +26,8 @@ from functools import lru_cache
 from typing import Any
 
 from crc32c import crc32c
-
-from formats.errors import Truncated
-from formats.fil0fil import (
+from innostream.formats.errors import Truncated
+from innostream.formats.fil0fil import (
     BE16,
     BE32,
     BE64,
@@ -51,7 +50,7 @@ from formats.fil0fil import (
     FIL_PAGE_PAGE_COMPRESSED_ENCRYPTED,
     FIL_PAGE_TYPE,
 )
-from formats.fsp0fsp import SpaceInfo
+from innostream.formats.fsp0fsp import SpaceInfo
 
 __all__ = [
     "ZERO_PAGE",

@@ -1,7 +1,7 @@
 """The one exception tree of innostream.
 
 It lives in ``formats`` because the format parsers raise it and ``formats`` may not import ``streamer``;
-``streamer.errors`` re-exports it and adds the engine's branches. Every error carries where it happened
+``innostream.errors`` re-exports it and adds the engine's branches. Every error carries where it happened
 (file, page, offset, LSN) and an ``exit_code``; only the CLI turns it into a message and an exit status.
 """
 

@@ -14,8 +14,7 @@ import struct
 from typing import NamedTuple
 
 from construct import Int16ub, Int32ub, Int64ub, Struct
-
-from formats.errors import Truncated
+from innostream.formats.errors import Truncated
 
 # --- FIL header offsets (fil0types.h / fil0fil.h) -------------------------------------------------------------------
 FIL_PAGE_SPACE_OR_CHKSUM = 0  # checksum; MariaDB full_crc32: FIL_PAGE_FCRC32_KEY_VERSION

@@ -14,9 +14,8 @@ import struct
 from dataclasses import dataclass
 
 from construct import Int16ub, Int32ub, Int64ub, Struct
-
-from formats.errors import BadMagic, Truncated, UnsupportedVersion
-from formats.fil0fil import BE32, FIL_PAGE_DATA, FIL_PAGE_OFFSET, FIL_PAGE_SPACE_ID
+from innostream.formats.errors import BadMagic, Truncated, UnsupportedVersion
+from innostream.formats.fil0fil import BE32, FIL_PAGE_DATA, FIL_PAGE_OFFSET, FIL_PAGE_SPACE_ID
 
 FLAVORS = ("mysql", "mariadb")
 

@@ -18,8 +18,7 @@ from enum import IntEnum, IntFlag
 
 import crc32c as _crc32c
 from construct import Bytes, Int16ub, Int32ub, Int64ub, Struct
-
-from formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
+from innostream.formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
 
 # --- log0constants.h ---------------------------------------------------------------------------------------------
 OS_FILE_LOG_BLOCK_SIZE = 512

@@ -20,8 +20,7 @@ from enum import IntEnum
 
 import crc32c as _crc32c
 from construct import Bytes, Const, Int32ub, Int64ub, Struct
-
-from formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
+from innostream.formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
 
 # --- log0log.h ---------------------------------------------------------------------------------------------------
 FORMAT_10_8 = 0x50687973  # "Phys"

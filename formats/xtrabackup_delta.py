@@ -20,9 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from construct import Array, Bytes, Int32ub, Struct
-
-from formats.errors import BadMagic, Corrupt, Truncated
-from formats.xtrabackup_meta import parse_key_values
+from innostream.formats.errors import BadMagic, Corrupt, Truncated
+from innostream.formats.xtrabackup_meta import parse_key_values
 
 #: write_filt.cc: header magic of a cluster that is followed by another one.
 XB_DELTA_MAGIC = b"xtra"

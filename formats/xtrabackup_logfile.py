@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from formats import log0files_io as lf
-from formats.errors import Corrupt, Truncated, UnsupportedVersion
+from innostream.formats import log0files_io as lf
+from innostream.formats.errors import Corrupt, Truncated, UnsupportedVersion
 
 #: PXB pads the prepared redo file to 64 KiB steps, grows it by 1/8 and keeps at least 8 MiB (128 x 64 KiB).
 REDO_PAD_UNIT = 64 * 1024

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from formats.errors import Corrupt, FormatError
+from innostream.formats.errors import Corrupt, FormatError
 
 # --- file names ---------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""``python -m streamer`` runs the CLI."""
+"""``python -m innostream`` runs the CLI."""
 
-from streamer.cli import main
+from innostream.cli import main
 
 if __name__ == "__main__":
     main()

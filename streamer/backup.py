@@ -34,9 +34,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from formats import xtrabackup_meta as meta
-from streamer import __version__
-from streamer.connection import (
+from innostream import __version__
+from innostream.connection import (
     BackupLocks,
     ConnectionOptions,
     LogStatus,
@@ -50,11 +49,12 @@ from streamer.connection import (
     resolve_options,
     supports_redo_consumer,
 )
-from streamer.copier import DEFAULT_CHUNK, FileCopier, SourceFile, Workers
-from streamer.errors import InnostreamError, Interrupted, SourceError, TargetError
-from streamer.log import log
-from streamer.progress import Progress
-from streamer.sink import DirSink, Sink
+from innostream.copier import DEFAULT_CHUNK, FileCopier, SourceFile, Workers
+from innostream.errors import InnostreamError, Interrupted, SourceError, TargetError
+from innostream.formats import xtrabackup_meta as meta
+from innostream.log import log
+from innostream.progress import Progress
+from innostream.sink import DirSink, Sink
 
 #: Extensions of non-InnoDB files copied from database directories (xtrabackup's backup_copy.cc list, plus .sdi
 #: for MySQL 8+). Everything else in a database directory is left out.
@@ -396,11 +396,11 @@ def _open_sink(config: BackupConfig, out: BinaryIO | None, meta_info: dict) -> S
     if out is None:
         raise TargetError("no --target-dir and no output stream")
     if config.stream_format == "xbstream":
-        from streamer.xbstream import XbstreamWriter
+        from innostream.archive.xbstream import XbstreamWriter
 
         return XbstreamWriter(out, level=config.compress_level, threads=config.compress_threads, meta=meta_info,
                               compress=config.compress)
-    from streamer.archive import ArchiveWriter
+    from innostream.archive import ArchiveWriter
 
     return ArchiveWriter(out, level=config.compress_level, threads=config.compress_threads, meta=meta_info,
                          compress=config.compress)
@@ -610,7 +610,7 @@ class Backup:
         # Redo: consumer first (its start point is the checkpoint at registration), then the copier thread.
         if supports_redo_consumer(facts):
             self.consumer = RedoConsumer(args)
-        from streamer.redo_copier import open_redo_copier
+        from innostream.redo_copier import open_redo_copier
 
         spool = cfg.spool_redo if cfg.spool_redo is not None else cfg.target_dir is None
         redo_writer = _RedoWriter(self.sink, redo_copy_name(flavor),

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
-
-from streamer.errors import SourceError
-from streamer.log import log
+from innostream.errors import SourceError
+from innostream.log import log
 
 #: Option files the clients read when no --defaults-file is given, in order (later ones win).
 DEFAULT_OPTION_FILES = ("/etc/my.cnf", "/etc/mysql/my.cnf", "~/.my.cnf")

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from formats.errors import Corrupt, FormatError
-from formats.fsp0fsp import SpaceInfo, space_info
-from streamer.errors import Interrupted, SourceError
-from streamer.log import log
+from innostream.errors import Interrupted, SourceError
+from innostream.formats.errors import Corrupt, FormatError
+from innostream.formats.fsp0fsp import SpaceInfo, space_info
+from innostream.log import log
 
 if TYPE_CHECKING:
-    from streamer.progress import Progress
-    from streamer.sink import Sink
+    from innostream.progress import Progress
+    from innostream.sink import Sink
 
 #: Chunk read per pread: large enough for sequential throughput, small enough to bound memory per thread.
 DEFAULT_CHUNK = 4 << 20
@@ -58,7 +58,7 @@ class SourceFile:
 
 
 def _validate(buf: memoryview, info: SpaceInfo, first_page_no: int, system: bool) -> list[tuple[int, str]]:
-    from formats.buf0checksum import validate_pages
+    from innostream.formats.buf0checksum import validate_pages
 
     bad = validate_pages(buf, info, first_page_no)
     if bad and system and info.space_id == 0:

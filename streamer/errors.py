@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from formats.errors import (
+from innostream.formats.errors import (
     EXIT_INTERRUPTED,
     EXIT_PREPARE,
     EXIT_REDO_LOST,

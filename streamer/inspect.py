@@ -2,7 +2,7 @@
 
 For one tablespace: the server family, page sizes, space id, checksum algorithms seen, pages by type and every page
 the server would reject, with the reason. For a data directory: the same for each tablespace, as a table, plus the
-redo files (delegated to ``streamer.redo_inspect`` when that module is present). Nothing is ever written.
+redo files (through ``innostream.redo_inspect``). Nothing is ever written.
 
 The page checks are exactly the backup's (``formats.buf0checksum.validate_pages``), including its bounded re-reads
 of pages that look torn, so a page that a running server is writing at that moment is not reported.
@@ -10,8 +10,6 @@ of pages that look torn, so a page that a running server is writing at that mome
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import re
 import time
@@ -20,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formats.buf0checksum import checksum_algorithm, page_is_corrupted, validate_pages
-from formats.errors import FormatError, InnostreamError
-from formats.fil0fil import BE16, BE64, FIL_PAGE_LSN, FIL_PAGE_TYPE, page_type_name
-from formats.fsp0fsp import FLAVORS, PAGE_COMPRESSION_ALGORITHMS, SpaceInfo, guess_flavor, space_info
-from streamer.errors import SourceError
+from innostream.errors import SourceError
+from innostream.formats.buf0checksum import checksum_algorithm, page_is_corrupted, validate_pages
+from innostream.formats.errors import FormatError, InnostreamError
+from innostream.formats.fil0fil import BE16, BE64, FIL_PAGE_LSN, FIL_PAGE_TYPE, page_type_name
+from innostream.formats.fsp0fsp import FLAVORS, PAGE_COMPRESSION_ALGORITHMS, SpaceInfo, guess_flavor, space_info
+from innostream.redo_inspect import inspect_redo
 
 READ_SIZE = 4 << 20  # bytes per read, a whole number of pages of any size
 PAGE0_READ = 65536  # the largest page size: enough for page 0 and its encryption info
@@ -200,16 +199,11 @@ def _system_files(datadir: Path) -> list[Path]:
 
 
 def _redo_entries(paths: list[Path]) -> list[dict[str, Any]]:
-    """Delegate redo files to ``streamer.redo_inspect.inspect_redo`` when it exists (written by the redo helper)."""
+    """Redo files, described by :func:`innostream.redo_inspect.inspect_redo`."""
     out = []
-    have = importlib.util.find_spec("streamer.redo_inspect") is not None
     for p in paths:
-        if not have:
-            out.append({"path": str(p), "note": "redo inspection is not available in this build"})
-            continue
         try:
-            result = importlib.import_module("streamer.redo_inspect").inspect_redo(p)
-            out.append({"path": str(p), **(result if isinstance(result, dict) else {"result": result})})
+            out.append({"path": str(p), **inspect_redo(p)})
         except InnostreamError as exc:
             out.append({"path": str(p), "error": str(exc)})
     return out

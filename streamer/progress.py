@@ -12,7 +12,7 @@ import threading
 import time
 from typing import TextIO
 
-from streamer.log import log
+from innostream.log import log
 
 
 def human_bytes(n: float) -> str:

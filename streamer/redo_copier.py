@@ -30,11 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from formats import log0files_io as my
-from formats import mtr0log as ma
-from formats.errors import FormatError
-from streamer.errors import Corrupt, RedoOverwritten, SourceError, Truncated
-from streamer.log import log
+from innostream.errors import Corrupt, RedoOverwritten, SourceError, Truncated
+from innostream.formats import log0files_io as my
+from innostream.formats import mtr0log as ma
+from innostream.formats.errors import FormatError
+from innostream.log import log
 
 OVERWRITE_HINT = "increase innodb_redo_log_capacity / innodb_log_file_size or reduce load during the backup"
 #: Seconds without progress while stop() waits for an LSN the server has already written, before giving up: the

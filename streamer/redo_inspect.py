@@ -13,11 +13,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from formats import log0files_io as my
-from formats import mtr0log as ma
-from formats.errors import BadMagic, FormatError
-from streamer.errors import SourceError
-from streamer.redo_copier import pread_exact
+from innostream.errors import SourceError
+from innostream.formats import log0files_io as my
+from innostream.formats import mtr0log as ma
+from innostream.formats.errors import BadMagic, FormatError
+from innostream.redo_copier import pread_exact
 
 SCAN_CHUNK = 1 << 20
 

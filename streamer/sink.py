@@ -2,7 +2,7 @@
 
 The engine talks to one interface (``begin_file``/``write``/``end_file``/``add_bytes``/``close``/``abort``) and
 does not care whether the bytes become files in ``--target-dir`` or members of the stream on stdout
-(:class:`streamer.archive.ArchiveWriter`, :class:`streamer.archive.XbstreamWriter`).
+(:class:`innostream.archive.ArchiveWriter`, :class:`innostream.archive.XbstreamWriter`).
 
 Rules of the directory sink, as xtrabackup's: the target may exist if it is empty of the files we write; a file
 that exists is never overwritten (``O_EXCL``, errno 17 "File exists"); member names are relative and may not
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from formats.archive import check_name
-from streamer.errors import FileExistsInTarget, TargetError, UnsafePath
+from innostream.errors import FileExistsInTarget, TargetError, UnsafePath
+from innostream.formats.archive import check_name
 
 
 class Sink(Protocol):

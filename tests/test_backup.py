@@ -22,17 +22,17 @@ import time
 from pathlib import Path
 
 import pytest
+from innostream.backup import BackupConfig, run_backup
+from innostream.connection import ConnectionOptions, RedoConsumer
+from innostream.formats import xtrabackup_meta as meta
+from innostream.formats.fsp0fsp import space_info
+from innostream.log import log
+from innostream.redo_inspect import inspect_redo
 
-from formats import xtrabackup_meta as meta
-from formats.fsp0fsp import space_info
-from streamer.backup import BackupConfig, run_backup
-from streamer.connection import ConnectionOptions, RedoConsumer
-from streamer.log import log
-from streamer.redo_inspect import inspect_redo
 from tools.load import BankLoad, DdlLoad, check_ddl
 from tools.sandbox import SAMPLE_ROWS, start_server
 
-INNOSTREAM = [sys.executable, "-m", "streamer"]
+INNOSTREAM = [sys.executable, "-m", "innostream"]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -515,7 +515,7 @@ def test_files_outside_the_datadir(kind, fresh_server, tmp_path):
 
 def check_pages_against_live_files(backup: Path, srv, files: dict[str, Path]) -> int:
     """Backup pages of the system tablespace files carry the page numbers of their position in the space."""
-    from formats.buf0checksum import validate_pages
+    from innostream.formats.buf0checksum import validate_pages
 
     info = space_info((backup / "ibdata1").read_bytes()[:65536], srv.flavor)
     first = 0
@@ -606,7 +606,7 @@ def test_mariadb_encrypted_tables(fresh_server, tmp_path):
 def test_interrupt_during_target_dir_copy_leaves_no_backup(server, tmp_path):
     """Ctrl-C while files are being copied into a directory (raised from the main thread's progress tick, where a
     real SIGINT lands): Interrupted, no xtrabackup_checkpoints, locks released, consumer unregistered."""
-    from streamer.errors import Interrupted
+    from innostream.errors import Interrupted
 
     def on_event(name, value):
         raise KeyboardInterrupt
@@ -624,7 +624,7 @@ def test_interrupt_during_target_dir_copy_leaves_no_backup(server, tmp_path):
 
 def test_killed_lock_session_fails_the_backup(server, tmp_path):
     """A DBA kills our connections mid-copy: the locks are gone, so the backup must fail, never finish quietly."""
-    from streamer.errors import SourceError
+    from innostream.errors import SourceError
 
     killed: list[int] = []
 

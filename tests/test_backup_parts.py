@@ -12,12 +12,8 @@ from pathlib import Path
 
 import pymysql
 import pytest
-
-from formats.buf0checksum import validate_pages
-from formats.errors import Corrupt
-from formats.fsp0fsp import space_info
-from streamer.backup import enumerate_files, parse_data_file_path
-from streamer.connection import (
+from innostream.backup import enumerate_files, parse_data_file_path
+from innostream.connection import (
     BackupLocks,
     ConnectionOptions,
     RedoConsumer,
@@ -28,9 +24,12 @@ from streamer.connection import (
     read_server_facts,
     resolve_options,
 )
-from streamer.copier import FileCopier, SourceFile
-from streamer.errors import FileExistsInTarget, Interrupted, SourceError, UnsafePath
-from streamer.sink import DirSink
+from innostream.copier import FileCopier, SourceFile
+from innostream.errors import FileExistsInTarget, Interrupted, SourceError, UnsafePath
+from innostream.formats.buf0checksum import validate_pages
+from innostream.formats.errors import Corrupt
+from innostream.formats.fsp0fsp import space_info
+from innostream.sink import DirSink
 
 # --- DirSink ------------------------------------------------------------------------------------------------------
 
@@ -382,7 +381,7 @@ def test_refuses_mysql_with_redo_logging_disabled(mysql9):
 def test_progress_line_and_live_rendering():
     import io
 
-    from streamer.progress import Progress, human_bytes
+    from innostream.progress import Progress, human_bytes
 
     out = io.StringIO()
     p = Progress(4 << 20, 4, live=True, stream=out)

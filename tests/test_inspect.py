@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from innostream.cli import cli
+from innostream.formats.errors import EXIT_CORRUPT
+from innostream.inspect import inspect_path, render
 
-from formats.errors import EXIT_CORRUPT
-from streamer.cli import cli
-from streamer.inspect import inspect_path, render
 from tests.formats.test_pages import load
 from tools.sandbox import Server
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import crc32c
 import pytest
-
-from formats.errors import Corrupt, Truncated, UnsupportedVersion
-from formats.xtrabackup_logfile import LOG_HEADER_FLAG_FILE_FULL, REDO_MIN_SIZE, build_mysql_prepare_redo
-from formats.xtrabackup_meta import Checkpoints, build_checkpoints
-from streamer.errors import PrepareError, TargetError
-from streamer.prepare import (
+from innostream.errors import PrepareError, TargetError
+from innostream.formats.errors import Corrupt, Truncated, UnsupportedVersion
+from innostream.formats.xtrabackup_logfile import LOG_HEADER_FLAG_FILE_FULL, REDO_MIN_SIZE, build_mysql_prepare_redo
+from innostream.formats.xtrabackup_meta import Checkpoints, build_checkpoints
+from innostream.recovery.prepare import (
     PrepareConfig,
     apply_ddl_side_files,
     local_data_file_path,
@@ -20,7 +19,7 @@ from streamer.prepare import (
     read_backup_dir,
     recovered_lsn_from_log,
 )
-from streamer.restore import RestoreConfig, copy_sparse, restore_backup
+from innostream.recovery.restore import RestoreConfig, copy_sparse, restore_backup
 
 
 def _crc(block: bytes | bytearray) -> int:
@@ -262,7 +261,7 @@ def test_mysql_redo_rewrite_real_sample() -> None:
     import gzip
     import json
 
-    from formats import log0files_io as lf
+    from innostream.formats import log0files_io as lf
 
     base = Path(__file__).resolve().parents[1] / "fixtures" / "redo"
     meta = json.loads((base / "mysql-9.7-redo.json").read_text())

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pymysql
 import pytest
+from innostream.formats.xtrabackup_meta import parse_checkpoints
+from innostream.recovery.prepare import PrepareConfig, prepare_backup
+from innostream.recovery.restore import RestoreConfig, restore_backup
 
-from formats.xtrabackup_meta import parse_checkpoints
-from streamer.prepare import PrepareConfig, prepare_backup
-from streamer.restore import RestoreConfig, restore_backup
 from tools.sandbox import WRAPPERS, Server, start_server, table_checksums
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def setup_schema(srv: Server, schema: str) -> None:
 
 
 def innostream_backup(srv: Server, target: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "streamer", "backup", "--target-dir", str(target), "--socket",
+    res = subprocess.run([sys.executable, "-m", "innostream", "backup", "--target-dir", str(target), "--socket",
                           str(srv.socket), "--user", "root"], capture_output=True, text=True, cwd=REPO,
                          check=False, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -171,7 +171,7 @@ def test_prepare_refuses_damaged_redo(kind: str, request: pytest.FixtureRequest,
         byte = fh.read(1)
         fh.seek(offset)
         fh.write(bytes([byte[0] ^ 0x55]))
-    res = subprocess.run([sys.executable, "-m", "streamer", "prepare", "--target-dir", str(backup),
+    res = subprocess.run([sys.executable, "-m", "innostream", "prepare", "--target-dir", str(backup),
                           "--server-binary", str(server.server_binary)], capture_output=True, text=True, cwd=REPO,
                          check=False, timeout=900)
     assert res.returncode == 7, res.stderr[-3000:]
@@ -278,7 +278,7 @@ def test_binlog_prepared_transaction_rolled_back(kind: str, request: pytest.Fixt
             cur.execute("XA ROLLBACK 'client-xa'")
         for c in conns:
             c.close()
-    res = subprocess.run([sys.executable, "-m", "streamer", "prepare", "--target-dir", str(backup),
+    res = subprocess.run([sys.executable, "-m", "innostream", "prepare", "--target-dir", str(backup),
                           "--server-binary", str(server.server_binary)], capture_output=True, text=True, cwd=REPO,
                          check=False, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -308,10 +308,10 @@ def test_streamed_backup_prepare_restore(server: Server, tmp_path: Path) -> None
         while writer.committed < 30 and writer.error is None:
             writer.stop.wait(0.05)
         before = writer.committed
-        backup = subprocess.Popen([sys.executable, "-m", "streamer", "backup", "--stream", "--socket",
+        backup = subprocess.Popen([sys.executable, "-m", "innostream", "backup", "--stream", "--socket",
                                    str(server.socket), "--user", "root"], stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, cwd=REPO)
-        extract = subprocess.run([sys.executable, "-m", "streamer", "extract", "-C", str(target)],
+        extract = subprocess.run([sys.executable, "-m", "innostream", "extract", "-C", str(target)],
                                  stdin=backup.stdout, capture_output=True, text=True, cwd=REPO, check=False,
                                  timeout=900)
         assert backup.stdout is not None

@@ -20,16 +20,16 @@ from pathlib import Path
 import crc32c
 import pymysql
 import pytest
-
-from formats.xtrabackup_meta import (
+from innostream.formats.xtrabackup_meta import (
     Checkpoints,
     build_backup_my_cnf,
     build_checkpoints,
     build_info,
     parse_checkpoints,
 )
-from streamer.prepare import PrepareConfig, prepare_backup
-from streamer.restore import RestoreConfig, restore_backup
+from innostream.recovery.prepare import PrepareConfig, prepare_backup
+from innostream.recovery.restore import RestoreConfig, restore_backup
+
 from tools.sandbox import WRAPPERS, Server, start_server, table_checksums
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ BACKUP_TOOL = {"mariadb10": "/usr/bin/mariadb-backup", "mariadb11": str(WRAPPERS
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamer", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "innostream", *args], capture_output=True, text=True, cwd=REPO,
                           check=False, timeout=900)
 
 
@@ -349,7 +349,7 @@ def test_interrupted_prepare_then_rerun(mariadb_backup_dir: Path, mariadb10: Ser
     # signal surely arrives while it runs.
     init = tmp_path / "slow-start.sql"
     init.write_text("DO SLEEP(30);\n")
-    proc = subprocess.Popen([sys.executable, "-m", "streamer", "prepare", "--target-dir", str(backup),
+    proc = subprocess.Popen([sys.executable, "-m", "innostream", "prepare", "--target-dir", str(backup),
                              "--server-binary", str(mariadb10.server_binary), f"--server-option=--init-file={init}"],
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stderr is not None

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from innostream import redo_copier
+from innostream.errors import Corrupt, RedoOverwritten, SourceError
+from innostream.formats import log0files_io as my
+from innostream.formats import mtr0log as ma
+from innostream.redo_copier import MariaDBRedoCopier, open_redo_copier
+from innostream.redo_inspect import inspect_redo
 
-from formats import log0files_io as my
-from formats import mtr0log as ma
-from streamer import redo_copier
-from streamer.errors import Corrupt, RedoOverwritten, SourceError
-from streamer.redo_copier import MariaDBRedoCopier, open_redo_copier
-from streamer.redo_inspect import inspect_redo
 from tools.sandbox import WRAPPERS, Server
 
 COPIER_KINDS = ("mariadb10", "mysql9", "mariadb11")

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from innostream.formats.buf0checksum import validate_pages
+from innostream.formats.fsp0fsp import space_info
+from innostream.recovery.prepare import PrepareConfig, prepare_backup
+from innostream.recovery.restore import RestoreConfig, restore_backup
 
-from formats.buf0checksum import validate_pages
-from formats.fsp0fsp import space_info
-from streamer.prepare import PrepareConfig, prepare_backup
-from streamer.restore import RestoreConfig, restore_backup
 from tools.sandbox import Server, start_server, table_checksums
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def _make_table(srv: Server, key_block_size: int) -> Path:
 
 
 def _run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamer", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "innostream", *args], capture_output=True, text=True, cwd=REPO,
                           check=False, timeout=900, **kw)  # type: ignore[call-overload]
 
 
@@ -79,7 +79,7 @@ def _roundtrip(srv: Server, tmp_path: Path, key_block_size: int, options: list[s
 
     # backup --stream | extract: extract validates every page again on the receiving side.
     target = tmp_path / "extracted"
-    producer = subprocess.Popen([sys.executable, "-m", "streamer", "backup", "--stream", "--socket", str(srv.socket),
+    producer = subprocess.Popen([sys.executable, "-m", "innostream", "backup", "--stream", "--socket", str(srv.socket),
                                  "--user", "root"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     extract = _run(["extract", "-C", str(target)], stdin=producer.stdout)
     assert producer.stdout is not None

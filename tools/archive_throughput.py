@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from streamer.archive import ArchiveWriter
-from streamer.xbstream import XbstreamWriter
+from innostream.archive import ArchiveWriter
+from innostream.archive.xbstream import XbstreamWriter
 
 BLOCK = 4 << 20
 

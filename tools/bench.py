@@ -291,9 +291,9 @@ def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def innostream_argv() -> list[str]:
-    """Our CLI from the same venv as this interpreter (falls back to ``python -m streamer``)."""
+    """Our CLI from the same venv as this interpreter (falls back to ``python -m innostream``)."""
     script = Path(sys.executable).parent / "innostream"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "streamer"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "innostream"]
 
 
 def ours_backup(server: Any, *, compress: bool, validate: bool = True) -> list[list[str]]:
@@ -770,8 +770,8 @@ def measure_validation(datadir: Path, flavor: str, chunk: int = 4 * MiB) -> dict
     The files are read first (outside the clock, so they are in the page cache either way) in the copier's chunk
     size; only the validation is timed, in this single thread as one copier thread would run it.
     """
-    from formats.buf0checksum import validate_pages
-    from formats.fsp0fsp import space_info
+    from innostream.formats.buf0checksum import validate_pages
+    from innostream.formats.fsp0fsp import space_info
 
     pages = nbytes = flagged = files = 0
     seconds = 0.0

@@ -31,8 +31,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from formats import log0files_io as my  # noqa: E402
-from formats import mtr0log as ma  # noqa: E402
+from innostream.formats import log0files_io as my  # noqa: E402
+from innostream.formats import mtr0log as ma  # noqa: E402
+
 from tools.sandbox import Server, start_server  # noqa: E402
 
 OPTIONS = {

@@ -21,7 +21,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from formats import xbstream as fx
+from innostream.formats import xbstream as fx
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "fixtures" / "xbstream"
 

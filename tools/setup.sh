@@ -114,7 +114,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.innostream-deps"
 want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import streamer, formats, pytest' 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! (cd / && "$VENV/bin/python" -c 'import innostream, innostream.formats, pytest') 2>/dev/null; then
     say "pip install -e '.[test]'"
     piplog="$VENV/pip-install.log"
     if ! "$VENV/bin/python" -m pip install -e "${REPO}[test]" >"$piplog" 2>&1; then

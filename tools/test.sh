@@ -24,6 +24,7 @@ step setup bash tools/setup.sh || { echo "test.sh: setup failed; not running the
 
 step ruff .venv/bin/ruff check .
 step shellcheck shellcheck tools/setup.sh tools/test.sh .ci/run tools/server-wrappers/*
+step static-tree .venv/bin/python -m tools.static_tree
 step mypy .venv/bin/mypy
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass. The timeout keeps a hung
 # server from eating CI's whole budget.

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from formats import archive as fa
-from streamer.archive import ArchiveWriter
+from innostream.archive import ArchiveWriter
+from innostream.formats import archive as fa
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -88,7 +88,7 @@ def reseq(head: bytes, frames: list[bytes]) -> bytes:
 def run_cli(args: list[str], stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real ``innostream`` CLI in a subprocess."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([PY, "-m", "streamer", *args], input=stdin, capture_output=True, cwd=cwd, env=env,
+    return subprocess.run([PY, "-m", "innostream", *args], input=stdin, capture_output=True, cwd=cwd, env=env,
                           timeout=600)
 
 

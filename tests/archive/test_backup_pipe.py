@@ -9,13 +9,13 @@ from tests.archive.builders import PY, REPO, run_cli, tree
 
 
 def _backup_cmd(server, *extra: str) -> str:
-    return f"cd {REPO} && {PY} -m streamer -q backup --stream -S {server.socket} -u root {' '.join(extra)}"
+    return f"cd {REPO} && {PY} -m innostream -q backup --stream -S {server.socket} -u root {' '.join(extra)}"
 
 
 def test_backup_stream_into_extract(server, tmp_path: Path):
     target = tmp_path / "t"
     r = subprocess.run(["bash", "-o", "pipefail", "-c",
-                        f"{_backup_cmd(server)} | {PY} -m streamer extract -C {target} --parallel 2"],
+                        f"{_backup_cmd(server)} | {PY} -m innostream extract -C {target} --parallel 2"],
                        capture_output=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = tree(target)

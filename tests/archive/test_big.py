@@ -17,7 +17,7 @@ GB = float(os.environ.get("INNOSTREAM_BIG_GB", "5"))
 
 GENERATOR = r'''
 import hashlib, json, random, sys, threading
-from streamer.archive import ArchiveWriter
+from innostream.archive import ArchiveWriter
 size, nfiles, out_json = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rnd = random.Random(42)
 PAGE = 16384
@@ -55,7 +55,7 @@ def test_several_gb_through_a_pipe(tmp_path: Path):
     digests = tmp_path / "digests.json"
     target = tmp_path / "t"
     cmd = (f"cd {REPO} && {PY} -c '{GENERATOR}' {size} {nfiles} {digests} | "
-           f"{PY} -m streamer extract -C {target} --parallel 2")
+           f"{PY} -m innostream extract -C {target} --parallel 2")
     t0 = time.perf_counter()
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=900)
     elapsed = time.perf_counter() - t0

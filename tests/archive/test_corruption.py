@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import xxhash
 import zstandard
+from innostream.archive import NullSink, read_archive
+from innostream.errors import FileExistsInTarget, InnostreamError, UnsafePath
+from innostream.extract import extract
+from innostream.formats import archive as fa
+from innostream.formats.errors import BadMagic, ChecksumMismatch, Corrupt, FormatError, Truncated, UnsupportedVersion
 
-from formats import archive as fa
-from formats.errors import BadMagic, ChecksumMismatch, Corrupt, FormatError, Truncated, UnsupportedVersion
-from streamer.archive import NullSink, read_archive
-from streamer.errors import FileExistsInTarget, InnostreamError, UnsafePath
-from streamer.extract import extract
 from tests.archive.builders import frame, make_archive, run_cli, sample_files, split_frames
 
 FILES = sample_files(11)
@@ -310,7 +310,7 @@ def test_errors_carry_context():
 
 
 def test_too_many_open_files_is_refused(tmp_path: Path):
-    from streamer.archive import MAX_OPEN_FILES
+    from innostream.archive import MAX_OPEN_FILES
 
     begins = [frame(fa.FRAME_FILE_BEGIN, i + 1, i, fa.build_file_begin(f"f{i}", 0o640))
               for i in range(MAX_OPEN_FILES + 1)]
@@ -319,7 +319,7 @@ def test_too_many_open_files_is_refused(tmp_path: Path):
 
 
 def test_many_directories_with_fsync(tmp_path: Path):
-    from streamer.extract import MAX_DIR_FDS
+    from innostream.target import MAX_DIR_FDS
 
     files = {f"db{i}/t.ibd": b"x%d" % i for i in range(MAX_DIR_FDS + 50)}
     extract(io.BytesIO(make_archive(files)), tmp_path / "t", fsync=True)

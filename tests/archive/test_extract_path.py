@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from innostream.archive import NullSink, read_archive, read_exact
+from innostream.archive.detect import PrefixedInput
+from innostream.extract import extract
+from innostream.formats import archive as fa
+from innostream.formats.errors import ChecksumMismatch, Truncated
 
-from formats import archive as fa
-from formats.errors import ChecksumMismatch, Truncated
-from streamer.archive import NullSink, read_archive, read_exact
-from streamer.extract import PrefixedInput, extract
 from tests.archive.builders import Dribble, make_archive, split_frames
 
 

@@ -8,10 +8,9 @@ import pytest
 import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
-
-from formats import archive as fa
-from formats import xbstream as fx
-from formats.errors import BadMagic, ChecksumMismatch, Corrupt, UnsupportedVersion
+from innostream.formats import archive as fa
+from innostream.formats import xbstream as fx
+from innostream.formats.errors import BadMagic, ChecksumMismatch, Corrupt, UnsupportedVersion
 
 
 def test_stream_header_construct_agrees_with_fast_path():
@@ -114,7 +113,8 @@ def test_format_md_example_is_what_the_writer_writes():
     import io
     import re
 
-    from streamer.archive import ArchiveWriter
+    from innostream.archive import ArchiveWriter
+
     from tests.archive.builders import REPO
 
     text = (REPO / "docs/FORMAT.md").read_text()

@@ -6,11 +6,11 @@ import io
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from innostream.archive import NullSink, read_archive
+from innostream.archive.xbstream import read_xbstream
+from innostream.formats import archive as fa
+from innostream.formats.errors import FormatError, InnostreamError
 
-from formats import archive as fa
-from formats.errors import FormatError, InnostreamError
-from streamer.archive import NullSink, read_archive
-from streamer.xbstream import read_xbstream
 from tests.archive.builders import frame, make_archive, sample_files
 
 BLOB = make_archive(sample_files(21))

@@ -13,11 +13,11 @@ import pytest
 import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from innostream.archive import ArchiveWriter, NullSink, read_archive
+from innostream.extract import extract, verify
+from innostream.formats import archive as fa
+from innostream.formats.errors import Truncated
 
-from formats import archive as fa
-from formats.errors import Truncated
-from streamer.archive import ArchiveWriter, NullSink, read_archive
-from streamer.extract import extract, verify
 from tests.archive.builders import PY, REPO, Dribble, make_archive, run_cli, sample_files, split_frames, tree
 
 
@@ -103,7 +103,7 @@ def test_cli_round_trip_through_a_real_pipe(tmp_path: Path):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
     writer = (
-        "import sys, pathlib; from streamer.archive import ArchiveWriter\n"
+        "import sys, pathlib; from innostream.archive import ArchiveWriter\n"
         "src = pathlib.Path(sys.argv[1]); w = ArchiveWriter(sys.stdout.buffer, meta={'flavor': 'mariadb'})\n"
         "for p in sorted(src.rglob('*')):\n"
         "    if p.is_file():\n"
@@ -112,7 +112,7 @@ def test_cli_round_trip_through_a_real_pipe(tmp_path: Path):
         "w.close({'to_lsn': 1})\n"
     )
     target = tmp_path / "out dir"
-    cmd = f"cd {REPO} && {PY} -c \"{writer}\" {src} | {PY} -m streamer extract -C '{target}' --parallel 3"
+    cmd = f"cd {REPO} && {PY} -c \"{writer}\" {src} | {PY} -m innostream extract -C '{target}' --parallel 3"
     r = __import__("subprocess").run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True)
     assert r.returncode == 0, r.stderr
     assert tree(target) == files
@@ -173,7 +173,7 @@ def test_abort_never_writes_a_trailer(tmp_path: Path):
         w.write(fid, i << 20, os.urandom(1 << 20))
     w.abort()
     w.abort()  # idempotent
-    from streamer.errors import Interrupted
+    from innostream.errors import Interrupted
 
     with pytest.raises(Interrupted):
         w.write(fid, 21 << 20, b"x")
@@ -188,8 +188,8 @@ def test_abort_never_writes_a_trailer(tmp_path: Path):
 def test_reader_going_away_stops_the_writer_with_one_line(tmp_path: Path):
     """`innostream ... | head -c 1000`: the writer sees a broken pipe and reports it, without hanging."""
     script = (
-        "import os, sys; from streamer.archive import ArchiveWriter\n"
-        "from streamer.cli import main\n"
+        "import os, sys; from innostream.archive import ArchiveWriter\n"
+        "from innostream.cli import main\n"
         "w = ArchiveWriter(sys.stdout.buffer, threads=2)\n"
         "f = w.begin_file('x')\n"
         "try:\n"
@@ -237,7 +237,7 @@ def test_small_writes_are_gathered_into_large_frames(tmp_path: Path):
 
 def test_abort_while_copiers_are_blocked(tmp_path: Path):
     """abort() from another thread while copiers wait on a full queue: they all stop with Interrupted."""
-    from streamer.errors import Interrupted
+    from innostream.errors import Interrupted
 
     class Slow(io.RawIOBase):
         def writable(self) -> bool:

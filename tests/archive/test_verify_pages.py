@@ -8,8 +8,8 @@ import itertools
 import json
 
 import pytest
+from innostream.extract import PageValidation, PageValidator, is_tablespace, verify
 
-from streamer.extract import PageValidation, PageValidator, is_tablespace, verify
 from tests.archive.builders import REPO, make_archive
 
 KINDS = ("mariadb10", "mysql9", "mariadb11")

@@ -15,13 +15,13 @@ import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from innostream.archive import NullSink
+from innostream.archive.xbstream import XbstreamWriter, read_xbstream
+from innostream.errors import FileExistsInTarget, UnsafePath
+from innostream.extract import extract, list_archive
+from innostream.formats import xbstream as fx
+from innostream.formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
 
-from formats import xbstream as fx
-from formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
-from streamer.archive import NullSink
-from streamer.errors import FileExistsInTarget, UnsafePath
-from streamer.extract import extract, list_archive
-from streamer.xbstream import XbstreamWriter, read_xbstream
 from tests.archive.builders import PY, REPO, Dribble, make_archive, run_cli, tree
 
 FIXTURES = REPO / "fixtures" / "xbstream"
@@ -111,7 +111,7 @@ def test_our_xbstream_extracts_with_real_mbstream(tmp_path: Path):
 
 def test_xbstream_writer_through_a_real_pipe_into_mbstream(tmp_path: Path):
     script = (
-        "import sys; from streamer.xbstream import XbstreamWriter\n"
+        "import sys; from innostream.archive.xbstream import XbstreamWriter\n"
         "w = XbstreamWriter(sys.stdout.buffer)\n"
         "f = w.begin_file('big.bin')\n"
         "for i in range(30): w.write(f, i * (1 << 20), bytes([i]) * (1 << 20))\n"
@@ -150,7 +150,7 @@ def test_real_mariadb_backup_stream_extracts_like_mbstream(real_stream: bytes, t
     assert "xtrabackup_checkpoints" in ref
     # from a pipe, through the CLI, and zstd-compressed (the `| zstd -1` path)
     pipe = subprocess.run(["bash", "-o", "pipefail", "-c",
-                           f"cd {REPO} && {PY} -m streamer extract -C {tmp_path / 'ours'} --parallel 2"],
+                           f"cd {REPO} && {PY} -m innostream extract -C {tmp_path / 'ours'} --parallel 2"],
                           input=stream, capture_output=True)
     assert pipe.returncode == 0, pipe.stderr
     assert tree(tmp_path / "ours") == ref
@@ -221,7 +221,7 @@ def test_verify_validates_real_innodb_pages(real_stream: bytes, tmp_path: Path):
     r = run_cli(["verify", "-"], stdin=blob)
     assert r.returncode == 0, r.stderr
     pages = int(re.search(rb"(\d+) InnoDB pages checked", r.stderr).group(1))
-    from streamer.extract import is_tablespace
+    from innostream.extract import is_tablespace
 
     nonzero = sum(1 for n, d in files.items() if is_tablespace(n) for i in range(0, len(d), 16384)
                   if d[i : i + 16384].strip(b"\0"))

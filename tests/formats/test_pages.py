@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from construct import Container
-
-from formats.buf0checksum import (
+from innostream.formats.buf0checksum import (
     BE32,
     buf_calc_page_crc32,
     buf_calc_page_crc32_legacy_big_endian,
@@ -26,8 +25,8 @@ from formats.buf0checksum import (
     stamp_page,
     validate_pages,
 )
-from formats.errors import BadMagic, Truncated, UnsupportedVersion
-from formats.fil0fil import (
+from innostream.formats.errors import BadMagic, Truncated, UnsupportedVersion
+from innostream.formats.fil0fil import (
     FIL_HEADER,
     FIL_HEADER_FAST,
     FIL_PAGE_INDEX,
@@ -37,7 +36,7 @@ from formats.fil0fil import (
     parse_fil_header,
     parse_fil_trailer,
 )
-from formats.fsp0fsp import (
+from innostream.formats.fsp0fsp import (
     CRYPT_MAGIC,
     FSP_HEADER,
     FSP_HEADER_FAST,

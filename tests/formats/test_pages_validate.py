@@ -13,9 +13,9 @@ from itertools import pairwise
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from innostream.formats.buf0checksum import BE32, page_is_corrupted, stamp_page, validate_pages
+from innostream.formats.fsp0fsp import SpaceInfo, space_info
 
-from formats.buf0checksum import BE32, page_is_corrupted, stamp_page, validate_pages
-from formats.fsp0fsp import SpaceInfo, space_info
 from tests.formats.test_pages import flavor_of, load
 
 # sample -> (checksum algorithm to stamp with, bytes a flip there goes unnoticed by design)
@@ -128,7 +128,7 @@ def test_throughput_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
 def test_arbitrary_page0_gives_info_or_format_error(flags: int, flavor: str, noise: bytes) -> None:
     """Whatever page 0 holds, space_info either describes it or raises a FormatError, never anything else, and the
     description can drive validate_pages over arbitrary bytes."""
-    from formats.errors import FormatError
+    from innostream.formats.errors import FormatError
 
     _, page0, _ = load("mysql9-crc32-16k")
     p = bytearray(page0)

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from formats import mtr0log as ma
-from formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
-from streamer.redo_inspect import inspect_redo
+from innostream.formats import mtr0log as ma
+from innostream.formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
+from innostream.redo_inspect import inspect_redo
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures" / "redo"
 SAMPLES = ("mariadb-10.11", "mariadb-11.8")

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from formats import log0files_io as my
-from formats.errors import BadMagic, ChecksumMismatch, Truncated, UnsupportedVersion
-from streamer.redo_inspect import inspect_redo
+from innostream.formats import log0files_io as my
+from innostream.formats.errors import BadMagic, ChecksumMismatch, Truncated, UnsupportedVersion
+from innostream.redo_inspect import inspect_redo
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures" / "redo"
 BS = my.OS_FILE_LOG_BLOCK_SIZE

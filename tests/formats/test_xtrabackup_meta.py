@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from formats.errors import BadMagic, Corrupt, Truncated
-from formats.xtrabackup_delta import (
+from innostream.formats.errors import BadMagic, Corrupt, Truncated
+from innostream.formats.xtrabackup_delta import (
     XB_DELTA_MAGIC,
     DeltaMeta,
     build_cluster_header,
@@ -23,7 +22,7 @@ from formats.xtrabackup_delta import (
     parse_cluster_header,
     parse_meta,
 )
-from formats.xtrabackup_meta import (
+from innostream.formats.xtrabackup_meta import (
     BinlogInfo,
     Checkpoints,
     build_backup_my_cnf,

@@ -1,14 +1,13 @@
-"""``innostream prepare`` and ``innostream restore``: thin click commands over :mod:`streamer.prepare` and
-:mod:`streamer.restore`."""
+"""``innostream prepare`` and ``innostream restore``: thin click commands over :mod:`innostream.recovery.prepare` and
+:mod:`innostream.recovery.restore`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-
-from streamer.prepare import PrepareConfig, prepare_backup
-from streamer.restore import RestoreConfig, restore_backup
+from innostream.recovery.prepare import PrepareConfig, prepare_backup
+from innostream.recovery.restore import RestoreConfig, restore_backup
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 

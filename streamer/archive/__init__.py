@@ -21,9 +21,9 @@ from typing import Any, BinaryIO, Protocol
 
 import xxhash
 import zstandard
-
-from formats import archive as fa
-from formats.errors import (
+from innostream.errors import Interrupted, TargetError, UnsafePath
+from innostream.formats import archive as fa
+from innostream.formats.errors import (
     BadMagic,
     ChecksumMismatch,
     Corrupt,
@@ -31,7 +31,6 @@ from formats.errors import (
     Truncated,
     UnsupportedVersion,
 )
-from streamer.errors import Interrupted, TargetError, UnsafePath
 
 ZERO_BLOCK = bytes(fa.HOLE_UNIT)
 ZERO_CHUNK = bytes(fa.CHUNK_SIZE)
@@ -854,15 +853,6 @@ def _check_trailer(
         ):
             raise Corrupt("trailer file list does not match the archive", file=r.name, **where)
     summary.trailer = info
-
-
-def __getattr__(name: str) -> Any:
-    """``streamer.archive.XbstreamWriter``, as the writer interface names it (it lives in streamer.xbstream)."""
-    if name == "XbstreamWriter":
-        from streamer.xbstream import XbstreamWriter
-
-        return XbstreamWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""``innostream extract``, ``list`` and ``verify``: thin click commands over :mod:`streamer.extract`."""
+"""``innostream extract``, ``list`` and ``verify``: thin click commands over :mod:`innostream.extract`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import click
-
-from formats.errors import Corrupt
-from streamer.extract import PageValidation, extract, list_archive, verify
-from streamer.log import log
-from streamer.xbstream import DIALECTS
+from innostream.archive.xbstream import DIALECTS
+from innostream.extract import PageValidation, extract, list_archive, verify
+from innostream.formats.errors import Corrupt
+from innostream.log import log
 
 _FORMATS = click.Choice(["auto", "innostream", "xbstream"])
 
@@ -19,14 +18,14 @@ _FORMATS = click.Choice(["auto", "innostream", "xbstream"])
 def _open_input(archive: str) -> BinaryIO:
     if archive == "-":
         if sys.stdin.isatty():
-            from streamer.errors import SourceError
+            from innostream.errors import SourceError
 
             raise SourceError("no archive on stdin (a terminal)", hint="pipe a stream in or name an ARCHIVE file")
         return sys.stdin.buffer
     try:
         return open(archive, "rb")  # closed by the caller
     except OSError as exc:
-        from streamer.errors import SourceError
+        from innostream.errors import SourceError
 
         raise SourceError(f"cannot open archive: {exc.strerror}", file=archive) from None
 

@@ -1,33 +1,31 @@
 """The ``innostream`` command line: thin click commands over library functions.
 
 Subcommands live in their own modules and are imported only when run (``LAZY_COMMANDS``), so ``--help`` and
-``extract`` do not pay for what ``backup`` imports. Errors from :mod:`streamer.errors` become one line on stderr and
+``extract`` do not pay for what ``backup`` imports. Errors from :mod:`innostream.errors` become one line on stderr and
 their ``exit_code``; a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 from typing import Any
 
 import click
-
-from streamer import __version__
-from streamer.errors import EXIT_INTERRUPTED, InnostreamError
-from streamer.log import setup_logging
+from innostream import __version__
+from innostream.errors import EXIT_INTERRUPTED, InnostreamError
+from innostream.log import setup_logging
 
 #: command name -> "module:attribute" of a click.Command
 LAZY_COMMANDS: dict[str, str] = {
-    "inspect": "streamer.cmd_inspect:inspect_cmd",
-    "extract": "streamer.cmd_archive:extract_cmd",
-    "list": "streamer.cmd_archive:list_cmd",
-    "verify": "streamer.cmd_archive:verify_cmd",
-    "backup": "streamer.cmd_backup:backup_cmd",
-    "prepare": "streamer.cmd_prepare:prepare_cmd",
-    "restore": "streamer.cmd_prepare:restore_cmd",
+    "inspect": "innostream.cli.inspect:inspect_cmd",
+    "extract": "innostream.cli.archive:extract_cmd",
+    "list": "innostream.cli.archive:list_cmd",
+    "verify": "innostream.cli.archive:verify_cmd",
+    "backup": "innostream.cli.backup:backup_cmd",
+    "prepare": "innostream.cli.prepare:prepare_cmd",
+    "restore": "innostream.cli.prepare:restore_cmd",
 }
 
 
@@ -35,8 +33,7 @@ class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        present = {name for name, target in LAZY_COMMANDS.items() if importlib.util.find_spec(target.split(":")[0])}
-        return sorted(set(super().list_commands(ctx)) | present)
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY_COMMANDS:

@@ -1,4 +1,4 @@
-"""``innostream inspect``: a thin click command over :mod:`streamer.inspect`."""
+"""``innostream inspect``: a thin click command over :mod:`innostream.inspect`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import click
-
-from formats.errors import EXIT_CORRUPT
-from streamer.inspect import inspect_path, render, result_ok
+from innostream.formats.errors import EXIT_CORRUPT
+from innostream.inspect import inspect_path, render, result_ok
 
 
 @click.command("inspect")

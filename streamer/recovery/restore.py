@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from formats.xtrabackup_meta import BACKUP_TYPE_FULL_PREPARED, METADATA_FILES
-from streamer.errors import FileExistsInTarget, PrepareError, TargetError
-from streamer.log import log
-from streamer.prepare import read_backup_dir
+from innostream.errors import FileExistsInTarget, PrepareError, TargetError
+from innostream.formats.xtrabackup_meta import BACKUP_TYPE_FULL_PREPARED, METADATA_FILES
+from innostream.log import log
+from innostream.recovery.prepare import read_backup_dir
 
 #: Bytes per copy_file_range/read call: big enough for throughput, small enough for steady progress lines.
 COPY_CHUNK = 8 * 1024 * 1024

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pymysql
-
-from formats import log0files_io as lf
-from formats import mtr0log as mtr
-from formats.errors import FormatError
-from formats.xtrabackup_logfile import (
+from innostream.errors import InnostreamError, Interrupted, PrepareError
+from innostream.formats import log0files_io as lf
+from innostream.formats import mtr0log as mtr
+from innostream.formats.errors import FormatError
+from innostream.formats.xtrabackup_logfile import (
     MYSQL_PREPARED_REDO,
     MYSQL_REDO_DIR,
     XTRABACKUP_LOGFILE,
@@ -44,7 +44,7 @@ from formats.xtrabackup_logfile import (
     mysql_redo_start,
     scan_mysql_blocks,
 )
-from formats.xtrabackup_meta import (
+from innostream.formats.xtrabackup_meta import (
     BACKUP_MY_CNF,
     BACKUP_TYPE_FULL,
     BACKUP_TYPE_FULL_PREPARED,
@@ -60,8 +60,7 @@ from formats.xtrabackup_meta import (
     parse_checkpoints,
     parse_info,
 )
-from streamer.errors import InnostreamError, Interrupted, PrepareError
-from streamer.log import log
+from innostream.log import log
 
 # --- MariaDB 10.8+ ib_logfile0 (formats/mtr0log.py; innodb-formats.md §5, §6.1) ---------------------------------
 MARIADB_LOGFILE = "ib_logfile0"

@@ -1,4 +1,4 @@
-"""``innostream backup``: option parsing only; the work is :func:`streamer.backup.run_backup`."""
+"""``innostream backup``: option parsing only; the work is :func:`innostream.backup.run_backup`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import click
-
-from streamer.backup import BackupConfig, main_argv, run_backup
-from streamer.connection import ConnectionOptions
-from streamer.log import log
+from innostream.backup import BackupConfig, main_argv, run_backup
+from innostream.connection import ConnectionOptions
+from innostream.log import log
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 #: ``--password`` given without a value: ask, like the MySQL clients do.

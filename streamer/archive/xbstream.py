@@ -14,11 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from formats import xbstream as fx
-from formats.archive import check_name
-from formats.errors import BadMagic, ChecksumMismatch, Corrupt, InnostreamError, Truncated, UnsupportedVersion
-from streamer.archive import MAX_OPEN_FILES, ArchiveSummary, FileResult, ObserverFactory, Sink, read_exact
-from streamer.errors import Interrupted, TargetError, UnsafePath
+from innostream.archive import MAX_OPEN_FILES, ArchiveSummary, FileResult, ObserverFactory, Sink, read_exact
+from innostream.errors import Interrupted, TargetError, UnsafePath
+from innostream.formats import xbstream as fx
+from innostream.formats.archive import check_name
+from innostream.formats.errors import (
+    BadMagic,
+    ChecksumMismatch,
+    Corrupt,
+    InnostreamError,
+    Truncated,
+    UnsupportedVersion,
+)
 
 #: largest payload we accept in one chunk; real writers use 10 MiB (or one larger ds_write). Payloads are read in
 #: READ_PIECE pieces, so this caps the work a hostile length can cause, not memory.
@@ -30,7 +37,7 @@ DIALECTS = ("auto", "mariadb", "percona")
 
 
 class XbstreamWriter:
-    """Write an xbstream (``P``/``E`` chunks) to ``out``; same interface as :class:`streamer.archive.ArchiveWriter`.
+    """Write an xbstream (``P``/``E`` chunks) to ``out``; same interface as :class:`innostream.archive.ArchiveWriter`.
 
     Thread-safe: each chunk (header + payload) is written under one lock, so files interleave at chunk granularity.
     ``level``/``threads``/``compress`` are accepted for interface compatibility and ignored (xbstream payloads are
@@ -201,7 +208,7 @@ def read_xbstream(
 ) -> ArchiveSummary:
     """Read an xbstream into ``sink`` chunk by chunk; raise on the first problem.
 
-    ``observer_factory(name, meta)`` works as in :func:`streamer.archive.read_archive` (page validation); the meta
+    ``observer_factory(name, meta)`` works as in :func:`innostream.archive.read_archive` (page validation); the meta
     has ``flavor`` only if the dialect implies it (``mariadb``/``percona``), as an xbstream does not say.
 
     Raises:
