@@ -16,26 +16,54 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 from innostream.errors import FileExistsInTarget, TargetError, UnsafePath
 from innostream.formats.archive import check_name
 
 
 class Sink(Protocol):
-    """What the backup engine writes to: a directory or an archive stream. Thread-safe."""
+    """Where files go, one interface for every writer: a target directory (:class:`innostream.target.TargetDir`),
+    an archive stream (:class:`innostream.archive.ArchiveWriter`, :class:`innostream.archive.xbstream.XbstreamWriter`)
+    or nowhere (:class:`NullSink`). The backup engine writes to it; so does the archive reader when extracting.
 
-    def begin_file(self, name: str, *, mode: int = 0o640) -> int: ...
+    ``write`` may be called from any thread, in any order of offsets; gaps are holes. ``close`` is the commit
+    point (metadata files last); ``abort`` leaves nothing that looks complete.
+    """
 
-    def write(self, file_id: int, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+    def begin_file(self, name: str, *, mode: int = 0o640) -> Any: ...
 
-    def end_file(self, file_id: int, size: int) -> None: ...
+    def write(self, handle: Any, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def end_file(self, handle: Any, size: int) -> None: ...
 
     def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None: ...
 
     def close(self, trailer: dict | None = None) -> None: ...
 
     def abort(self) -> None: ...
+
+
+class NullSink:
+    """A sink that writes nothing (verify, list)."""
+
+    def begin_file(self, name: str, *, mode: int = 0o640) -> Any:
+        return name
+
+    def write(self, handle: Any, offset: int, data: bytes | bytearray | memoryview) -> None:
+        return None
+
+    def end_file(self, handle: Any, size: int) -> None:
+        return None
+
+    def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None:
+        return None
+
+    def close(self, trailer: dict | None = None) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
 
 
 def safe_member_name(name: str) -> PurePosixPath:

@@ -106,7 +106,7 @@ class TargetDir:
         return True
 
     # -- Sink ----------------------------------------------------------------------------------------------------
-    def begin(self, name: str, mode: int) -> _Out:
+    def begin_file(self, name: str, *, mode: int = 0o640) -> _Out:
         out = _Out(name, mode)
         if "/" not in name and name in fa.METADATA_FILES:
             if fa.check_name(name) is None and self._exists(name):
@@ -118,7 +118,7 @@ class TargetDir:
             self._open.append(out)
         return out
 
-    def write_at(self, handle: _Out, offset: int, data: bytes) -> None:
+    def write(self, handle: _Out, offset: int, data: bytes | bytearray | memoryview) -> None:
         if handle.buf is not None:
             with self._lock:
                 end = offset + len(data)
@@ -145,7 +145,7 @@ class TargetDir:
                 except OSError as exc:
                     raise TargetError(f"cannot write: {exc.strerror}", file=handle.name, offset=pos) from None
 
-    def end(self, handle: _Out, size: int) -> None:
+    def end_file(self, handle: _Out, size: int) -> None:
         if handle.buf is not None:
             if size > len(handle.buf):
                 self._meta_bytes += size - len(handle.buf)
@@ -215,7 +215,13 @@ class TargetDir:
                 raise TargetError(f"cannot remove: {exc.strerror}", file=name) from None
         self.created.discard(name)
 
-    def finish(self) -> None:
+    def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None:
+        """A whole small file at once (metadata files are held back until :meth:`close`)."""
+        handle = self.begin_file(name, mode=mode)
+        self.write(handle, 0, data)
+        self.end_file(handle, len(data))
+
+    def close(self, trailer: dict | None = None) -> None:
         """Commit: write the held-back metadata files, then fsync directories if asked."""
         for out in self._metadata:
             fd = self._create(out.name, out.mode)
@@ -238,7 +244,7 @@ class TargetDir:
                 out.fd = -1
         self._open.clear()
         self._metadata.clear()
-        self.close()
+        self.release()
 
     def _close_dirs(self, *, keep_root: bool, sync: bool | None = None) -> None:
         """Close the cached directory descriptors (fsync'ing them first with ``--fsync``: new entries durable)."""
@@ -253,5 +259,6 @@ class TargetDir:
                 os.close(fd)
                 del self._dirs[rel]
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Close the directory descriptors without committing anything."""
         self._close_dirs(keep_root=False, sync=False)

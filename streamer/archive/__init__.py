@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import xxhash
 import zstandard
@@ -31,6 +31,7 @@ from innostream.formats.errors import (
     Truncated,
     UnsupportedVersion,
 )
+from innostream.sink import NullSink, Sink
 
 ZERO_BLOCK = bytes(fa.HOLE_UNIT)
 ZERO_CHUNK = bytes(fa.CHUNK_SIZE)
@@ -538,35 +539,6 @@ def decompress(frame: Frame) -> bytes:
     return raw
 
 
-class Sink(Protocol):
-    """Where verified file data goes: the target directory, or nowhere (verify, list)."""
-
-    def begin(self, name: str, mode: int) -> Any: ...
-    def write_at(self, handle: Any, offset: int, data: bytes) -> None: ...  # any thread, any order
-    def end(self, handle: Any, size: int) -> None: ...
-    def finish(self) -> None: ...
-    def abort(self) -> None: ...
-
-
-class NullSink:
-    """A sink that writes nothing (verify, list)."""
-
-    def begin(self, name: str, mode: int) -> Any:
-        return name
-
-    def write_at(self, handle: Any, offset: int, data: bytes) -> None:
-        return None
-
-    def end(self, handle: Any, size: int) -> None:
-        return None
-
-    def finish(self) -> None:
-        return None
-
-    def abort(self) -> None:
-        return None
-
-
 @dataclass
 class FileResult:
     """What the archive said about one file, after verification."""
@@ -689,7 +661,7 @@ def read_archive(
         raws = []
         for frame in frames:
             raw = decompress(frame)
-            sink.write_at(rf.handle, frame.header.offset, raw)
+            sink.write(rf.handle, frame.header.offset, raw)
             raws.append(raw)
         return raws
 
@@ -732,7 +704,7 @@ def read_archive(
                     rf.observer.finish(size)
             rf.result.size = size
             rf.result.digest = digest.hex()
-            sink.end(rf.handle, size)
+            sink.end_file(rf.handle, size)
             if on_file_done is not None:
                 on_file_done(rf.result)
 
@@ -760,7 +732,7 @@ def read_archive(
                 reader.open_ids.add(h.file_id)
                 result = FileResult(name, mode)
                 results.append(result)
-                rf = _RFile(result, sink.begin(name, mode), h.file_id)
+                rf = _RFile(result, sink.begin_file(name, mode=mode), h.file_id)
                 if observer_factory is not None and verify_data:
                     rf.observer = observer_factory(name, reader.meta)
                 files[h.file_id] = rf
@@ -803,7 +775,7 @@ def read_archive(
                 summary.archive_bytes = reader.pos
                 summary.frames = reader.seq
                 summary.stored_bytes = reader.stored_bytes
-                sink.finish()
+                sink.close()
                 return summary
             else:
                 summary.skipped_frames += 1

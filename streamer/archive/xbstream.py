@@ -246,7 +246,7 @@ def read_xbstream(
             raise Corrupt(f"more than {MAX_OPEN_FILES} files open at once", file=name, offset=at)
         result = FileResult(name, 0o640)
         results.append(result)
-        xf = files[path] = _XFile(result, sink.begin(name, 0o640))
+        xf = files[path] = _XFile(result, sink.begin_file(name))
         if observer_factory is not None:
             xf.observer = observer_factory(name, meta)
         return xf
@@ -261,7 +261,7 @@ def read_xbstream(
             while left:
                 piece = src.exact(min(left, READ_PIECE), f"the payload of the chunk at {at:#x}", at)
                 crc = zlib.crc32(piece, crc)
-                sink.write_at(xf.handle, pos, piece)
+                sink.write(xf.handle, pos, piece)
                 if xf.observer is not None:
                     xf.observer.feed(pos, piece)
                 pos += len(piece)
@@ -274,7 +274,7 @@ def read_xbstream(
             pos += skip
             if used + n > length:
                 raise Corrupt("sparse map covers more than the payload", file=xf.result.name, offset=at)
-            sink.write_at(xf.handle, pos, payload[used : used + n])
+            sink.write(xf.handle, pos, payload[used : used + n])
             if xf.observer is not None:
                 xf.observer.feed(pos, payload[used : used + n])
             pos += n
@@ -305,7 +305,7 @@ def read_xbstream(
                 xf.result.size = xf.size
                 if xf.observer is not None:
                     xf.observer.finish(xf.size)
-                sink.end(xf.handle, xf.size)
+                sink.end_file(xf.handle, xf.size)
                 if on_file_done is not None:
                     on_file_done(xf.result)
                 continue
@@ -391,7 +391,7 @@ def read_xbstream(
         summary.frames = chunks
         summary.archive_bytes = src.pos
         summary.stored_bytes = summary.raw_bytes
-        sink.finish()
+        sink.close()
         return summary
     except BaseException:
         sink.abort()
