@@ -7,7 +7,7 @@ It lives in ``formats`` because the format parsers raise it and ``formats`` may 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, fields, replace
 
 #: Exit codes, documented in README.md ("Exit codes").
 EXIT_ERROR = 1  # anything not more specific
@@ -20,8 +20,28 @@ EXIT_PREPARE = 7  # prepare/restore failed
 EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM / closed pipe
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where an error happened: every field optional, all typed. Rendered as ``[file …, page …, …]``."""
+
+    file: str | None = None
+    page: int | None = None
+    offset: int | None = None
+    lsn: int | None = None
+    frame: int | None = None
+    space_id: int | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{f.name.replace('_', ' ')} {v}" for f in fields(self) if (v := getattr(self, f.name)) is not None]
+        return f" [{', '.join(parts)}]" if parts else ""
+
+
 class InnostreamError(Exception):
-    """Base of every error a user can meet. The message says what happened; ``hint`` says what to do."""
+    """Base of every error a user can meet. The message says what happened; ``hint`` says what to do.
+
+    Location comes as a :class:`Where` (``where=``), as keyword fields (``file=``, ``offset=``, ...), or both: the
+    keywords fill in or override the fields of ``where``.
+    """
 
     exit_code = EXIT_ERROR
 
@@ -29,38 +49,50 @@ class InnostreamError(Exception):
         self,
         message: str,
         *,
+        where: Where | None = None,
         file: str | None = None,
         page: int | None = None,
         offset: int | None = None,
         lsn: int | None = None,
+        frame: int | None = None,
+        space_id: int | None = None,
         hint: str | None = None,
-        **context: Any,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.file = file
-        self.page = page
-        self.offset = offset
-        self.lsn = lsn
+        w = where or Where()
+        self.where = Where(
+            file=w.file if file is None else file,
+            page=w.page if page is None else page,
+            offset=w.offset if offset is None else offset,
+            lsn=w.lsn if lsn is None else lsn,
+            frame=w.frame if frame is None else frame,
+            space_id=w.space_id if space_id is None else space_id,
+        )
         self.hint = hint
-        self.context = context
 
-    def where(self) -> str:
-        """Return the ``[file …, page …, offset …, lsn …]`` suffix, or an empty string."""
-        parts = []
-        if self.file is not None:
-            parts.append(f"file {self.file}")
-        if self.page is not None:
-            parts.append(f"page {self.page}")
-        if self.offset is not None:
-            parts.append(f"offset {self.offset}")
-        if self.lsn is not None:
-            parts.append(f"lsn {self.lsn}")
-        parts.extend(f"{k} {v}" for k, v in self.context.items())
-        return f" [{', '.join(parts)}]" if parts else ""
+    @property
+    def file(self) -> str | None:
+        return self.where.file
+
+    @file.setter
+    def file(self, value: str | None) -> None:
+        self.where = replace(self.where, file=value)
+
+    @property
+    def page(self) -> int | None:
+        return self.where.page
+
+    @property
+    def offset(self) -> int | None:
+        return self.where.offset
+
+    @property
+    def lsn(self) -> int | None:
+        return self.where.lsn
 
     def __str__(self) -> str:
-        text = self.message + self.where()
+        text = self.message + str(self.where)
         if self.hint:
             text += f"; {self.hint}"
         return text

@@ -116,7 +116,7 @@ def test_each_flipped_header_field(field, byte, bit, error, text):
     bad[pos] ^= bit
     with pytest.raises(error, match=text) as exc:
         read(bytes(bad))
-    assert exc.value.context["frame"] == DATA_INDEX
+    assert exc.value.where.frame == DATA_INDEX
     assert exc.value.offset == boundaries()[DATA_INDEX]
 
 
