@@ -307,7 +307,9 @@ def parse_file_end(payload: bytes) -> tuple[int, int, bytes]:
     return size, frames, digest
 
 
-def build_trailer(frames: int, files: int, raw_bytes: int, stored_bytes: int, digest: bytes, info: dict) -> bytes:
+def build_trailer(
+    frames: int, files: int, raw_bytes: int, stored_bytes: int, digest: bytes, info: dict[str, Any]
+) -> bytes:
     """Raw (uncompressed) TRAILER payload."""
     blob = json.dumps(info, sort_keys=True, separators=(",", ":")).encode()
     return _TRAILER.pack(frames, files, raw_bytes, stored_bytes, digest) + blob

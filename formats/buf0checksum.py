@@ -281,7 +281,8 @@ _DECOMPRESSORS: dict[int, Callable[[], Any]] = {
 
 def _inflate(make: Callable[[], Any], data: bytes, limit: int) -> bytes:
     """Decompress at most ``limit`` bytes: a corrupt payload must not be able to blow up memory."""
-    return make().decompress(data, limit)
+    out: bytes = make().decompress(data, limit)
+    return out
 
 
 def _mariadb_decompress(page: memoryview) -> memoryview | str:
@@ -547,7 +548,7 @@ def _fast_checker(info: SpaceInfo) -> Callable[[memoryview, int], bool] | None:
 
         def zip_crc32(mv: memoryview, off: int) -> bool:
             # page_zip_calc_checksum crc32; a zero field takes the slow path (the all-zero rule decides there).
-            f1 = unpack(mv, off)[0]
+            f1: int = unpack(mv, off)[0]
             return f1 != 0 and f1 == (
                 crc32c(mv[off + FIL_PAGE_OFFSET : off + FIL_PAGE_LSN])
                 ^ crc32c(mv[off + FIL_PAGE_TYPE : off + FIL_PAGE_TYPE + 2])
@@ -560,7 +561,7 @@ def _fast_checker(info: SpaceInfo) -> Callable[[memoryview, int], bool] | None:
     data_end = ps - FIL_PAGE_END_LSN_OLD_CHKSUM
 
     def crc32(mv: memoryview, off: int) -> bool:
-        f1 = unpack(mv, off)[0]
+        f1: int = unpack(mv, off)[0]
         return (
             f1 == unpack(mv, off + trailer)[0]
             and unpack(mv, off + FIL_PAGE_LSN + 4)[0] == unpack(mv, off + trailer + 4)[0]

@@ -172,6 +172,8 @@ BE64 = struct.Struct(">Q")
 
 #: Every valid (physical) page size: 1K..16K for ROW_FORMAT=COMPRESSED, 4K..64K logical (fsp0types.h).
 PAGE_SIZES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+#: UNIV_PAGE_SIZE_MAX: page 0 of any tablespace fits in this many bytes, whatever its page size.
+UNIV_PAGE_SIZE_MAX = PAGE_SIZES[-1]
 
 
 class FilHeader(NamedTuple):

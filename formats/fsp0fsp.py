@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from construct import Int16ub, Int32ub, Int64ub, Struct
 from innostream.formats.errors import BadMagic, Truncated, UnsupportedVersion
@@ -329,7 +330,7 @@ def space_info(page0: bytes | memoryview, flavor: str) -> SpaceInfo:
     )
 
 
-def parse_fsp_header(page0: bytes | memoryview) -> dict:
+def parse_fsp_header(page0: bytes | memoryview) -> dict[str, Any]:
     """Parse the whole FSP header with the construct spec (for inspect; not on the hot path)."""
     if len(page0) < XDES_ARR_OFFSET:
         raise Truncated(f"page 0 too short for the FSP header ({len(page0)} bytes)", page=0)

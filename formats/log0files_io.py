@@ -129,7 +129,7 @@ def _need(buf: bytes | bytearray | memoryview, size: int, what: str, offset: int
 
 def block_checksum_ok(block: bytes | bytearray | memoryview) -> bool:
     """Whether a 512-byte header/checkpoint/data block carries a valid CRC-32C (or the no-checksum magic)."""
-    stored = _U32.unpack_from(block, LOG_BLOCK_CHECKSUM)[0]
+    stored: int = _U32.unpack_from(block, LOG_BLOCK_CHECKSUM)[0]
     return stored == _crc32c.crc32c(block[:LOG_BLOCK_CHECKSUM]) or stored == LOG_NO_CHECKSUM_MAGIC
 
 

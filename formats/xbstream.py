@@ -83,12 +83,14 @@ def unpack_sparse_tail(buf: bytes) -> tuple[int, int, int, int]:
 
 def unpack_u64(buf: bytes) -> int:
     """A little-endian u64 (MariaDB seek offset)."""
-    return _U64.unpack(buf)[0]
+    value: int = _U64.unpack(buf)[0]
+    return value
 
 
 def unpack_u32(buf: bytes) -> int:
     """A little-endian u32 (MariaDB rename length)."""
-    return _U32.unpack(buf)[0]
+    value: int = _U32.unpack(buf)[0]
+    return value
 
 
 def build_payload_header(path: bytes, offset: int, payload: bytes | memoryview, crc: int | None = None) -> bytes:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import errno
 import os
-import re
-import signal
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,35 +40,25 @@ from innostream.connection import (
     RedoConsumer,
     ServerFacts,
     Session,
-    current_lsn,
-    encryption_plugin_config,
-    read_log_status,
-    read_server_facts,
     resolve_options,
-    supports_redo_consumer,
 )
 from innostream.copier import DEFAULT_CHUNK, FileCopier, SourceFile, Workers
-from innostream.errors import InnostreamError, Interrupted, SourceError, TargetError
+from innostream.datadir import (
+    SourceDirs,
+    enumerate_files,
+    find_source_dirs,
+    server_tablespaces,
+)
+from innostream.errors import FileExistsInTarget, InnostreamError, Interrupted, SourceError, TargetError
+from innostream.families import Family, family, read_server_facts
 from innostream.formats import xtrabackup_meta as meta
 from innostream.log import log
+from innostream.metadata import build_metadata
 from innostream.progress import Progress
-from innostream.sink import DirSink, Sink
+from innostream.signals import sigterm_raises
+from innostream.sink import Sink
+from innostream.target import TargetDir
 
-#: Extensions of non-InnoDB files copied from database directories (xtrabackup's backup_copy.cc list, plus .sdi
-#: for MySQL 8+). Everything else in a database directory is left out.
-NON_INNODB_EXTENSIONS = frozenset({
-    "frm", "MYD", "MYI", "MAD", "MAI", "MRG", "TRG", "TRN", "ARM", "ARZ", "CSM", "CSV", "opt", "par", "sdi",
-})
-#: Non-InnoDB table data that writers can change under BLOCK_DDL: on MySQL these need FLUSH TABLES WITH READ LOCK.
-NON_TRANSACTIONAL_DATA = frozenset({"MYD", "MYI", "MAD", "MAI", "ARZ", "ARM", "CSV", "CSM", "MRG"})
-#: Log tables are written by the server itself and never locked; copying them as they are is what both tools do.
-LOG_TABLES = ("general_log", "slow_log")
-#: Directories in the datadir that are not databases: InnoDB's own and the reference tools'.
-SKIP_DIRS = frozenset({"#innodb_temp", "#innodb_redo", "#file_purge", "lost+found", ".", ".."})
-#: MySQL/MariaDB undo tablespace names (undo_001 / undo001) and user-created MySQL undo files.
-UNDO_RE = re.compile(r"^(undo_?\d{3}|.+\.ibu)$")
-#: Aria's own log, needed to open Aria tables consistently.
-ARIA_RE = re.compile(r"^(aria_log_control|aria_log\.\d{8})$")
 #: The redo copy must reach the end LSN within this time after the end of the copy (seconds).
 REDO_STOP_TIMEOUT = 300.0
 
@@ -95,7 +83,7 @@ class BackupConfig:
     poll_interval: float = 0.1
     spool_redo: bool | None = None  # None: spool when streaming (see _RedoWriter)
     tmpdir: Path | None = None  # where the redo spool file goes (default: $TMPDIR or /tmp)
-    argv: tuple[str, ...] = ()
+    argv: tuple[str, ...] = ()  # the command line the CLI got, for xtrabackup_info's tool_command
 
 
 @dataclass
@@ -116,283 +104,24 @@ class BackupResult:
     metadata: dict[str, bytes] = field(default_factory=dict)
 
 
-# --- file enumeration ---------------------------------------------------------------------------------------------
-
-
-def parse_data_file_path(value: str) -> list[tuple[str, int | None]]:
-    """``ibdata1:12M;ibdata2:50M:autoextend`` -> [(name, fixed size in bytes or None for autoextend), ...].
-
-    Raises:
-        SourceError: raw devices (``newraw``/``raw``) or an unparsable value.
-    """
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    out = []
-    for item in filter(None, (part.strip() for part in value.split(";"))):
-        m = re.match(r"^(.+?):(\d+)([KMGTkmgt]?)(newraw|raw)?(?::autoextend(?::max:.*)?)?$", item)
-        if not m:
-            raise SourceError(f"cannot parse innodb_data_file_path entry {item!r}")
-        if m[4]:
-            raise SourceError(f"system tablespace on a raw device ({item}) is not supported")
-        size = int(m[2]) * units.get(m[3].upper(), 1) if m[3] else int(m[2]) * (1 << 20)
-        out.append((m[1], None if ":autoextend" in item else size))
-    if not out:
-        raise SourceError("innodb_data_file_path is empty")
-    return out
-
-
-def _member(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
-@dataclass
-class Inventory:
-    """The files of one backup, split by when they are copied."""
-
-    innodb: list[SourceFile] = field(default_factory=list)
-    other: list[SourceFile] = field(default_factory=list)  # copied under the commit block
-    skipped: list[Path] = field(default_factory=list)
-
-    @property
-    def needs_read_lock(self) -> bool:
-        """MySQL only: non-InnoDB tables whose data DML can change (MyISAM, CSV, ...) need FTWRL."""
-        for f in self.other:
-            ext = f.name.rsplit(".", 1)[-1]
-            table = f.name.rsplit("/", 1)[-1].split(".")[0]
-            if ext in NON_TRANSACTIONAL_DATA and not (f.name.startswith("mysql/") and table in LOG_TABLES):
-                return True
-        return False
-
-
-def _stat_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _server_tablespaces(session: Session, facts: ServerFacts) -> list[Path]:
-    """Paths of the tablespaces the server knows (to find ones outside the datadir)."""
-    if facts.flavor == "mysql":
-        rows = session.query("SELECT PATH FROM information_schema.INNODB_DATAFILES")
-    else:
-        rows = session.query("SELECT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES")
-    return [(facts.datadir / str(r[0])).resolve() for r in rows if r[0]]
-
-
-def enumerate_files(facts: ServerFacts, datadir: Path, data_home: Path, undo_dir: Path,
-                    server_paths: Sequence[Path] = ()) -> Inventory:
-    """Find what to copy, as PXB and mariadb-backup do.
-
-    Copied: the system tablespace files of ``innodb_data_file_path``, undo tablespaces, ``mysql.ibd``,
-    ``<db>/*.ibd``; non-InnoDB files of database directories by extension (:data:`NON_INNODB_EXTENSIONS`) and
-    Aria's logs. Skipped: the live redo (copied by the log thread instead), ``ibtmp1``, ``#innodb_temp``, MySQL
-    doublewrite files (prepare does not use them), binary and relay logs, pid/socket files, ``auto.cnf``, keys
-    and certificates, ``ib_buffer_pool`` and anything else the server re-creates.
-
-    Raises:
-        SourceError: a tablespace lives outside the data directories (DATA DIRECTORY=..., .isl files), which
-            this version cannot restore to the right place.
-    """
-    inv = Inventory()
-    seen: set[Path] = set()
-
-    def add(path: Path, name: str, kind: str, **kw: Any) -> None:
-        real = path.resolve()
-        if real in seen:
-            return
-        seen.add(real)
-        (inv.innodb if kind == "innodb" else inv.other).append(
-            SourceFile(path=path, name=name, kind=kind, size=_stat_size(path), **kw))
-
-    # System tablespace: later files continue the page numbering of the first.
-    first_page = 0
-    page_size = int(facts.var("innodb_page_size", "16384") or 16384)
-    for name, fixed in parse_data_file_path(facts.var("innodb_data_file_path", "ibdata1:12M:autoextend")):
-        path = Path(name) if Path(name).is_absolute() else data_home / name
-        if not path.is_file():
-            raise SourceError("system tablespace file not found", file=str(path),
-                              hint="check --innodb-data-home-dir")
-        add(path, path.name, "innodb", first_page_no=first_page, system=True)
-        first_page += (fixed if fixed is not None else _stat_size(path)) // page_size
-
-    # Undo tablespaces (MySQL undo_NNN and *.ibu; MariaDB undoNNN), placed at the backup root like the tools do.
-    for d in dict.fromkeys([undo_dir, datadir]):
-        if d.is_dir():
-            for child in sorted(d.iterdir()):
-                if UNDO_RE.match(child.name) and child.is_file():
-                    add(child, child.name, "innodb")
-
-    # MariaDB remote tablespaces are .isl link files; refuse them clearly rather than copy a dangling link.
-    for dbdir in sorted(p for p in datadir.iterdir() if p.is_dir() and p.name not in SKIP_DIRS):
-        for child in sorted(dbdir.iterdir()):
-            if child.suffix == ".isl":
-                raise SourceError(
-                    "table with DATA DIRECTORY (a .isl link file) is not supported by this version",
-                    file=str(child), hint="move the table into the datadir (ALTER TABLE ... ) or use mariadb-backup")
-
-    if (datadir / "mysql.ibd").is_file():
-        add(datadir / "mysql.ibd", "mysql.ibd", "innodb")
-    for child in sorted(datadir.iterdir()):
-        if ARIA_RE.match(child.name) and child.is_file():
-            add(child, child.name, "other")
-    for dbdir in sorted(p for p in datadir.iterdir() if p.is_dir() and p.name not in SKIP_DIRS):
-        for child in sorted(dbdir.iterdir()):
-            if not child.is_file():
-                continue
-            name = f"{dbdir.name}/{child.name}"
-            ext = child.name.rsplit(".", 1)[-1] if "." in child.name else ""
-            if ext == "ibd":
-                add(child, name, "innodb")
-            elif ext in NON_INNODB_EXTENSIONS:
-                add(child, name, "other")
-            else:
-                inv.skipped.append(child)
-
-    roots = [datadir.resolve(), data_home.resolve(), undo_dir.resolve()]
-    for path in server_paths:
-        if path.resolve() in seen or path.name in ("ibtmp1",) or path.suffix == ".ibt":
-            continue
-        if not any(path.is_relative_to(r) for r in roots):
-            raise SourceError("tablespace outside the data directory (DATA DIRECTORY=...) is not supported by this "
-                              "version", file=str(path), hint="move the table into the datadir first")
-        if path.suffix in (".ibd", ".ibu") and path.exists():
-            # Known to the server but not found by the scan (for example in a nested directory): refuse rather
-            # than produce a backup without it.
-            raise SourceError("tablespace in an unexpected place", file=str(path))
-    # Largest first keeps all threads busy until the end.
-    inv.innodb.sort(key=lambda f: f.size, reverse=True)
-    return inv
-
-
-# --- metadata -----------------------------------------------------------------------------------------------------
-
-
-def _strip_data_file_path(value: str) -> str:
-    return ";".join(
-        Path(part.split(":", 1)[0]).name + ":" + part.split(":", 1)[1] if ":" in part else part
-        for part in value.split(";") if part)
-
-
-#: MySQL 8.0.30+ splits innodb_redo_log_capacity over this many #ib_redoN files (log0constants.h).
-LOG_N_FILES = 32
-
-
-def backup_my_cnf(facts: ServerFacts, undo_files: int = 0, plugin_config: Sequence[str] = ()) -> bytes:
-    """``backup-my.cnf``: the InnoDB settings prepare must start with (innodb-formats.md 6.2 / 6.4).
-
-    MySQL 9 has neither ``innodb_log_file_size`` nor ``innodb_undo_tablespaces``; we write what is true of the
-    files instead: the size of one ``#ib_redoN`` file and the number of undo tablespaces copied.
-    """
-    v = facts.var
-    log_file_size = v("innodb_log_file_size")
-    if not log_file_size and v("innodb_redo_log_capacity"):
-        log_file_size = str(int(v("innodb_redo_log_capacity")) // LOG_N_FILES)
-    common = {
-        "innodb_checksum_algorithm": v("innodb_checksum_algorithm", "crc32"),
-        "innodb_data_file_path": _strip_data_file_path(v("innodb_data_file_path", "ibdata1:12M:autoextend")),
-        "innodb_log_file_size": log_file_size or "0",
-        "innodb_page_size": v("innodb_page_size", "16384"),
-        # Undo tablespaces are copied to the backup root.
-        "innodb_undo_directory": "./",
-        "innodb_undo_tablespaces": v("innodb_undo_tablespaces") or str(undo_files),
-    }
-    if facts.flavor == "mariadb":
-        options: dict[str, object] = dict(common, innodb_compression_level=v("innodb_compression_level", "6"))
-        if v("innodb_buffer_pool_filename"):
-            options["innodb_buffer_pool_filename"] = v("innodb_buffer_pool_filename")
-        return meta.build_backup_my_cnf(options, "mariadb", plugin_config=plugin_config)
-
-    def onoff(name: str) -> str:
-        return "ON" if v(name, "OFF").upper() in ("ON", "1") else "OFF"
-
-    options = dict(
-        common,
-        innodb_log_checksums=onoff("innodb_log_checksums"),
-        server_id=v("server_id", "0"),
-        innodb_redo_log_encrypt=onoff("innodb_redo_log_encrypt"),
-        innodb_undo_log_encrypt=onoff("innodb_undo_log_encrypt"),
-    )
-    if v("server_uuid"):
-        options["server_uuid"] = v("server_uuid")
-    if v("innodb_redo_log_capacity"):
-        options["innodb_redo_log_capacity"] = v("innodb_redo_log_capacity")
-    return meta.build_backup_my_cnf(options, "mysql")
-
-
-def build_metadata(facts: ServerFacts, result: BackupResult, status: LogStatus, *, started: datetime,
-                   ended: datetime, argv: Sequence[str], stream_format: str | None, compressed: bool,
-                   server_uuid: str, undo_files: int = 0, plugin_config: Sequence[str] = ()) -> dict[str, bytes]:
-    """The metadata files, in the order they are written (checkpoints last: the commit point)."""
-    flavor = facts.flavor
-    files: dict[str, bytes] = {}
-    binlog_pos = ""
-    if result.binlog is not None:
-        files[meta.XTRABACKUP_BINLOG_INFO] = meta.build_binlog_info(result.binlog, flavor)
-        binlog_pos = meta.format_binlog_pos(result.binlog.filename, result.binlog.position, result.binlog.gtid)
-    files[meta.BACKUP_MY_CNF] = backup_my_cnf(facts, undo_files, plugin_config)
-    info: dict[str, object] = {
-        "uuid": server_uuid,
-        "name": "",
-        "tool_name": "innostream",
-        "tool_command": meta.tool_command(argv),
-        "tool_version": __version__,
-        "ibbackup_version": __version__,
-        "server_version": facts.version,
-        "start_time": started.strftime(meta.INFO_TIME_FORMAT),
-        "end_time": ended.strftime(meta.INFO_TIME_FORMAT),
-        "lock_time": round(result.lock_seconds),
-        "binlog_pos": binlog_pos,
-        "innodb_from_lsn": 0,
-        "innodb_to_lsn": result.to_lsn,
-        "partial": "N",
-        "incremental": "N",
-        "format": "file" if stream_format is None else ("xbstream" if stream_format == "xbstream" else "innostream"),
-        "compressed": "compressed" if compressed and stream_format is not None else "N",
-    }
-    if flavor == "mysql":
-        info["encrypted"] = "N"
-    files[meta.XTRABACKUP_INFO] = meta.build_info(info, flavor)
-    checkpoints = meta.Checkpoints(
-        backup_type=meta.BACKUP_TYPE_FULL,
-        from_lsn=0,
-        to_lsn=result.to_lsn,
-        last_lsn=result.end_lsn,
-        flushed_lsn=status.flushed_lsn if flavor == "mysql" else 0,
-    )
-    files[meta.XTRABACKUP_CHECKPOINTS] = meta.build_checkpoints(checkpoints, flavor)
-    return files
-
-
 # --- the engine ---------------------------------------------------------------------------------------------------
 
 
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return Path(a).samefile(b)
-    except OSError:
-        return False
+def _file_exists(path: Path) -> FileExistsInTarget:
+    """A file already in ``--target-dir``, in the wording of xtrabackup (which never overwrites either)."""
+    return FileExistsInTarget(f"[Errno {errno.EEXIST}] File exists", file=str(path),
+                              hint="innostream never overwrites; use an empty or new --target-dir")
 
 
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM ends the backup like Ctrl-C does (only the main thread can install handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted("terminated by SIGTERM; the backup is incomplete and was discarded")
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+def backup_target(target_dir: Path | str) -> TargetDir:
+    """The ``--target-dir`` writer: every file and directory fsync'ed ("completed OK" means the backup is on disk),
+    an existing file refused in xtrabackup's words."""
+    return TargetDir(target_dir, fsync=True, exists_error=_file_exists)
 
 
-def _open_sink(config: BackupConfig, out: BinaryIO | None, meta_info: dict) -> Sink:
+def _open_sink(config: BackupConfig, out: BinaryIO | None, meta_info: dict[str, Any]) -> Sink:
     if config.target_dir is not None:
-        return DirSink(config.target_dir)
+        return backup_target(config.target_dir)
     if out is None:
         raise TargetError("no --target-dir and no output stream")
     if config.stream_format == "xbstream":
@@ -466,11 +195,6 @@ class _RedoWriter:
             self.spool = None
 
 
-def redo_copy_name(flavor: str) -> str:
-    """mariadb-backup names the redo copy ``ib_logfile0``, xtrabackup ``xtrabackup_logfile``."""
-    return "ib_logfile0" if flavor == "mariadb" else "xtrabackup_logfile"
-
-
 class Backup:
     """One backup run. Use :func:`run_backup`; the class keeps the cleanup state in one place."""
 
@@ -482,6 +206,7 @@ class Backup:
         self.cancel = threading.Event()
         self.result = BackupResult()
         self.session: Session | None = None
+        self.family: Family | None = None
         self.locks: BackupLocks | None = None
         self.consumer: RedoConsumer | None = None
         self.redo: Any = None
@@ -494,32 +219,10 @@ class Backup:
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
-    def _paths(self, facts: ServerFacts) -> tuple[Path, Path, Path, Path]:
+    def _paths(self, facts: ServerFacts) -> SourceDirs:
         cfg = self.config
-        datadir = facts.datadir
-        if cfg.datadir is not None:
-            if not Path(cfg.datadir).is_dir():
-                raise SourceError("--datadir is not a directory", file=str(cfg.datadir))
-            if not _same_dir(cfg.datadir, facts.datadir):
-                raise SourceError(f"--datadir {cfg.datadir} is not the server's datadir {facts.datadir}",
-                                  hint="connect to the server that owns this data directory")
-            datadir = Path(cfg.datadir).resolve()
-        home = Path(cfg.data_home_dir).resolve() if cfg.data_home_dir else facts.data_home_dir
-        logd = Path(cfg.log_dir).resolve() if cfg.log_dir else facts.log_dir
-        undo = Path(cfg.undo_dir).resolve() if cfg.undo_dir else facts.undo_dir
-        for label, p in (("innodb data home", home), ("redo log", logd), ("undo", undo)):
-            if not p.is_dir():
-                raise SourceError(f"{label} directory not found", file=str(p))
-        if cfg.target_dir is not None:
-            target = Path(cfg.target_dir).absolute().resolve()
-            for d in (datadir, home, logd, undo):
-                if target == d or target.is_relative_to(d):
-                    raise TargetError("the target directory is inside the server's directories", file=str(target),
-                                      hint="back up to a directory outside the datadir, InnoDB and log directories")
-        if not os.access(datadir, os.R_OK | os.X_OK):
-            raise SourceError("cannot read the data directory", file=str(datadir),
-                              hint="run innostream as the mysql user or root")
-        return datadir, home, logd, undo
+        return find_source_dirs(facts, datadir=cfg.datadir, data_home_dir=cfg.data_home_dir, log_dir=cfg.log_dir,
+                                undo_dir=cfg.undo_dir, target_dir=cfg.target_dir)
 
     def _tick(self) -> None:
         """Once per wait-loop turn on the main thread: redo progress line and live status."""
@@ -531,16 +234,17 @@ class Backup:
             self._last_scanned = scanned
             self.on_event("scanned", scanned)
         now = time.monotonic()
-        if self.progress is not None and self.session is not None and now - self._last_lsn_poll >= 1.0:
+        if (self.progress is not None and self.session is not None and self.family is not None
+                and now - self._last_lsn_poll >= 1.0):
             self._last_lsn_poll = now
             try:
-                self.progress.set_redo(scanned, current_lsn(self.session, self.result.flavor))
+                self.progress.set_redo(scanned, self.family.current_lsn(self.session))
             except SourceError as exc:
                 log.debug("LSN poll failed: %s", exc)
         if self.progress is not None:
             self.progress.render()
 
-    def _wait(self, futures: list[cf.Future]) -> None:
+    def _wait(self, futures: list[cf.Future[int]]) -> None:
         """Wait for copy jobs while rendering progress; the first failure cancels the rest."""
         pending = set(futures)
         while pending:
@@ -575,6 +279,7 @@ class Backup:
         self.session = Session(args, "main")
         facts = read_server_facts(self.session)
         flavor = facts.flavor
+        fam = self.family = family(flavor)
         self.result.flavor, self.result.server_version = flavor, facts.version
         log.info("Using server version %s (%s)", facts.version, flavor)
         datadir, home, logd, undo = self._paths(facts)
@@ -582,17 +287,17 @@ class Backup:
             raise TargetError("refusing to write the binary stream to a terminal",
                               hint="pipe it (| innostream extract -C DIR) or redirect it to a file")
         server_uuid = str(self.session.value("SELECT UUID()"))
-        plugin_config = encryption_plugin_config(self.session) if flavor == "mariadb" else []
+        plugin_config = fam.encryption_plugin_config(self.session)
         binlog_on = facts.var("log_bin", "0").upper() in ("1", "ON")
 
         if not cfg.lock:
             log.warning("--no-lock: DDL is not blocked; a table created, dropped, renamed or rebuilt during the "
                         "backup makes it inconsistent, and non-InnoDB tables and the binlog position are not "
                         "consistent with the data")
-        self.locks = BackupLocks(self.session, flavor, enabled=cfg.lock)
+        self.locks = fam.backup_locks(self.session, enabled=cfg.lock)
         # Locks before the inventory: the list of files cannot change once DDL is blocked.
         self.locks.lock_ddl()
-        inventory = enumerate_files(facts, datadir, home, undo, _server_tablespaces(self.session, facts))
+        inventory = enumerate_files(facts, datadir, home, undo, server_tablespaces(self.session, facts))
         total = sum(f.size for f in inventory.innodb)
         log.info("Found %d InnoDB files (%s bytes) and %d other files", len(inventory.innodb), total,
                  len(inventory.other))
@@ -608,18 +313,14 @@ class Backup:
                             chunk_size=cfg.chunk_size, streaming=cfg.target_dir is None, target_label=label)
 
         # Redo: consumer first (its start point is the checkpoint at registration), then the copier thread.
-        if supports_redo_consumer(facts):
+        if fam.supports_redo_consumer(facts):
             self.consumer = RedoConsumer(args)
-        from innostream.redo_copier import open_redo_copier
-
         spool = cfg.spool_redo if cfg.spool_redo is not None else cfg.target_dir is None
-        redo_writer = _RedoWriter(self.sink, redo_copy_name(flavor),
+        redo_writer = _RedoWriter(self.sink, fam.redo_copy_name,
                                   Path(cfg.tmpdir or tempfile.gettempdir()) if spool else None)
         self.redo_writer = redo_writer
-        self.redo = open_redo_copier(flavor, logd, redo_writer, poll_interval=cfg.poll_interval,
-                                     advance=self.consumer.advance if self.consumer else None)
-        if getattr(self.redo, "copy_file_name", redo_writer.name) != redo_writer.name:
-            redo_writer.name = self.redo.copy_file_name
+        self.redo = fam.open_redo_copier(logd, redo_writer, poll_interval=cfg.poll_interval,
+                                         advance=self.consumer.advance if self.consumer else None)
         self.redo.start()
         self.result.start_lsn = int(self.redo.start_lsn)
         log.info("Log copying started at checkpoint LSN %d", self.result.start_lsn)
@@ -630,9 +331,9 @@ class Backup:
         # The end: everything that must be consistent with one LSN happens under the commit block.
         self.progress.add_total(sum(f.size for f in inventory.other), len(inventory.other))
         lock_started = time.monotonic()
-        with self.locks.block_commits(need_read_lock=inventory.needs_read_lock or flavor == "mysql"):
+        with self.locks.block_commits(need_read_lock=inventory.needs_read_lock or fam.read_lock_blocks_commits):
             self._copy_all(inventory.other)
-            status = read_log_status(self.session, flavor, binlog=binlog_on)
+            status = fam.read_log_status(self.session, binlog=binlog_on)
             # The log copier reads the redo file; make sure it holds everything up to this LSN.
             self.session.execute("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
             log.info("Server LSN at the end of the copy: %d; waiting for the log copy to reach it", status.lsn)
@@ -661,11 +362,12 @@ class Backup:
         log.info(self.progress.summary())
 
         # Metadata last; xtrabackup_checkpoints last of all: a target without it is not a backup.
-        files = build_metadata(facts, res, status, started=started, ended=datetime.now(), argv=cfg.argv,
+        files = build_metadata(facts, my_cnf=fam.backup_my_cnf(facts, inventory.undo_files, plugin_config),
+                               to_lsn=res.to_lsn, last_lsn=res.end_lsn, flushed_lsn=status.flushed_lsn,
+                               binlog=res.binlog, lock_seconds=res.lock_seconds, started=started,
+                               ended=datetime.now(), argv=cfg.argv,
                                stream_format=None if cfg.target_dir is not None else cfg.stream_format,
-                               compressed=cfg.compress, server_uuid=server_uuid,
-                               undo_files=sum(1 for f in inventory.innodb if UNDO_RE.match(f.name)),
-                               plugin_config=plugin_config)
+                               compressed=cfg.compress, server_uuid=server_uuid)
         for name, data in files.items():
             log.info("Writing %s", name)
             self.sink.add_bytes(name, data)
@@ -678,23 +380,24 @@ class Backup:
 
     def _stop_redo(self, lsn: int) -> int:
         """Stop the log copier at or past ``lsn`` while keeping Ctrl-C responsive."""
-        result: dict[str, Any] = {}
+        ends: list[int] = []
+        errors: list[BaseException] = []
 
         def stop() -> None:
             try:
-                result["end"] = int(self.redo.stop(lsn, timeout=REDO_STOP_TIMEOUT))
+                ends.append(int(self.redo.stop(lsn, timeout=REDO_STOP_TIMEOUT)))
             except BaseException as exc:  # re-raised on the main thread
-                result["error"] = exc
+                errors.append(exc)
 
         t = threading.Thread(target=stop, name="redo-stop", daemon=True)
         t.start()
         while t.is_alive():
             t.join(timeout=0.25)
             self._tick()
-        if "error" in result:
-            raise result["error"]
+        if errors:
+            raise errors[0]
         self._tick()
-        return result["end"]
+        return ends[0]
 
     def _latest_checkpoint(self, status: LogStatus) -> int:
         """to_lsn: the server's latest checkpoint, read from the redo file like the reference tools do."""
@@ -742,7 +445,8 @@ def run_backup(config: BackupConfig, out: BinaryIO | None = None, *,
     """
     backup = Backup(config, out, on_event=on_event)
     try:
-        with _sigterm_raises():
+        with sigterm_raises(lambda: Interrupted("terminated by SIGTERM; the backup is incomplete and was "
+                                                "discarded")):
             try:
                 result = backup.run()
             except KeyboardInterrupt:
@@ -754,8 +458,3 @@ def run_backup(config: BackupConfig, out: BinaryIO | None = None, *,
         backup.cleanup()
     log.info("completed OK!")
     return result
-
-
-def main_argv() -> tuple[str, ...]:
-    """The command line for ``tool_command`` (masked when written)."""
-    return tuple(sys.argv[1:])

@@ -1,26 +1,19 @@
-"""Talking to the server being backed up: connection options, server facts, locks, LSNs, binlog position.
+"""Talking to the server being backed up: connection options, sessions, server facts, the lock protocol and the
+redo log consumer. What differs between MySQL and MariaDB (lock statements, LSN queries, version checks) lives in
+:mod:`innostream.families`, which builds on this module.
 
 Connection options behave like the MySQL/MariaDB clients': ``--defaults-file`` replaces the default option files;
 the ``[client]`` (MariaDB also ``[client-server]``, ``[client-mariadb]``) and ``[innostream]`` groups are read from
 ``/etc/my.cnf``, ``/etc/mysql/my.cnf`` and ``~/.my.cnf``; command-line options win. Without host or socket the
 client default socket is used.
-
-Locks, per flavour (what mariadb-backup and Percona XtraBackup 8 do, simplest correct form):
-
-* MariaDB: ``BACKUP STAGE START`` + ``BACKUP STAGE BLOCK_DDL`` for the whole copy, so DDL waits and every file we
-  copy keeps its name and identity; ``BACKUP STAGE BLOCK_COMMIT`` briefly at the end for the non-InnoDB files, the
-  binlog position and the final LSN; ``BACKUP STAGE END``.
-* MySQL: ``LOCK INSTANCE FOR BACKUP`` for the whole copy (blocks DDL, not DML); ``FLUSH TABLES WITH READ LOCK``
-  briefly at the end when non-InnoDB tables exist; ``performance_schema.log_status`` gives binlog position, GTIDs
-  and LSNs in one consistent read.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -29,6 +22,7 @@ from typing import Any
 
 import pymysql
 from innostream.errors import SourceError
+from innostream.flavor import Flavor
 from innostream.log import log
 
 #: Option files the clients read when no --defaults-file is given, in order (later ones win).
@@ -37,14 +31,10 @@ DEFAULT_OPTION_FILES = ("/etc/my.cnf", "/etc/mysql/my.cnf", "~/.my.cnf")
 OPTION_GROUPS = ("client", "client-server", "client-mariadb", "innostream")
 #: Where the clients look when neither host nor socket is given (Debian's and the upstream default).
 DEFAULT_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
-#: Oldest servers whose redo format we copy.
-MIN_VERSION = {"mysql": (8, 0, 30), "mariadb": (10, 8, 0)}
 #: How long lock statements may wait before the backup fails instead of hanging (seconds).
 LOCK_WAIT_TIMEOUT = 300
 #: wait_timeout of our sessions: the largest value both servers accept (one year).
 SESSION_WAIT_TIMEOUT = 31536000
-#: How long FLUSH TABLES WITH READ LOCK may wait for running statements; meanwhile all writes queue behind it.
-FTWRL_WAIT_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -192,7 +182,7 @@ class Session:
         # must not close it (its locks or registration would silently go away).
         self.execute(f"SET SESSION wait_timeout = {SESSION_WAIT_TIMEOUT}")
 
-    def query(self, sql: str, params: Any = None) -> list[tuple]:
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 with self.conn.cursor() as cur:
@@ -221,7 +211,7 @@ class Session:
         stays queued. ``KILL CONNECTION`` ends it now, and with it every lock and registration it holds.
         """
         try:
-            thread_id = self.conn.thread_id()
+            thread_id = self.conn.thread_id()  # type: ignore[no-untyped-call]  # pymysql stub leaves it untyped
         except Exception:  # never connected
             return
         self.close()
@@ -251,7 +241,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
 class ServerFacts:
     """What the backup needs to know about the server, read once at the start."""
 
-    flavor: str  # "mysql" | "mariadb"
+    flavor: Flavor
     version: str  # SELECT VERSION()
     version_tuple: tuple[int, int, int]
     datadir: Path
@@ -276,18 +266,13 @@ _VARIABLES = (
 )
 
 
-def read_server_facts(session: Session) -> ServerFacts:
+def query_server_facts(session: Session) -> ServerFacts:
     """Read version and paths; relative InnoDB paths are relative to the datadir, as in the server.
 
-    Raises:
-        SourceError: the server is too old for the redo formats we copy, or is not InnoDB-capable.
+    Only what every family has: :func:`innostream.families.read_server_facts` adds the family's checks.
     """
     version = str(session.value("SELECT VERSION()"))
-    flavor = "mariadb" if "mariadb" in version.lower() else "mysql"
     vt = parse_version(version)
-    if vt < MIN_VERSION[flavor]:
-        want = ".".join(map(str, MIN_VERSION[flavor]))
-        raise SourceError(f"{flavor} {version} is not supported; innostream needs {flavor} {want} or newer")
     placeholders = ",".join(["%s"] * len(_VARIABLES))
     rows = session.query(f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({placeholders})", _VARIABLES)
     variables = {str(k).lower(): ("" if v is None else str(v)) for k, v in rows}
@@ -296,13 +281,8 @@ def read_server_facts(session: Session) -> ServerFacts:
     def under_datadir(value: str | None) -> Path:
         return (datadir / value).resolve() if value else datadir.resolve()
 
-    if flavor == "mysql":
-        rows = session.query("SHOW GLOBAL STATUS LIKE 'Innodb_redo_log_enabled'")
-        if rows and str(rows[0][1]).upper() == "OFF":
-            raise SourceError("redo logging is disabled (ALTER INSTANCE DISABLE INNODB REDO_LOG): a hot backup "
-                              "cannot be made consistent", hint="ALTER INSTANCE ENABLE INNODB REDO_LOG first")
     return ServerFacts(
-        flavor=flavor,
+        flavor=Flavor.of_version(version),
         version=version,
         version_tuple=vt,
         datadir=datadir.resolve(),
@@ -311,28 +291,6 @@ def read_server_facts(session: Session) -> ServerFacts:
         undo_dir=under_datadir(variables.get("innodb_undo_directory")),
         variables=variables,
     )
-
-
-def encryption_plugin_config(session: Session) -> list[str]:
-    """MariaDB: the ``backup-my.cnf`` lines that let prepare load the server's key management plugin.
-
-    Like mariadb-backup (encryption_plugin.cc): ``plugin_load=name=library`` (suffix dropped), ``plugin_dir``,
-    every ``<name>_*`` variable, and ``innodb_encrypt_log``. Empty when no encryption plugin is active.
-    """
-    rows = session.query("SELECT PLUGIN_NAME, PLUGIN_LIBRARY, @@plugin_dir FROM information_schema.PLUGINS "
-                         "WHERE PLUGIN_TYPE = 'ENCRYPTION' AND PLUGIN_STATUS = 'ACTIVE'")
-    if not rows:
-        return []
-    name, library, plugin_dir = (str(v) if v is not None else "" for v in rows[0])
-    load = name
-    if library:
-        load += "=" + re.sub(r"\.(so|dll)$", "", library)
-    lines = [f"plugin_load={load}", f'plugin_dir="{plugin_dir}"']
-    like = name.replace("_", "\\_") + "\\_%"
-    lines += [f"{k}={v}" for k, v in session.query("SHOW GLOBAL VARIABLES LIKE %s", (like,))]
-    encrypt_log = session.value("SELECT @@innodb_encrypt_log")
-    lines.append(f"innodb_encrypt_log={encrypt_log}")
-    return lines
 
 
 # --- LSNs and binlog ----------------------------------------------------------------------------------------------
@@ -350,67 +308,23 @@ class LogStatus:
     gtid: str = ""
 
 
-def current_lsn(session: Session, flavor: str) -> int:
-    """The server's current LSN (for the redo-lag display and the end of the copy)."""
-    if flavor == "mysql":
-        return int(session.query("SHOW GLOBAL STATUS LIKE 'Innodb_redo_log_current_lsn'")[0][1])
-    return int(session.query("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")[0][1])
-
-
-def read_log_status(session: Session, flavor: str, *, binlog: bool) -> LogStatus:
-    """LSN, checkpoint and binlog coordinates; MySQL reads them consistently from ``log_status``.
-
-    On MariaDB call this under ``BACKUP STAGE BLOCK_COMMIT`` so the binlog position and the LSN belong together.
-    """
-    if flavor == "mysql":
-        rows = session.query("SELECT LOCAL, STORAGE_ENGINES FROM performance_schema.log_status")
-        local = json.loads(rows[0][0])
-        engines = json.loads(rows[0][1])
-        innodb = engines.get("InnoDB", {})
-        flushed = dict(session.query("SHOW GLOBAL STATUS LIKE 'Innodb_redo_log_flushed_to_disk_lsn'"))
-        return LogStatus(
-            lsn=int(innodb["LSN"]),
-            checkpoint_lsn=int(innodb["LSN_checkpoint"]),
-            flushed_lsn=int(flushed.get("Innodb_redo_log_flushed_to_disk_lsn", 0)),
-            binlog_file=local.get("binary_log_file", "") if binlog else "",
-            binlog_pos=int(local.get("binary_log_position", 0)) if binlog else 0,
-            gtid=local.get("gtid_executed", "").replace("\n", "") if binlog else "",
-        )
-    status = dict(session.query("SHOW GLOBAL STATUS WHERE Variable_name IN "
-                                "('Innodb_lsn_current', 'Innodb_lsn_flushed', 'Innodb_lsn_last_checkpoint')"))
-    binlog_file, binlog_pos, gtid = "", 0, ""
-    if binlog:
-        rows = session.query("SHOW MASTER STATUS")
-        if rows:
-            binlog_file, binlog_pos = str(rows[0][0]), int(rows[0][1])
-            gtid = str(session.value("SELECT @@GLOBAL.gtid_binlog_pos") or "")
-    return LogStatus(
-        lsn=int(status["Innodb_lsn_current"]),
-        checkpoint_lsn=int(status["Innodb_lsn_last_checkpoint"]),
-        flushed_lsn=int(status.get("Innodb_lsn_flushed", 0)),
-        binlog_file=binlog_file,
-        binlog_pos=binlog_pos,
-        gtid=gtid,
-    )
-
-
 # --- locks --------------------------------------------------------------------------------------------------------
 
 
-class BackupLocks:
+class BackupLocks(ABC):
     """The DDL lock held for the whole copy and the short commit block at the end, released on any exit.
 
-    ``release()`` is idempotent and safe after errors; closing the connection would release the locks too, so a
-    crash of this process never leaves the server locked.
+    The statements are the family's (one subclass each in :mod:`innostream.families`); this class keeps the state
+    and the order. ``release()`` is idempotent and safe after errors; closing the connection would release the
+    locks too, so a crash of this process never leaves the server locked.
     """
 
-    def __init__(self, session: Session, flavor: str, *, enabled: bool = True) -> None:
+    def __init__(self, session: Session, *, enabled: bool = True) -> None:
         self.session = session
-        self.flavor = flavor
         self.enabled = enabled
         self.ddl_locked = False
-        self.commit_blocked = False
         self.read_locked = False
+        #: Whether the last :meth:`block_commits` really stopped commits (it may not, see the family's docs).
         self.commits_blocked = False
 
     def lock_ddl(self) -> None:
@@ -418,57 +332,18 @@ class BackupLocks:
         if not self.enabled:
             return
         self.session.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT}")
-        if self.flavor == "mariadb":
-            log.info("Starting BACKUP STAGE START")
-            self.session.execute("BACKUP STAGE START")
-            self.ddl_locked = True
-            self.session.execute("BACKUP STAGE BLOCK_DDL")
-            log.info("Acquired BACKUP STAGE BLOCK_DDL: DDL waits until the backup ends")
-        else:
-            self.session.execute("LOCK INSTANCE FOR BACKUP")
-            self.ddl_locked = True
-            log.info("Executed LOCK INSTANCE FOR BACKUP: DDL waits until the backup ends")
+        self._lock_ddl()
 
     @contextmanager
     def block_commits(self, *, need_read_lock: bool) -> Iterator[None]:
         """Briefly stop commits (and writes to non-InnoDB tables) while the end of the backup is taken.
 
-        MariaDB: ``BACKUP STAGE BLOCK_COMMIT``, made for exactly this. MySQL: ``FLUSH TABLES WITH READ LOCK``. On
-        MySQL a DDL statement waiting for our instance lock holds the global intention lock that FTWRL needs, and
-        the server resolves that cycle by failing the DDL (ER_LOCK_DEADLOCK). So when DDL is waiting, or FTWRL
-        cannot get its lock within :data:`FTWRL_WAIT_TIMEOUT`, we do not block commits: the binlog position and
-        LSN still come from one consistent ``log_status`` read, but the redo copy may hold a few transactions
-        committed after it, and non-InnoDB tables may change while copied. That is said in a warning, and
-        :attr:`commits_blocked` tells the caller.
+        ``need_read_lock``: non-InnoDB tables that DML can change are copied, so a family without a commit-only
+        block takes ``FLUSH TABLES WITH READ LOCK``.
         """
         self.commits_blocked = False
-        if not self.enabled:
-            yield
-            return
-        if self.flavor == "mariadb":
-            self.session.execute("BACKUP STAGE BLOCK_COMMIT")
-            self.commit_blocked = self.commits_blocked = True
-            log.info("Acquired BACKUP STAGE BLOCK_COMMIT")
-        elif need_read_lock:
-            waiting = self.session.value(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE = 'Waiting for backup lock'")
-            if waiting:
-                log.warning("%s DDL statement(s) wait for the backup lock; not taking FLUSH TABLES WITH READ LOCK "
-                            "(it would make them fail). The binlog position may precede transactions committed "
-                            "during the last moments of the redo copy, and non-InnoDB tables may be inconsistent",
-                            waiting)
-            else:
-                try:
-                    self.session.execute(f"SET SESSION lock_wait_timeout = {FTWRL_WAIT_TIMEOUT}")
-                    self.session.execute("FLUSH TABLES WITH READ LOCK")
-                except SourceError as exc:
-                    log.warning("FLUSH TABLES WITH READ LOCK failed (%s); continuing without blocking commits: the "
-                                "binlog position may precede the last transactions in the redo copy", exc.message)
-                else:
-                    self.read_locked = self.commits_blocked = True
-                    log.info("Executed FLUSH TABLES WITH READ LOCK")
-                finally:
-                    self.session.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT}")
+        if self.enabled:
+            self._block_commits(need_read_lock)
         yield
 
     def release(self) -> None:
@@ -479,17 +354,23 @@ class BackupLocks:
                 self.read_locked = False
                 log.info("All tables unlocked")
             if self.ddl_locked:
-                if self.flavor == "mariadb":
-                    self.session.execute("BACKUP STAGE END")
-                    log.info("Executed BACKUP STAGE END")
-                else:
-                    self.session.execute("UNLOCK INSTANCE")
-                    log.info("Executed UNLOCK INSTANCE")
+                self._unlock_ddl()
                 self.ddl_locked = False
-                self.commit_blocked = False
         except Exception as exc:  # cleaning up; ending the session releases them too
             log.warning("releasing backup locks failed (%s); ending the session to release them", exc)
             self.session.kill()
+
+    @abstractmethod
+    def _lock_ddl(self) -> None:
+        """Take the DDL lock and set ``ddl_locked`` once the server holds anything to release."""
+
+    @abstractmethod
+    def _block_commits(self, need_read_lock: bool) -> None:
+        """Stop commits; set ``commits_blocked`` (and ``read_locked`` for FLUSH TABLES WITH READ LOCK)."""
+
+    @abstractmethod
+    def _unlock_ddl(self) -> None:
+        """End what :meth:`_lock_ddl` took."""
 
 
 class RedoConsumer:
@@ -533,8 +414,3 @@ class RedoConsumer:
                 self.session.kill()
             self.registered = False
         self.session.close()
-
-
-def supports_redo_consumer(facts: ServerFacts) -> bool:
-    """The consumer UDFs exist on MySQL 8.0.30+ (never on MariaDB, whose log has no such interface)."""
-    return facts.flavor == "mysql" and facts.version_tuple >= (8, 0, 30)

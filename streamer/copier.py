@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from innostream.errors import Interrupted, SourceError
+from innostream.flavor import Flavor
 from innostream.formats.errors import Corrupt, FormatError
+from innostream.formats.fil0fil import BE64, FIL_PAGE_LSN, UNIV_PAGE_SIZE_MAX
 from innostream.formats.fsp0fsp import SpaceInfo, space_info
 from innostream.log import log
 
@@ -38,10 +39,6 @@ DEFAULT_CHUNK = 4 << 20
 #: Re-reads of a page that fails validation before the backup fails (both reference tools use 10 x 100 ms).
 PAGE_RETRIES = 10
 RETRY_SLEEP = 0.1
-#: UNIV_PAGE_SIZE_MAX: page 0 fits in this many bytes whatever the page size.
-UNIV_PAGE_SIZE_MAX = 65536
-_LSN = struct.Struct(">Q")
-FIL_PAGE_LSN = 16
 
 
 @dataclass(frozen=True)
@@ -72,13 +69,13 @@ class FileCopier:
 
     Args:
         sink: DirSink or archive writer.
-        flavor: "mysql" | "mariadb", to read tablespace flags.
+        flavor: the server family, to read tablespace flags.
         cancel: set by the main thread to stop every copy at the next chunk.
         progress: counters for the status line.
         chunk_size: bytes per read (rounded down to whole pages).
     """
 
-    def __init__(self, sink: Sink, flavor: str, *, cancel: threading.Event, progress: Progress | None = None,
+    def __init__(self, sink: Sink, flavor: Flavor, *, cancel: threading.Event, progress: Progress | None = None,
                  chunk_size: int = DEFAULT_CHUNK, retries: int = PAGE_RETRIES, retry_sleep: float = RETRY_SLEEP,
                  streaming: bool = False, target_label: str = "") -> None:
         self.sink = sink
@@ -231,7 +228,7 @@ class FileCopier:
                     log.debug("page %d of %s valid after %d re-reads", page_no, src.path, attempt)
                     return
                 reason = still[0][1]
-        lsn = _LSN.unpack_from(buf, index * ps + FIL_PAGE_LSN)[0]
+        lsn = BE64.unpack_from(buf, index * ps + FIL_PAGE_LSN)[0]
         raise Corrupt(f"page failed validation after {self.retries} re-reads: {reason}", file=str(src.path),
                       page=page_no, lsn=lsn, hint="the file seems to be corrupted; check the server's error log")
 
@@ -246,7 +243,7 @@ class Workers:
 
     def __init__(self, n: int, fn: Callable[[SourceFile, int], int]) -> None:
         self._fn = fn
-        self._jobs: queue.Queue[tuple[Future, SourceFile] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Future[int], SourceFile] | None] = queue.Queue()
         self._threads = [threading.Thread(target=self._run, args=(i + 1,), name=f"copy-{i + 1:02d}", daemon=True)
                          for i in range(max(1, n))]
         for t in self._threads:
@@ -265,8 +262,8 @@ class Workers:
             except BaseException as exc:  # handed to the waiting main thread
                 fut.set_exception(exc)
 
-    def submit(self, item: SourceFile) -> Future:
-        fut: Future = Future()
+    def submit(self, item: SourceFile) -> Future[int]:
+        fut: Future[int] = Future()
         self._jobs.put((fut, item))
         return fut
 

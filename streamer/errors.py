@@ -18,6 +18,11 @@ from innostream.formats.errors import (
 )
 
 __all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_PREPARE",
+    "EXIT_REDO_LOST",
+    "EXIT_SOURCE",
+    "EXIT_TARGET",
     "BadMagic",
     "ChecksumMismatch",
     "Corrupt",

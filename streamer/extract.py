@@ -21,11 +21,12 @@ from innostream.archive import (
     ObserverFactory,
 )
 from innostream.archive.detect import read_any
+from innostream.datadir import is_tablespace
+from innostream.flavor import Flavor
 from innostream.formats.errors import InnostreamError
+from innostream.formats.fil0fil import UNIV_PAGE_SIZE_MAX
 from innostream.log import log
 from innostream.target import TargetDir
-
-PAGE0_BYTES = 65536  # enough of a tablespace's start to read page 0 of the largest page size
 
 
 class _Progress:
@@ -83,16 +84,6 @@ __all__ = ["PageValidation", "PageValidator", "extract", "list_archive", "verify
 # ==================================================================================================================
 # Page validation for verify
 # ==================================================================================================================
-def is_tablespace(name: str) -> bool:
-    """InnoDB tablespace files whose pages ``verify`` checks: *.ibd, *.ibu, ibdataN, undoNNN/undo_NNN."""
-    base = name.rpartition("/")[2]
-    if base.endswith((".ibd", ".ibu")):
-        return True
-    if base.startswith("ibdata") and base[6:].isdigit():
-        return True
-    return base.startswith("undo") and base.lstrip("undo_").isdigit()
-
-
 class PageValidator:
     """Sees one tablespace's bytes in file order (holes as zeros) and validates whole pages as they complete.
 
@@ -115,7 +106,7 @@ class PageValidator:
         from innostream.formats.fsp0fsp import space_info
 
         try:
-            self.info = space_info(bytes(self.buf[:PAGE0_BYTES]), self.flavor)
+            self.info = space_info(bytes(self.buf[:UNIV_PAGE_SIZE_MAX]), self.flavor)
         except InnostreamError as exc:
             self.note = f"no page validation: {exc}"
             return False
@@ -142,8 +133,8 @@ class PageValidator:
             return
         if not self.page_size and offset > len(self.buf):
             # a hole before the page size is known: materialise at most the first 64 KiB (page 0 of any size)
-            self.buf.extend(bytes(min(offset, PAGE0_BYTES) - len(self.buf)))
-            if offset >= PAGE0_BYTES and not self._setup():
+            self.buf.extend(bytes(min(offset, UNIV_PAGE_SIZE_MAX) - len(self.buf)))
+            if offset >= UNIV_PAGE_SIZE_MAX and not self._setup():
                 return
         end_known = self.page_start + len(self.buf)
         if offset > end_known:  # page size known: complete the current page, skip whole zero pages
@@ -158,7 +149,7 @@ class PageValidator:
             self.buf.extend(bytes(gap))
         self.buf.extend(raw)
         if not self.page_size:
-            if len(self.buf) < PAGE0_BYTES:
+            if len(self.buf) < UNIV_PAGE_SIZE_MAX:
                 return
             if not self._setup():
                 return
@@ -168,7 +159,7 @@ class PageValidator:
         if self.note is not None:
             return
         if not self.page_size:
-            want = min(size, PAGE0_BYTES) - (self.page_start + len(self.buf))
+            want = min(size, UNIV_PAGE_SIZE_MAX) - (self.page_start + len(self.buf))
             if want > 0:
                 self.buf.extend(bytes(want))
             if not self.buf or not self._setup():
@@ -188,7 +179,7 @@ class PageValidation:
 
     def __call__(self, name: str, meta: dict[str, Any]) -> PageValidator | None:
         flavor = self.flavor or meta.get("flavor")
-        if not is_tablespace(name) or flavor not in ("mysql", "mariadb"):
+        if not is_tablespace(name) or flavor not in tuple(Flavor):
             return None
         v = PageValidator(name, flavor)
         self.validators.append(v)

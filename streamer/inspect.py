@@ -18,24 +18,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from innostream.datadir import REDO_DIR, is_redo_file, is_tablespace, is_temporary_tablespace
 from innostream.errors import SourceError
+from innostream.flavor import Flavor
 from innostream.formats.buf0checksum import checksum_algorithm, page_is_corrupted, validate_pages
 from innostream.formats.errors import FormatError, InnostreamError
-from innostream.formats.fil0fil import BE16, BE64, FIL_PAGE_LSN, FIL_PAGE_TYPE, page_type_name
+from innostream.formats.fil0fil import BE16, BE64, FIL_PAGE_LSN, FIL_PAGE_TYPE, UNIV_PAGE_SIZE_MAX, page_type_name
 from innostream.formats.fsp0fsp import FLAVORS, PAGE_COMPRESSION_ALGORITHMS, SpaceInfo, guess_flavor, space_info
 from innostream.redo_inspect import inspect_redo
 
 READ_SIZE = 4 << 20  # bytes per read, a whole number of pages of any size
-PAGE0_READ = 65536  # the largest page size: enough for page 0 and its encryption info
 RETRIES = 3  # re-reads of a page that fails, 100 ms apart (the backup tools retry 10 times per batch)
 RETRY_SLEEP = 0.1
 MAX_LISTED = 1000  # invalid pages kept per file; the count is always exact
-
-#: Redo files: MariaDB 10.8+ ib_logfile0, MySQL 8.0.30+ #innodb_redo/#ib_redoN, backup copies of both.
-REDO_FILE = re.compile(r"^(ib_logfile\d+|#ib_redo\d+(_tmp)?|xtrabackup_logfile)$")
-REDO_DIR = "#innodb_redo"
-#: Tablespace files in a data directory (system, undo, temporary, file-per-table, general).
-TABLESPACE_FILE = re.compile(r"^(ibdata\d+|ibtmp\d+|undo_?\d+|.+\.ibd|.+\.ibu|.+\.ibt)$")
 
 
 @dataclass
@@ -71,12 +66,12 @@ class TablespaceReport:
         return self.error is None and self.invalid_count == 0
 
 
-def detect_datadir_flavor(datadir: Path) -> str | None:
+def detect_datadir_flavor(datadir: Path) -> Flavor | None:
     """The server family of a data directory from files only one of them writes."""
     if (datadir / REDO_DIR).is_dir() or (datadir / "mysql.ibd").exists():
-        return "mysql"
+        return Flavor.MYSQL
     if any((datadir / n).exists() for n in ("aria_log_control", "ib_logfile0", "mariadb_upgrade_info")):
-        return "mariadb"
+        return Flavor.MARIADB
     return None
 
 
@@ -89,7 +84,7 @@ def _resolve_flavor(path: Path, page0: bytes, flavor: str | None) -> tuple[str, 
         if found := detect_datadir_flavor(d):
             return found, "datadir"
     # Legacy flags without MySQL 8's SDI bit: a MariaDB file (crc32 or ROW_FORMAT=COMPRESSED) far more often.
-    return "mariadb", "default"
+    return Flavor.MARIADB, "default"
 
 
 def _read_at(fd: int, offset: int, size: int) -> bytes:
@@ -129,7 +124,7 @@ def inspect_tablespace(
     try:
         rep.file_size = os.fstat(fd).st_size
         if info is None:
-            page0 = _read_at(fd, 0, PAGE0_READ)
+            page0 = _read_at(fd, 0, UNIV_PAGE_SIZE_MAX)  # page 0 and its encryption info
             if len(page0) < 150:
                 rep.error = f"too short for a tablespace ({len(page0)} bytes)"
                 return rep
@@ -211,7 +206,7 @@ def _redo_entries(paths: list[Path]) -> list[dict[str, Any]]:
 
 def is_redo_path(path: Path) -> bool:
     """Whether ``path`` names a redo file or MySQL's redo directory."""
-    return path.name == REDO_DIR or bool(REDO_FILE.match(path.name))
+    return path.name == REDO_DIR or is_redo_file(path.name)
 
 
 def inspect_datadir(datadir: Path, flavor: str | None = None) -> dict[str, Any]:
@@ -239,12 +234,12 @@ def inspect_datadir(datadir: Path, flavor: str | None = None) -> dict[str, Any]:
         rel_root = Path(root)
         for name in sorted(files):
             p = rel_root / name
-            if REDO_FILE.match(name):
+            if is_redo_file(name):
                 if rel_root == datadir:
                     redo.append(p)
             elif p.parent == datadir and name.startswith("ibdata"):
                 continue
-            elif TABLESPACE_FILE.match(name):
+            elif is_tablespace(name) or is_temporary_tablespace(name):
                 reports.append(inspect_tablespace(p, flavor))
     return {
         "datadir": str(datadir),
@@ -408,7 +403,7 @@ def render(result: dict[str, Any]) -> str:
 def result_ok(result: dict[str, Any]) -> bool:
     """True when no invalid page and no unreadable tablespace was found."""
     if result["kind"] == "datadir":
-        return result["invalid_pages"] == 0 and result["errors"] == 0
+        return bool(result["invalid_pages"] == 0 and result["errors"] == 0)
     if result["kind"] == "tablespace":
         return bool(result["ok"])
     return not any("error" in r for r in result["redo"])

@@ -68,7 +68,11 @@ def _source_error(exc: OSError) -> SourceError:
 
 
 class RedoCopier:
-    """Base: the polling thread, the stop/abort protocol and progress logging. Subclasses do the format work."""
+    """Base: the polling thread, the stop/abort protocol and progress logging. Subclasses do the format work.
+
+    ``write`` receives the copy file's bytes in order, header first, from the copier thread; ``advance`` (optional)
+    gets the copied LSN after each poll, e.g. for MySQL's ``innodb_redo_log_consumer_advance``.
+    """
 
     copy_file_name = ""
 
@@ -330,8 +334,9 @@ class MySQLRedoCopier(RedoCopier):
 
     copy_file_name = "xtrabackup_logfile"
 
-    def __init__(self, log_dir: Path, write: Writer, **kw: object) -> None:
-        super().__init__(log_dir, write, **kw)  # type: ignore[arg-type]
+    def __init__(self, log_dir: Path, write: Writer, *, poll_interval: float = 0.1,
+                 advance: Callable[[int], None] | None = None) -> None:
+        super().__init__(log_dir, write, poll_interval=poll_interval, advance=advance)
         self.redo_dir = self.log_dir / my.LOG_DIRECTORY_NAME
         self._write_lsn = 0  # next block to write (block aligned)
         self._fd: int | None = None
@@ -469,8 +474,9 @@ class MariaDBRedoCopier(RedoCopier):
 
     copy_file_name = "ib_logfile0"
 
-    def __init__(self, log_dir: Path, write: Writer, **kw: object) -> None:
-        super().__init__(log_dir, write, **kw)  # type: ignore[arg-type]
+    def __init__(self, log_dir: Path, write: Writer, *, poll_interval: float = 0.1,
+                 advance: Callable[[int], None] | None = None) -> None:
+        super().__init__(log_dir, write, poll_interval=poll_interval, advance=advance)
         self.path = self.log_dir / "ib_logfile0"
         self._fd: int | None = None
         self.first_lsn = 0
@@ -608,25 +614,6 @@ class MariaDBRedoCopier(RedoCopier):
         self.scanned_lsn = lsn + end
 
 
-def open_redo_copier(
-    flavor: str,
-    log_dir: Path,
-    write: Writer,
-    *,
-    poll_interval: float = 0.1,
-    advance: Callable[[int], None] | None = None,
-) -> RedoCopier:
-    """A copier for ``flavor`` ("mysql": ``log_dir`` holds ``#innodb_redo/``; "mariadb": it holds ``ib_logfile0``).
-
-    ``write`` receives the copy file's bytes in order, header first, from the copier thread; ``advance`` (optional)
-    gets the copied LSN after each poll, e.g. for MySQL's ``innodb_redo_log_consumer_advance``.
-    """
-    cls = {"mysql": MySQLRedoCopier, "mariadb": MariaDBRedoCopier}.get(flavor)
-    if cls is None:
-        raise ValueError(f"unknown server flavor {flavor!r}")
-    return cls(Path(log_dir), write, poll_interval=poll_interval, advance=advance)
-
-
 __all__ = [
     "OVERWRITE_HINT",
     "MariaDBRedoCopier",
@@ -634,5 +621,4 @@ __all__ = [
     "RedoCopier",
     "list_mysql_redo_files",
     "mysql_checkpoint",
-    "open_redo_copier",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from innostream.errors import SourceError
+from innostream.flavor import Flavor
 from innostream.formats import log0files_io as my
 from innostream.formats import mtr0log as ma
 from innostream.formats.errors import BadMagic, FormatError
@@ -66,7 +67,7 @@ def _inspect_mariadb(path: Path) -> dict[str, Any]:
         copy = header.creator.startswith(ma.BACKUP_CREATOR_PREFIX)
         info: dict[str, Any] = {
             "path": str(path),
-            "flavor": "mariadb",
+            "flavor": Flavor.MARIADB,
             "kind": "backup copy" if copy else "server log",
             "format": f"{header.format:#010x} (10.8{', encrypted' if header.encrypted else ''})",
             "creator": header.creator,
@@ -152,7 +153,9 @@ def _file_summary(path: Path, head: bytes, size: int) -> dict[str, Any]:
     }
 
 
-def _scan_blocks(path: Path, fd: int, start_lsn: int, from_lsn: int, size: int) -> tuple[int, str | None, dict | None]:
+def _scan_blocks(
+    path: Path, fd: int, start_lsn: int, from_lsn: int, size: int
+) -> tuple[int, str | None, dict[str, Any] | None]:
     """Scan blocks of one file from ``from_lsn`` (block aligned); return (end lsn, end reason, invalid info)."""
     lsn = from_lsn
     end = my.file_end_lsn(start_lsn, size)
@@ -188,7 +191,7 @@ def _inspect_mysql_file(path: Path) -> dict[str, Any]:
             raise SourceError(f"{path} is not a redo log: {exc.message}", file=str(path)) from exc
         hdr = my.parse_file_header(head, verify_checksum=False)
         copy = path.name == "xtrabackup_logfile" or hdr.creator.startswith(my.LOG_HEADER_CREATOR_PXB.strip())
-        info.update(flavor="mysql", kind="backup copy" if copy else "server file")
+        info.update(flavor=Flavor.MYSQL, kind="backup copy" if copy else "server file")
         if path.name.endswith(my.LOG_FILE_UNUSED_SUFFIX):
             info["kind"] = "unused spare file (_tmp): its content is stale"
         cps = [c for c in my.checkpoints(head) if c is not None] if len(head) >= my.LOG_FILE_HDR_SIZE else []
@@ -239,7 +242,7 @@ def _inspect_mysql_dir(redo_dir: Path) -> dict[str, Any]:
             best = (cp.lsn, summary["path"], cp.slot)
     info: dict[str, Any] = {
         "path": str(redo_dir),
-        "flavor": "mysql",
+        "flavor": Flavor.MYSQL,
         "kind": "server log",
         "format": live[0][0]["format"] if live else None,
         "creator": live[0][0]["creator"] if live else None,

@@ -1,9 +1,10 @@
-"""The one safe directory writer: everything innostream writes under a directory goes through here.
+"""The one safe directory writer: everything innostream writes under a directory goes through here (``backup
+--target-dir``, ``extract``, ``restore``).
 
 Every member is opened with ``O_CREAT|O_EXCL|O_NOFOLLOW`` relative to directory descriptors that were themselves
 opened with ``O_NOFOLLOW``, so nothing is written outside the target, no symlink is followed and no file is replaced
 ("File exists", errno 17, like xtrabackup). Data goes out with ``pwrite`` at the frame offsets (holes stay holes),
-the size is set with ``ftruncate``. The xtrabackup metadata files are held back and written only at ``finish()``:
+the size is set with ``ftruncate``. The xtrabackup metadata files are held back and written only at ``close()``:
 they are the commit point, so a half-written backup never looks complete.
 """
 
@@ -12,48 +13,82 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from innostream.archive import nonzero_extents
 from innostream.errors import Corrupt, FileExistsInTarget, TargetError, UnsafePath
 from innostream.formats import archive as fa
 from innostream.log import log
+from innostream.zeros import nonzero_extents
 
 MAX_METADATA_BYTES = 64 << 20  # held in memory until the commit point
 MAX_DIR_FDS = 256  # directory descriptors kept open for O_NOFOLLOW-safe creation
+#: errno of a hard link the filesystem cannot make (another filesystem, no hard links): copy instead
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the open list holds each handle once
 class _Out:
     name: str
     mode: int
     fd: int = -1
-    buf: bytearray | None = None  # metadata files: kept in memory until finish()
+    buf: bytearray | None = None  # metadata files: kept in memory until close()
     # One pwrite at a time per file: the kernel serialises buffered writes to one inode anyway (i_rwsem), and a
     # second writer would spin on that lock burning CPU (7 % of extraction samples); here it sleeps instead.
+    # It also keeps abort() from closing the descriptor under a writer (a reused number would get its bytes).
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TargetDir:
-    """A :class:`innostream.archive.Sink` writing under one directory; refuses to escape it or to overwrite."""
+    """A :class:`innostream.sink.Sink` writing under one directory; refuses to escape it or to overwrite.
 
-    def __init__(self, target: Path, *, fsync: bool = False) -> None:
-        self.target = target
+    Args:
+        target: created with its parents if missing (relative to the current directory); the target itself may
+            be a symlink (the user chose it), nothing below it may.
+        fsync: fsync every file when it is complete and the directories at :meth:`close`, so that "completed OK"
+            means the data is on disk.
+        exists_error: builds the error for a file that exists already from its absolute path (each command words
+            it its own way); the default speaks of extraction.
+    """
+
+    def __init__(self, target: Path | str, *, fsync: bool = False,
+                 exists_error: Callable[[Path], FileExistsInTarget] | None = None) -> None:
+        self.target = Path(target)
+        self.root = self.target.absolute()
         self.fsync = fsync
+        self._exists_error_for = exists_error
         try:
-            target.mkdir(parents=True, exist_ok=True)
-            self._root = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileExistsError:
+            raise TargetError(f"target {self.root} exists and is not a directory", file=str(self.root)) from None
         except OSError as exc:
-            raise TargetError(f"cannot create or open the target directory: {exc.strerror}", file=str(target)) from None
+            raise TargetError(f"cannot create or open the target directory: {exc.strerror}",
+                              file=str(self.target)) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            os.close(self._root)
+            raise TargetError("target directory is not writable", file=str(self.root))
         self._dirs: dict[str, int] = {"": self._root}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the directory cache, the open/metadata lists, _closed
         self._open: list[_Out] = []
         self._metadata: list[_Out] = []
         self._meta_bytes = 0
+        self._closed = False
         self.created: set[str] = set()
 
-    # -- paths ---------------------------------------------------------------------------------------------------
+    def __enter__(self) -> TargetDir:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """Commit on success, abort on an error."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- paths (callers hold self._lock: a cached descriptor may be closed to make room) ----------------------------
     def _dir_fd(self, parent: str) -> int:
         """The descriptor of ``parent`` (relative, safe), creating components without following symlinks."""
         fd = self._dirs.get(parent)
@@ -70,31 +105,13 @@ class TargetDir:
         except OSError as exc:
             raise TargetError(f"cannot create directory: {exc.strerror}", file=parent) from None
         try:
-            fd = os.open(last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=up)
+            fd = os.open(last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=up)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafePath("a path component in the target is a symlink or not a directory",
                                  file=parent) from None
             raise TargetError(f"cannot open directory: {exc.strerror}", file=parent) from None
         self._dirs[parent] = fd
-        return fd
-
-    def _create(self, name: str, mode: int) -> int:
-        why = fa.check_name(name)
-        if why:
-            raise UnsafePath(f"refusing archive member {name!r}: {why}", file=name)
-        parent, _, base = name.rpartition("/")
-        with self._lock:
-            dfd = self._dir_fd(parent)
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(base, flags, mode & 0o777 or 0o640, dir_fd=dfd)
-        except FileExistsError:
-            raise FileExistsInTarget(f"File exists (errno 17): {self.target / name}", file=name,
-                                     hint="extract into an empty directory") from None
-        except OSError as exc:
-            raise TargetError(f"cannot create file: {exc.strerror}", file=name) from None
-        self.created.add(name)
         return fd
 
     def _exists(self, name: str) -> bool:
@@ -105,15 +122,77 @@ class TargetDir:
             return False
         return True
 
+    def _exists_error(self, name: str) -> FileExistsInTarget:
+        if self._exists_error_for is not None:
+            return self._exists_error_for(self.root / name)
+        return FileExistsInTarget(f"File exists (errno 17): {self.target / name}", file=name,
+                                  hint="extract into an empty directory")
+
+    @staticmethod
+    def _check(name: str) -> None:
+        why = fa.check_name(name)
+        if why:
+            raise UnsafePath(f"refusing archive member {name!r}: {why}", file=name)
+
+    def _check_open(self, name: str | None = None) -> None:
+        if self._closed:
+            raise TargetError("the target is closed", file=name)
+
+    # -- the primitives every writer under a directory uses ----------------------------------------------------------
+    def open_new(self, name: str, mode: int = 0o640) -> int:
+        """Create the new regular file ``name`` (relative, parents made as needed) and return a descriptor open for
+        writing; the caller closes it. An existing file is never opened: :class:`FileExistsInTarget`."""
+        self._check(name)
+        parent, _, base = name.rpartition("/")
+        with self._lock:
+            self._check_open(name)
+            dfd = self._dir_fd(parent)
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(base, flags, mode & 0o777 or 0o640, dir_fd=dfd)
+            except FileExistsError:
+                raise self._exists_error(name) from None
+            except OSError as exc:
+                raise TargetError(f"cannot create file: {exc.strerror}", file=name) from None
+            self.created.add(name)
+        return fd
+
+    def make_dir(self, name: str) -> None:
+        """Make the directory ``name`` and its parents under the root (an existing directory is fine)."""
+        self._check(name)
+        with self._lock:
+            self._check_open(name)
+            self._dir_fd(name)
+
+    def link_in(self, src: Path, name: str) -> bool:
+        """Hard-link the file ``src`` into the target as ``name``, never replacing a file; False when this
+        filesystem cannot link it here (another filesystem, no hard links): copy it instead."""
+        self._check(name)
+        parent, _, base = name.rpartition("/")
+        with self._lock:
+            self._check_open(name)
+            try:
+                os.link(src, base, dst_dir_fd=self._dir_fd(parent), follow_symlinks=False)
+            except FileExistsError:
+                raise self._exists_error(name) from None
+            except OSError as exc:
+                if exc.errno in _NO_LINK:
+                    return False
+                raise TargetError(f"cannot link {src} into the target: {exc.strerror}", file=name) from None
+            self.created.add(name)
+        return True
+
     # -- Sink ----------------------------------------------------------------------------------------------------
     def begin_file(self, name: str, *, mode: int = 0o640) -> _Out:
         out = _Out(name, mode)
         if "/" not in name and name in fa.METADATA_FILES:
-            if fa.check_name(name) is None and self._exists(name):
-                raise FileExistsInTarget(f"File exists (errno 17): {self.target / name}", file=name)
+            with self._lock:
+                self._check_open(name)
+                if self._exists(name):
+                    raise self._exists_error(name)
             out.buf = bytearray()
         else:
-            out.fd = self._create(name, mode)
+            out.fd = self.open_new(name, mode)
         with self._lock:
             self._open.append(out)
         return out
@@ -131,9 +210,13 @@ class TargetDir:
             return
         # Files are new (O_EXCL) and get their size from ftruncate, so aligned zero blocks need not be written:
         # they stay holes, as in the source (xbstream carries them as zeros).
+        if isinstance(data, memoryview):  # the page copier's chunks; the zero scan needs bytes.startswith
+            data = data.tobytes()
         extents = list(nonzero_extents(data, offset))
         whole = memoryview(data)
         with handle.lock:
+            if handle.fd < 0:
+                raise TargetError("the target was aborted", file=handle.name)
             for a, b in extents:
                 view = whole[a:b]
                 pos = offset + a
@@ -154,27 +237,30 @@ class TargetDir:
                 handle.buf.extend(bytes(size - len(handle.buf)))
             with self._lock:
                 self._metadata.append(handle)
-                self._open.remove(handle)
+                if handle in self._open:
+                    self._open.remove(handle)
             return
-        try:
-            os.ftruncate(handle.fd, size)
-            if self.fsync:
-                os.fsync(handle.fd)
-        except OSError as exc:
-            raise TargetError(f"cannot finish file: {exc.strerror}", file=handle.name) from None
-        finally:
-            os.close(handle.fd)
-            handle.fd = -1
-            with self._lock:
-                self._open.remove(handle)
+        with handle.lock:
+            if handle.fd < 0:
+                raise TargetError("the target was aborted", file=handle.name)
+            try:
+                os.ftruncate(handle.fd, size)
+                if self.fsync:
+                    os.fsync(handle.fd)
+            except OSError as exc:
+                raise TargetError(f"cannot finish file: {exc.strerror}", file=handle.name) from None
+            finally:
+                os.close(handle.fd)
+                handle.fd = -1
+                with self._lock:
+                    if handle in self._open:  # abort() may have taken the list already
+                        self._open.remove(handle)
 
     # -- MariaDB xbstream RENAME / REMOVE chunks (DDL during the backup) -------------------------------------------
     def rename(self, old: str, new: str) -> None:
         """Rename a finished member. Only files this extraction wrote are touched; a member may replace another one."""
         for name in (old, new):
-            why = fa.check_name(name)
-            if why:
-                raise UnsafePath(f"refusing archive member {name!r}: {why}", file=name)
+            self._check(name)
         held = [m for m in self._metadata if m.name == old]
         if held:
             self._metadata = [m for m in self._metadata if m.name != new]
@@ -183,24 +269,21 @@ class TargetDir:
         if old not in self.created:
             log.warning("xbstream renames %s, which the stream did not write: ignored", old)
             return
-        if new not in self.created and self._exists(new):
-            raise FileExistsInTarget(f"File exists (errno 17): {self.target / new}", file=new)
         (op, _, ob), (np, _, nb) = old.rpartition("/"), new.rpartition("/")
         with self._lock:
+            if new not in self.created and self._exists(new):
+                raise self._exists_error(new)
             ofd, nfd = self._dir_fd(op), self._dir_fd(np)
             try:
                 os.rename(ob, nb, src_dir_fd=ofd, dst_dir_fd=nfd)
             except OSError as exc:
                 raise TargetError(f"cannot rename to {new}: {exc.strerror}", file=old) from None
         self.created.discard(old)
-        if new not in self.created:
-            self.created.add(new)
+        self.created.add(new)
 
     def remove(self, name: str) -> None:
         """Remove a finished member this extraction wrote."""
-        why = fa.check_name(name)
-        if why:
-            raise UnsafePath(f"refusing archive member {name!r}: {why}", file=name)
+        self._check(name)
         if any(m.name == name for m in self._metadata):
             self._metadata = [m for m in self._metadata if m.name != name]
             return
@@ -221,10 +304,16 @@ class TargetDir:
         self.write(handle, 0, data)
         self.end_file(handle, len(data))
 
-    def close(self, trailer: dict | None = None) -> None:
-        """Commit: write the held-back metadata files, then fsync directories if asked."""
+    def close(self, trailer: dict[str, Any] | None = None) -> None:
+        """Commit: every file must be complete; write the held-back metadata files, then fsync the directories if
+        asked. ``trailer`` is for the archive writers; here the metadata files written last play its role."""
+        with self._lock:
+            if self._open:
+                names = ", ".join(out.name for out in self._open)
+                raise TargetError(f"closing the target with unfinished files: {names}")
+            self._check_open()
         for out in self._metadata:
-            fd = self._create(out.name, out.mode)
+            fd = self.open_new(out.name, out.mode)
             try:
                 assert out.buf is not None
                 os.write(fd, out.buf)
@@ -234,17 +323,24 @@ class TargetDir:
                 raise TargetError(f"cannot write: {exc.strerror}", file=out.name) from None
             finally:
                 os.close(fd)
-        self._close_dirs(keep_root=False)
+        with self._lock:
+            self._closed = True
+            self._close_dirs(keep_root=False)
 
     def abort(self) -> None:
-        """Close what is open; metadata files are never written, so the target does not look complete."""
-        for out in list(self._open):
-            if out.fd >= 0:
-                os.close(out.fd)
-                out.fd = -1
-        self._open.clear()
-        self._metadata.clear()
-        self.release()
+        """Close what is open and write nothing more; metadata files are never written, so the target does not look
+        complete (prepare and restore refuse it). The unfinished files stay for inspection. Idempotent."""
+        with self._lock:
+            self._closed = True
+            opened, self._open = self._open, []
+            self._metadata.clear()
+        for out in opened:
+            with out.lock:  # not under a pwrite
+                if out.fd >= 0:
+                    os.close(out.fd)
+                    out.fd = -1
+        with self._lock:
+            self._close_dirs(keep_root=False, sync=False)
 
     def _close_dirs(self, *, keep_root: bool, sync: bool | None = None) -> None:
         """Close the cached directory descriptors (fsync'ing them first with ``--fsync``: new entries durable)."""
@@ -258,7 +354,3 @@ class TargetDir:
             finally:
                 os.close(fd)
                 del self._dirs[rel]
-
-    def release(self) -> None:
-        """Close the directory descriptors without committing anything."""
-        self._close_dirs(keep_root=False, sync=False)

@@ -8,35 +8,44 @@ import shutil
 import struct
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pymysql
 import pytest
-from innostream.backup import enumerate_files, parse_data_file_path
+from innostream.backup import backup_target
 from innostream.connection import (
-    BackupLocks,
     ConnectionOptions,
     RedoConsumer,
+    ServerFacts,
     Session,
-    current_lsn,
-    read_log_status,
+    parse_version,
     read_option_files,
-    read_server_facts,
     resolve_options,
 )
 from innostream.copier import FileCopier, SourceFile
+from innostream.datadir import (
+    enumerate_files,
+    is_redo_file,
+    is_tablespace,
+    is_temporary_tablespace,
+    local_data_file_path,
+    parse_data_file_path,
+)
 from innostream.errors import FileExistsInTarget, Interrupted, SourceError, UnsafePath
+from innostream.families import family, read_server_facts
+from innostream.formats import xtrabackup_meta as meta
 from innostream.formats.buf0checksum import validate_pages
 from innostream.formats.errors import Corrupt
 from innostream.formats.fsp0fsp import space_info
-from innostream.sink import DirSink
+from innostream.metadata import build_metadata
 
-# --- DirSink ------------------------------------------------------------------------------------------------------
+# --- the --target-dir writer (TargetDir) ------------------------------------------------------------------------------
 
 
-def test_dirsink_creates_missing_relative_target_and_writes_holes(tmp_path, monkeypatch):
+def test_backup_target_creates_missing_relative_target_and_writes_holes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sink = DirSink(Path("a/b/backup"))
+    sink = backup_target(Path("a/b/backup"))
     assert sink.root == tmp_path / "a/b/backup"
     fid = sink.begin_file("db/t.ibd")
     sink.write(fid, 0, b"x" * 10)
@@ -54,13 +63,13 @@ def test_dirsink_creates_missing_relative_target_and_writes_holes(tmp_path, monk
     assert (tmp_path / "a/b/backup/meta").read_bytes() == b"hello"
 
 
-def test_dirsink_existing_empty_target_ok_but_never_overwrites(tmp_path):
+def test_backup_target_existing_empty_target_ok_but_never_overwrites(tmp_path):
     (tmp_path / "t").mkdir()
-    sink = DirSink(tmp_path / "t")
+    sink = backup_target(tmp_path / "t")
     sink.add_bytes("ibdata1", b"new")
     (tmp_path / "t2").mkdir()
     (tmp_path / "t2" / "ibdata1").write_bytes(b"old")
-    sink2 = DirSink(tmp_path / "t2")
+    sink2 = backup_target(tmp_path / "t2")
     with pytest.raises(FileExistsInTarget) as info:
         sink2.begin_file("ibdata1")
     assert info.value.exit_code == 6
@@ -70,26 +79,26 @@ def test_dirsink_existing_empty_target_ok_but_never_overwrites(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", "", "a//b", "./a", "a\0b"])
-def test_dirsink_rejects_unsafe_names(tmp_path, name):
-    sink = DirSink(tmp_path)
+def test_backup_target_rejects_unsafe_names(tmp_path, name):
+    sink = backup_target(tmp_path)
     with pytest.raises(UnsafePath):
         sink.begin_file(name)
 
 
-def test_dirsink_refuses_symlinked_directory_escape(tmp_path):
+def test_backup_target_refuses_symlinked_directory_escape(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     target = tmp_path / "target"
     target.mkdir()
     (target / "db").symlink_to(outside)
-    sink = DirSink(target)
+    sink = backup_target(target)
     with pytest.raises(UnsafePath):
         sink.begin_file("db/t.ibd")
     assert not list(outside.iterdir())
 
 
-def test_dirsink_close_refuses_unfinished_and_abort_closes(tmp_path):
-    sink = DirSink(tmp_path)
+def test_backup_target_close_refuses_unfinished_and_abort_closes(tmp_path):
+    sink = backup_target(tmp_path)
     sink.begin_file("a")
     with pytest.raises(Exception, match="unfinished"):
         sink.close()
@@ -140,6 +149,78 @@ def test_parse_data_file_path():
     assert parse_data_file_path("/abs/ib1:64K;ib2:10M") == [("/abs/ib1", 64 << 10), ("ib2", 10 << 20)]
     with pytest.raises(SourceError, match="raw"):
         parse_data_file_path("/dev/sdb:10Gnewraw")
+
+
+def _facts(datadir: Path, home: Path, flavor: str = "mariadb", **variables: str) -> ServerFacts:
+    version = "10.11.6-MariaDB" if flavor == "mariadb" else "9.1.0"
+    return ServerFacts(flavor=flavor, version=version, version_tuple=parse_version(version), datadir=datadir,
+                       data_home_dir=home, log_dir=datadir, undo_dir=datadir, variables=variables)
+
+
+def test_backup_my_cnf_names_the_system_files_as_the_backup_wrote_them(tmp_path):
+    """The innodb_data_file_path of backup-my.cnf (prepare starts its server with it) must name the system
+    tablespace files as the backup wrote them: at the root, under their file name. The server runs on POSIX,
+    where a backslash is part of a file name: stripping at backslashes (prepare's old copy) loses the file."""
+    datadir, home, other = tmp_path / "data", tmp_path / "home", tmp_path / "other"
+    for d in (datadir, home, other):
+        d.mkdir()
+    for path in (home / "sub\\ibdata1", other / "ibdata2"):
+        with open(path, "wb") as f:
+            f.truncate(12 << 20)
+    value = f"sub\\ibdata1:12M; {other}/ibdata2:12M:autoextend;"
+    inv = enumerate_files(_facts(datadir, home, innodb_data_file_path=value), datadir, home, datadir)
+    members = [f.name for f in sorted(inv.innodb, key=lambda f: f.first_page_no) if f.system]
+    assert members == ["sub\\ibdata1", "ibdata2"]
+    assert [f.first_page_no for f in sorted(inv.innodb, key=lambda f: f.first_page_no)] == [0, 768]
+    local = local_data_file_path(value)
+    assert local == "sub\\ibdata1:12M;ibdata2:12M:autoextend"
+    assert [name for name, _size in parse_data_file_path(local)] == members
+    assert local_data_file_path("/data/ibdata1:12M;/d2/ibdata2:100M:autoextend:max:1G") == (
+        "ibdata1:12M;ibdata2:100M:autoextend:max:1G")
+
+
+def test_naming_rules():
+    for name in ("ibdata1", "ibdata12", "undo_001", "undo001", "user_undo.ibu", "mysql.ibd", "db/t.ibd",
+                 "db/t#p#p0.ibd"):
+        assert is_tablespace(name), name
+    for name in ("ibtmp1", "db/t.frm", "db/t.MYD", "ib_logfile0", "xtrabackup_logfile", "undo", "ibdata",
+                 "db/.ibd", "#innodb_temp/temp_1.ibt", "ib_buffer_pool"):
+        assert not is_tablespace(name), name
+    assert is_temporary_tablespace("ibtmp1")
+    assert is_temporary_tablespace("#innodb_temp/temp_1.ibt")
+    assert not is_temporary_tablespace("db/t.ibd")
+    for name in ("ib_logfile0", "#innodb_redo/#ib_redo12", "#ib_redo13_tmp", "xtrabackup_logfile"):
+        assert is_redo_file(name), name
+    for name in ("ib_logfile", "#ib_redo", "ibdata1", "xtrabackup_checkpoints"):
+        assert not is_redo_file(name), name
+
+
+def test_metadata_from_lsns_and_facts(tmp_path):
+    started = datetime(2024, 5, 1, 10, 0, 0)
+    common = {"my_cnf": b"[mysqld]\n", "to_lsn": 200, "last_lsn": 300, "flushed_lsn": 250, "lock_seconds": 1.4,
+              "started": started, "ended": started + timedelta(seconds=5), "server_uuid": "u-1",
+              "argv": ("backup", "--password", "...", "-psecret", "--target-dir", "/b")}
+    files = build_metadata(_facts(tmp_path, tmp_path, "mysql"), binlog=meta.BinlogInfo("binlog.000002", 157, ""),
+                           stream_format=None, compressed=True, **common)
+    assert list(files) == [meta.XTRABACKUP_BINLOG_INFO, meta.BACKUP_MY_CNF, meta.XTRABACKUP_INFO,
+                           meta.XTRABACKUP_CHECKPOINTS]
+    cp = meta.parse_checkpoints(files[meta.XTRABACKUP_CHECKPOINTS])
+    assert (cp.backup_type, cp.from_lsn, cp.to_lsn, cp.last_lsn, cp.flushed_lsn) == ("full-backuped", 0, 200, 300,
+                                                                                      250)
+    info = meta.parse_info(files[meta.XTRABACKUP_INFO])
+    assert info["innodb_to_lsn"] == "200"
+    assert info["lock_time"] == "1"
+    assert info["format"] == "file"
+    assert info["compressed"] == "N"
+    assert info["tool_command"] == "backup --password ... -p... --target-dir /b"
+    assert info["binlog_pos"] == "filename 'binlog.000002', position '157'"
+    assert files[meta.BACKUP_MY_CNF] == b"[mysqld]\n"
+    files = build_metadata(_facts(tmp_path, tmp_path), binlog=None, stream_format="xbstream", compressed=True,
+                           **common)
+    assert meta.XTRABACKUP_BINLOG_INFO not in files
+    assert meta.parse_checkpoints(files[meta.XTRABACKUP_CHECKPOINTS]).flushed_lsn == 0
+    info = meta.parse_info(files[meta.XTRABACKUP_INFO])
+    assert (info["format"], info["compressed"], info["binlog_pos"]) == ("xbstream", "compressed", "")
 
 
 # --- against real servers -----------------------------------------------------------------------------------------
@@ -228,7 +309,7 @@ def test_copier_copies_valid_pages_and_fails_on_stable_corruption(server, tmp_pa
     ps = info.physical_page_size
     if validate_pages(snapshot.read_bytes()[: (snapshot.stat().st_size // ps) * ps], info, 0):
         pytest.fail("the snapshot of a quiet table should validate")  # cold copy of a quiet server
-    sink = DirSink(tmp_path / "out")
+    sink = backup_target(tmp_path / "out")
     copier = FileCopier(sink, server.flavor, cancel=threading.Event(), chunk_size=1 << 16, retries=2,
                         retry_sleep=0.01)
     n = copier.copy(SourceFile(snapshot, "sample/t_indexed.ibd", "innodb"))
@@ -263,7 +344,7 @@ def test_copier_rereads_a_torn_page_until_it_is_whole(mariadb10, tmp_path):
             f.seek(victim * ps + 200)
             f.write(orig)
 
-    sink = DirSink(tmp_path / "out")
+    sink = backup_target(tmp_path / "out")
     copier = FileCopier(sink, "mariadb", cancel=threading.Event(), chunk_size=1 << 16, retries=10,
                         retry_sleep=0.05)
     t = threading.Thread(target=heal)
@@ -278,7 +359,7 @@ def test_copier_cancel_stops_between_chunks(mariadb10, tmp_path):
     src = Path(mariadb10.datadir) / "ibdata1"
     cancel = threading.Event()
     cancel.set()
-    copier = FileCopier(DirSink(tmp_path / "out"), "mariadb", cancel=cancel)
+    copier = FileCopier(backup_target(tmp_path / "out"), "mariadb", cancel=cancel)
     with pytest.raises(Interrupted):
         copier.copy(SourceFile(src, "ibdata1", "innodb", system=True))
 
@@ -288,7 +369,7 @@ def test_ddl_lock_blocks_ddl_until_released(server):
     other = server.connect()
     try:
         facts = read_server_facts(s)
-        locks = BackupLocks(s, facts.flavor)
+        locks = family(facts.flavor).backup_locks(s)
         locks.lock_ddl()
         with other.cursor() as cur:
             cur.execute("SET SESSION lock_wait_timeout = 1")
@@ -297,10 +378,10 @@ def test_ddl_lock_blocks_ddl_until_released(server):
             assert err.value.args[0] == 1205  # ER_LOCK_WAIT_TIMEOUT
             cur.execute("INSERT INTO sample.t_plain VALUES (900001, 'x', 'y', 1.00)")  # DML goes on
         with locks.block_commits(need_read_lock=True):
-            status = read_log_status(s, facts.flavor, binlog=True)
+            status = family(facts.flavor).read_log_status(s, binlog=True)
             assert status.lsn >= status.checkpoint_lsn > 0
             assert status.binlog_file.startswith("binlog.")
-            assert current_lsn(s, facts.flavor) >= status.checkpoint_lsn
+            assert family(facts.flavor).current_lsn(s) >= status.checkpoint_lsn
         locks.release()
         locks.release()  # idempotent
         with other.cursor() as cur:
@@ -316,7 +397,7 @@ def test_redo_consumer_registers_advances_and_unregisters_on_mysql(mysql9):
     args = {"unix_socket": str(mysql9.socket), "user": "root", "password": "", "autocommit": True}
     consumer = RedoConsumer(args)
     try:
-        lsn = current_lsn(consumer.session, "mysql")
+        lsn = family("mysql").current_lsn(consumer.session)
         consumer.advance(lsn)
         assert consumer.advanced_to == lsn
         # A second consumer on another session shows that ours is still registered and working.
@@ -352,17 +433,17 @@ def test_redo_consumer_really_holds_back_redo_overwrite_on_mysql(fresh_server):
 
     try:
         s = consumer.session
-        start = current_lsn(s, "mysql")
+        start = family("mysql").current_lsn(s)
         threading.Thread(target=writer, daemon=True).start()
         assert not done.wait(5), "the writer should stall behind our consumer"
-        stalled_at = current_lsn(s, "mysql") - start
+        stalled_at = family("mysql").current_lsn(s) - start
         assert stalled_at < 8 << 20
         deadline = time.monotonic() + 60
         while not done.is_set() and time.monotonic() < deadline:
-            consumer.advance(current_lsn(s, "mysql"))
+            consumer.advance(family("mysql").current_lsn(s))
             time.sleep(0.1)
         assert done.is_set()
-        assert current_lsn(s, "mysql") - start > 25 << 20
+        assert family("mysql").current_lsn(s) - start > 25 << 20
     finally:
         consumer.close()
 

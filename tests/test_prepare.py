@@ -8,17 +8,12 @@ from pathlib import Path
 import crc32c
 import pytest
 from innostream.errors import PrepareError, TargetError
+from innostream.families import family
 from innostream.formats.errors import Corrupt, Truncated, UnsupportedVersion
 from innostream.formats.xtrabackup_logfile import LOG_HEADER_FLAG_FILE_FULL, REDO_MIN_SIZE, build_mysql_prepare_redo
 from innostream.formats.xtrabackup_meta import Checkpoints, build_checkpoints
-from innostream.recovery.prepare import (
-    PrepareConfig,
-    apply_ddl_side_files,
-    local_data_file_path,
-    prepare_backup,
-    read_backup_dir,
-    recovered_lsn_from_log,
-)
+from innostream.recovery.backupdir import read_backup_dir
+from innostream.recovery.prepare import PrepareConfig, apply_ddl_side_files, local_data_file_path, prepare_backup
 from innostream.recovery.restore import RestoreConfig, copy_sparse, restore_backup
 
 
@@ -237,15 +232,15 @@ def test_recovered_lsn_from_real_logs() -> None:
         "269704368",
         "2026-11-24T09:21:07.2Z 0 [Note] [MY-012976] [InnoDB] 9.7.4 started; log sequence number 269717123",
     ]
-    assert recovered_lsn_from_log("mysql", mysql) == 269704368
+    assert family("mysql").recovered_lsn(mysql) == 269704368
     mariadb = [
         "2026-11-24  9:20:13 0 [Note] InnoDB: Starting crash recovery from checkpoint LSN=214610737",
         "2026-11-24  9:20:13 0 [Note] InnoDB: End of log at LSN=256806304",
         "2026-11-24  9:20:13 0 [Note] InnoDB: log sequence number 256806304; transaction id 20825",
     ]
-    assert recovered_lsn_from_log("mariadb", mariadb) == 256806304
-    assert recovered_lsn_from_log("mariadb", mariadb[2:]) == 256806304
-    assert recovered_lsn_from_log("mysql", mysql[3:]) is None
+    assert family("mariadb").recovered_lsn(mariadb) == 256806304
+    assert family("mariadb").recovered_lsn(mariadb[2:]) == 256806304
+    assert family("mysql").recovered_lsn(mysql[3:]) is None
 
 
 def test_local_data_file_path() -> None:

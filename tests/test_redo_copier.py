@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from innostream import redo_copier
 from innostream.errors import Corrupt, RedoOverwritten, SourceError
+from innostream.families import family
 from innostream.formats import log0files_io as my
 from innostream.formats import mtr0log as ma
-from innostream.redo_copier import MariaDBRedoCopier, open_redo_copier
+from innostream.redo_copier import MariaDBRedoCopier
 from innostream.redo_inspect import inspect_redo
 
 from tools.sandbox import WRAPPERS, Server
@@ -103,7 +104,7 @@ def test_copy_under_load_is_gap_free(kind: str, request: pytest.FixtureRequest, 
     out = tmp_path / "copy"
     advanced: list[int] = []
     with out.open("wb") as fh:
-        copier = open_redo_copier(srv.flavor, srv.datadir, fh.write, poll_interval=0.05, advance=advanced.append)
+        copier = family(srv.flavor).open_redo_copier(srv.datadir, fh.write, poll_interval=0.05, advance=advanced.append)
         copier.start()
         assert copier.start_lsn > 0
         load = Load(srv, "redo_copier_load")
@@ -142,7 +143,7 @@ TINY_REDO = {
 def test_slow_copier_under_heavy_load_raises_redo_overwritten(kind: str, fresh_server, tmp_path: Path) -> None:
     srv: Server = fresh_server(kind, options=TINY_REDO[kind])
     chunks: list[int] = []
-    copier = open_redo_copier(srv.flavor, srv.datadir, lambda b: chunks.append(len(b)), poll_interval=3600)
+    copier = family(srv.flavor).open_redo_copier(srv.datadir, lambda b: chunks.append(len(b)), poll_interval=3600)
     copier.start()
     time.sleep(0.5)  # the first poll happened; the next one only when stop() wakes it
     load = Load(srv, "redo_overwrite", row_bytes=8000, rows_per_stmt=50, total_bytes=40 << 20)
@@ -161,7 +162,7 @@ def test_slow_copier_under_heavy_load_raises_redo_overwritten(kind: str, fresh_s
 def test_mariadb_log_resize_during_copy_is_a_source_error(fresh_server) -> None:
     """SET GLOBAL innodb_log_file_size re-creates ib_logfile0: the copy cannot follow it and must say so."""
     srv: Server = fresh_server("mariadb10", options=["--innodb-log-file-size=4M", "--innodb-log-buffer-size=2M"])
-    copier = open_redo_copier("mariadb", srv.datadir, lambda b: None, poll_interval=0.05)
+    copier = family("mariadb").open_redo_copier(srv.datadir, lambda b: None, poll_interval=0.05)
     copier.start()
     srv.execute("SET GLOBAL innodb_log_file_size = 8388608")
     load = Load(srv, "redo_resize", row_bytes=1000, rows_per_stmt=10, total_bytes=2 << 20)
@@ -183,7 +184,7 @@ def test_copier_follows_wrap_and_file_rotation(kind: str, fresh_server, tmp_path
     srv: Server = fresh_server(kind, options=TINY_REDO[kind])
     out = tmp_path / "copy"
     with out.open("wb") as fh:
-        copier = open_redo_copier(srv.flavor, srv.datadir, fh.write, poll_interval=0.02)
+        copier = family(srv.flavor).open_redo_copier(srv.datadir, fh.write, poll_interval=0.02)
         copier.start()
         load = Load(srv, "redo_wrap", row_bytes=1000, rows_per_stmt=10, total_bytes=12 << 20)
         load.start()
@@ -240,7 +241,7 @@ def test_copier_on_static_sample_copies_checkpoint_to_end(name: str, tmp_path: P
     image, meta = sample_image(name)
     root = place(image, meta, tmp_path)
     chunks: list[bytes] = []
-    copier = open_redo_copier(meta["flavor"], root, chunks.append, poll_interval=0.01)
+    copier = family(meta["flavor"]).open_redo_copier(root, chunks.append, poll_interval=0.01)
     at_thread_start: list[int] = []
     run = copier._run
     copier._run = lambda: (at_thread_start.append(copier.scanned_lsn), run())  # type: ignore[method-assign]
@@ -300,7 +301,7 @@ def test_corrupt_log_below_the_servers_lsn_is_an_error_not_a_hang(name: str, tmp
         start = my.parse_file_header(image[:512]).start_lsn
         bad_lsn = my.align_down(cp) + 512
         image[my.lsn_to_offset(start, bad_lsn) + 100] ^= 0x01
-    copier = open_redo_copier(meta["flavor"], place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
+    copier = family(meta["flavor"]).open_redo_copier(place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
     copier.stall_timeout = 0.5
     copier.start()
     with pytest.raises(Corrupt, match="does not advance") as info:
@@ -314,7 +315,7 @@ def test_mariadb_invalid_log_before_the_checkpoint_end_is_overwritten(tmp_path: 
     image, meta = sample_image("mariadb-10.11")
     header, cp = ma.find_checkpoint(image[: ma.START_OFFSET])
     image[ma.lsn_to_offset(cp.checkpoint_lsn + 1, header.first_lsn, len(image))] ^= 0x01
-    copier = open_redo_copier("mariadb", place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
+    copier = family("mariadb").open_redo_copier(place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
     with pytest.raises(RedoOverwritten) as info:
         copier.start()  # found while copying the backlog: start() raises it, no thread is left behind
     assert info.value.lsn == cp.checkpoint_lsn
@@ -331,7 +332,7 @@ def test_mysql_block_numbered_ahead_is_overwritten(tmp_path: Path) -> None:
     struct.pack_into(">I", block, 0, my.block_hdr_no(lsn + 8 * 1024 * 1024))  # a block of a later lap
     struct.pack_into(">I", block, 508, my.crc32c(bytes(block[:508])))
     image[off : off + 512] = block
-    copier = open_redo_copier("mysql", place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
+    copier = family("mysql").open_redo_copier(place(image, meta, tmp_path), lambda b: None, poll_interval=0.01)
     with pytest.raises(RedoOverwritten, match="block numbers mismatch") as info:
         copier.start()
     assert info.value.lsn == lsn
@@ -340,7 +341,7 @@ def test_mysql_block_numbered_ahead_is_overwritten(tmp_path: Path) -> None:
 def test_mysql_redo_file_removed_is_overwritten(tmp_path: Path) -> None:
     image, meta = sample_image("mysql-9.7")
     root = place(image, meta, tmp_path)
-    copier = open_redo_copier("mysql", root, lambda b: None, poll_interval=3600)
+    copier = family("mysql").open_redo_copier(root, lambda b: None, poll_interval=3600)
     copier.start()
     time.sleep(0.2)
     copier._close()  # drop the cached descriptor so that the next poll resolves the files again
@@ -356,17 +357,17 @@ def test_mysql_redo_file_removed_is_overwritten(tmp_path: Path) -> None:
 def test_unreadable_or_missing_logs_are_source_errors(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     with pytest.raises(SourceError, match="not found"):
-        open_redo_copier("mariadb", tmp_path / "a", lambda b: None).start()
+        family("mariadb").open_redo_copier(tmp_path / "a", lambda b: None).start()
     with pytest.raises(SourceError, match="not found"):
-        open_redo_copier("mysql", tmp_path / "a", lambda b: None).start()
+        family("mysql").open_redo_copier(tmp_path / "a", lambda b: None).start()
     (tmp_path / "a" / "ib_logfile0").mkdir()  # reading it fails with EISDIR: one line, not a traceback
     with pytest.raises(SourceError, match="cannot read the redo log"):
-        open_redo_copier("mariadb", tmp_path / "a", lambda b: None).start()
+        family("mariadb").open_redo_copier(tmp_path / "a", lambda b: None).start()
     (tmp_path / "a" / my.LOG_DIRECTORY_NAME).mkdir()
     with pytest.raises(SourceError, match="no valid checkpoint"):
-        open_redo_copier("mysql", tmp_path / "a", lambda b: None).start()
+        family("mysql").open_redo_copier(tmp_path / "a", lambda b: None).start()
     with pytest.raises(ValueError, match="flavor"):
-        open_redo_copier("postgres", tmp_path, lambda b: None)
+        family("postgres").open_redo_copier(tmp_path, lambda b: None)
 
 
 REFERENCE_BACKUP = {"mariadb10": ["/usr/bin/mariadb-backup"], "mariadb11": [str(WRAPPERS / "mariadb-backup-sid")]}

@@ -26,6 +26,7 @@ step ruff .venv/bin/ruff check .
 step shellcheck shellcheck tools/setup.sh tools/test.sh .ci/run tools/server-wrappers/*
 step static-tree .venv/bin/python -m tools.static_tree
 step mypy .venv/bin/mypy
+step layers env PYTHONPATH=.venv/static .venv/bin/lint-imports --no-cache
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass. The timeout keeps a hung
 # server from eating CI's whole budget.
 step pytest timeout -k 60 "${PYTEST_TIMEOUT:-4800}" .venv/bin/pytest -q "$@"

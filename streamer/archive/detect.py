@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import BinaryIO
 
-from innostream.archive import ArchiveSummary, FileResult, ObserverFactory, Sink, read_archive
+from innostream.archive.reader import read_archive
+from innostream.archive.types import ArchiveSummary, FileResult, ObserverFactory
 from innostream.archive.xbstream import read_xbstream
 from innostream.formats import archive as fa
 from innostream.formats import xbstream as fx
 from innostream.formats.errors import BadMagic
+from innostream.sink import Sink
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -69,7 +71,7 @@ def detect(inp: BinaryIO) -> tuple[str, BinaryIO]:
         import zstandard
 
         reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True, closefd=False)
-        kind, inner = detect(reader)  # type: ignore[arg-type]
+        kind, inner = detect(reader)
         if kind != "xbstream":
             raise BadMagic("zstd-compressed input is not an xbstream", offset=0)
         return "xbstream.zst", inner

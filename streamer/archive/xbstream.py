@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from innostream.archive import MAX_OPEN_FILES, ArchiveSummary, FileResult, ObserverFactory, Sink, read_exact
+from innostream.archive.types import MAX_OPEN_FILES, ArchiveSummary, FileResult, Observer, ObserverFactory, read_exact
 from innostream.errors import Interrupted, TargetError, UnsafePath
+from innostream.flavor import Flavor
 from innostream.formats import xbstream as fx
 from innostream.formats.archive import check_name
 from innostream.formats.errors import (
@@ -26,6 +27,7 @@ from innostream.formats.errors import (
     Truncated,
     UnsupportedVersion,
 )
+from innostream.sink import Sink
 
 #: largest payload we accept in one chunk; real writers use 10 MiB (or one larger ds_write). Payloads are read in
 #: READ_PIECE pieces, so this caps the work a hostile length can cause, not memory.
@@ -33,7 +35,9 @@ MAX_CHUNK_PAYLOAD = 1 << 32
 READ_PIECE = 4 << 20
 ZEROS = bytes(1 << 20)
 
-DIALECTS = ("auto", "mariadb", "percona")
+DIALECTS = ("auto", "mariadb", "percona")  # user-facing choices of --xbstream-dialect
+#: the server family a dialect implies (Percona XtraBackup backs up MySQL)
+DIALECT_FLAVOR = {"mariadb": Flavor.MARIADB, "percona": Flavor.MYSQL}
 
 
 class XbstreamWriter:
@@ -50,7 +54,7 @@ class XbstreamWriter:
         *,
         level: int = 1,
         threads: int = 2,
-        meta: dict | None = None,
+        meta: dict[str, Any] | None = None,
         compress: bool = True,
         chunk_size: int = fx.XB_STREAM_MIN_CHUNK_SIZE,
     ) -> None:
@@ -133,7 +137,7 @@ class XbstreamWriter:
         self.write(file_id, 0, data)
         self.end_file(file_id, len(data))
 
-    def close(self, trailer: dict | None = None) -> None:
+    def close(self, trailer: dict[str, Any] | None = None) -> None:
         """Flush. xbstream has no trailer: ``trailer`` is ignored (the metadata files carry the LSNs)."""
         open_files = [st[0].decode() for st in self._files.values() if not st[2]]
         if open_files:
@@ -176,8 +180,7 @@ class _Input:
         return data
 
     def exact(self, n: int, what: str, at: int) -> bytes:
-        data = read_exact(self, n, offset=at, what=what)  # type: ignore[arg-type]
-        return data
+        return read_exact(self, n, offset=at, what=what)
 
     def peek(self, n: int) -> bytes:
         while len(self._buf) < n:
@@ -194,7 +197,231 @@ class _XFile:
     handle: Any
     pos: int = 0  # where the next payload must start (mbstream's entry->offset)
     size: int = 0  # end of the data written so far: the size at end-of-file (a seek alone does not extend)
-    observer: Any = None
+    observer: Observer | None = None
+
+
+class XbstreamReader:
+    """Reads one xbstream into ``sink`` chunk by chunk; :meth:`read` once, it raises on the first problem.
+
+    One method per chunk kind. Files are keyed by their path as stored (bytes); a file is open from its first chunk
+    to its ``E`` chunk, and a path may not come back after that unless renamed or removed first.
+    """
+
+    def __init__(
+        self,
+        inp: BinaryIO,
+        sink: Sink,
+        *,
+        header_prefix: bytes = b"",
+        dialect: str = "auto",
+        on_file_done: Callable[[FileResult], None] | None = None,
+        observer_factory: ObserverFactory | None = None,
+    ) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect {dialect!r}")
+        self._src = _Input(inp, header_prefix)
+        self._sink = sink
+        self._dialect = dialect
+        self._on_file_done = on_file_done
+        self._observer_factory = observer_factory
+        self._files: dict[bytes, _XFile] = {}  # open files
+        self._done: set[bytes] = set()  # ended files
+        flavor = DIALECT_FLAVOR.get(dialect)
+        self._meta: dict[str, Any] = {"dialect": dialect, **({"flavor": flavor} if flavor else {})}
+        self.summary = ArchiveSummary("xbstream", self._meta, [], {})
+
+    def read(self) -> ArchiveSummary:
+        """Read to the end of the input; close the sink, or abort it on any error."""
+        src, summary = self._src, self.summary
+        try:
+            while True:
+                at = src.pos
+                prefix = src.read(fx.CHUNK_HEADER_CONSTANT_LEN)
+                if not prefix:
+                    break
+                if len(prefix) < fx.CHUNK_HEADER_CONSTANT_LEN:  # a short read from a pipe, or the end in a header
+                    prefix += src.exact(fx.CHUNK_HEADER_CONSTANT_LEN - len(prefix), f"the chunk header at {at:#x}",
+                                        at)
+                magic, flags, ctype, path_len = fx.unpack_prefix(prefix)
+                if magic != fx.XB_STREAM_CHUNK_MAGIC:
+                    raise BadMagic(f"wrong chunk magic at offset {at:#x}", offset=at)
+                if path_len == 0 or path_len >= fx.FN_REFLEN:
+                    raise Corrupt(f"chunk path length {path_len} at {at:#x} (must be 1..{fx.FN_REFLEN - 1})",
+                                  offset=at)
+                path = src.exact(path_len, "the chunk path", at)
+                summary.frames += 1
+                if ctype == fx.XB_CHUNK_TYPE_EOF:
+                    self._end_of_file(path, at)
+                elif ctype == fx.XB_CHUNK_TYPE_PAYLOAD:
+                    self._payload(path, at, flags, sparse=False)
+                elif ctype == fx.XB_CHUNK_TYPE_SEEK and self._is_seek():
+                    self._seek(path, at)
+                elif ctype == fx.XB_CHUNK_TYPE_SPARSE:
+                    self._payload(path, at, flags, sparse=True)
+                elif ctype in (fx.XB_CHUNK_TYPE_RENAME, fx.XB_CHUNK_TYPE_REMOVE):
+                    self._rename_or_remove(path, at, rename=ctype == fx.XB_CHUNK_TYPE_RENAME)
+                else:
+                    raise UnsupportedVersion(f"unknown chunk type {ctype:#x} at offset {at:#x}", offset=at)
+            if self._files:
+                names = [xf.result.name for xf in self._files.values()]
+                raise Truncated(f"stream ended without the end-of-file chunk of {len(names)} file(s): "
+                                f"{', '.join(names[:5])}", offset=src.pos)
+            summary.archive_bytes = src.pos
+            summary.stored_bytes = summary.raw_bytes
+            self._sink.close()
+            return summary
+        except BaseException:
+            self._sink.abort()
+            raise
+
+    def _is_seek(self) -> bool:
+        """MariaDB's seek chunk and Percona's sparse chunk share a type letter: the dialect, or the bytes, decide."""
+        if self._dialect == "mariadb":
+            return True
+        if self._dialect == "auto":
+            after = self._src.peek(fx.SEEK_TAIL_LEN + 8)
+            return len(after) == fx.SEEK_TAIL_LEN or after[fx.SEEK_TAIL_LEN :] == fx.XB_STREAM_CHUNK_MAGIC
+        return False
+
+    def _member_name(self, path: bytes, at: int) -> str:
+        try:
+            name = path.decode()
+        except UnicodeDecodeError:
+            raise Corrupt("file name is not UTF-8", offset=at) from None
+        why = check_name(name)
+        if why:
+            raise UnsafePath(f"refusing archive member {name!r}: {why}", offset=at)
+        return name
+
+    def _open_file(self, path: bytes, at: int) -> _XFile:
+        xf = self._files.get(path)
+        if xf is not None:
+            return xf
+        name = self._member_name(path, at)
+        if path in self._done:
+            raise Corrupt("duplicate file in the stream (chunk after its end-of-file)", file=name, offset=at)
+        if len(self._files) >= MAX_OPEN_FILES:
+            raise Corrupt(f"more than {MAX_OPEN_FILES} files open at once", file=name, offset=at)
+        result = FileResult(name, 0o640)
+        self.summary.files.append(result)
+        xf = self._files[path] = _XFile(result, self._sink.begin_file(name))
+        if self._observer_factory is not None:
+            xf.observer = self._observer_factory(name, self._meta)
+        return xf
+
+    def _end_of_file(self, path: bytes, at: int) -> None:
+        xf = self._open_file(path, at)
+        self._files.pop(path)
+        self._done.add(path)
+        xf.result.size = xf.size
+        if xf.observer is not None:
+            xf.observer.finish(xf.size)
+        self._sink.end_file(xf.handle, xf.size)
+        if self._on_file_done is not None:
+            self._on_file_done(xf.result)
+
+    def _payload(self, path: bytes, at: int, flags: int, *, sparse: bool) -> None:
+        """A ``P`` chunk, or Percona's sparse ``S`` chunk (a map of (skip, length) runs over the payload)."""
+        src = self._src
+        xf = self._open_file(path, at)
+        runs: list[tuple[int, int]] | None = None
+        crc = 0
+        if not sparse:
+            length, offset, checksum = fx.unpack_payload_tail(src.exact(fx.PAYLOAD_TAIL_LEN, "a chunk header", at))
+        else:
+            map_len, length, offset, checksum = fx.unpack_sparse_tail(
+                src.exact(fx.SPARSE_TAIL_LEN, "a chunk header", at))
+            if map_len > fx.XB_STREAM_MIN_CHUNK_SIZE // 8 or length > 64 << 20:
+                raise Corrupt(f"sparse chunk map of {map_len} entries / {length} bytes at {at:#x}",
+                              file=xf.result.name, offset=at)
+            raw_map = src.exact(map_len * fx.SPARSE_ENTRY_LEN, "a sparse map", at)
+            crc = zlib.crc32(raw_map)
+            runs = [(int.from_bytes(raw_map[i : i + 4], "little"), int.from_bytes(raw_map[i + 4 : i + 8], "little"))
+                    for i in range(0, len(raw_map), 8)]
+        if length > MAX_CHUNK_PAYLOAD:
+            raise Corrupt(f"chunk payload length {length} exceeds the cap {MAX_CHUNK_PAYLOAD}",
+                          file=xf.result.name, offset=at)
+        if offset != xf.pos:
+            raise Corrupt(f"out-of-order chunk: offset {offset:#x}, expected {xf.pos:#x}",
+                          file=xf.result.name, offset=at)
+        if flags & fx.XB_STREAM_FLAG_REWRITE:
+            raise UnsupportedVersion("REWRITE chunks are not supported", file=xf.result.name, offset=at)
+        got = self._copy_payload(xf, length, offset, crc, at, runs)
+        if got != checksum:
+            raise ChecksumMismatch(f"invalid checksum at offset {at:#x}: expected {checksum:#010x}, read {got:#010x}",
+                                   file=xf.result.name, offset=at)
+        xf.pos = offset + length + (sum(s for s, _ in runs) if runs else 0)
+        xf.size = max(xf.size, xf.pos)
+        xf.result.data_frames += 1
+        xf.result.stored_bytes += length
+        self.summary.raw_bytes += length
+
+    def _copy_payload(self, xf: _XFile, length: int, offset: int, crc: int, at: int,
+                      runs: list[tuple[int, int]] | None) -> int:
+        """Stream ``length`` payload bytes to the file; return the CRC (``crc`` covers the sparse map already)."""
+        src, write = self._src, self._sink.write
+        if runs is None:
+            pos = offset
+            left = length
+            while left:
+                piece = src.exact(min(left, READ_PIECE), f"the payload of the chunk at {at:#x}", at)
+                crc = zlib.crc32(piece, crc)
+                write(xf.handle, pos, piece)
+                if xf.observer is not None:
+                    xf.observer.feed(pos, piece)
+                pos += len(piece)
+                left -= len(piece)
+            return crc
+        payload = src.exact(length, f"the payload of the chunk at {at:#x}", at)
+        crc = zlib.crc32(payload, crc)
+        pos, used = offset, 0
+        for skip, n in runs:
+            pos += skip
+            if used + n > length:
+                raise Corrupt("sparse map covers more than the payload", file=xf.result.name, offset=at)
+            write(xf.handle, pos, payload[used : used + n])
+            if xf.observer is not None:
+                xf.observer.feed(pos, payload[used : used + n])
+            pos += n
+            used += n
+        if used != length:
+            raise Corrupt(f"sparse map covers {used} of {length} payload bytes", file=xf.result.name, offset=at)
+        return crc
+
+    def _seek(self, path: bytes, at: int) -> None:
+        """MariaDB's seek chunk: the next payload of the file starts there (a hole in between)."""
+        xf = self._open_file(path, at)
+        xf.pos = fx.unpack_u64(self._src.exact(fx.SEEK_TAIL_LEN, "a seek chunk", at))
+
+    def _rename_or_remove(self, path: bytes, at: int, *, rename: bool) -> None:
+        """Apply a rename or remove chunk to an ended file (and to the sink, if it can)."""
+        old_name = self._member_name(path, at)
+        new_path = b""
+        if rename:
+            new_len = fx.unpack_u32(self._src.exact(4, "a rename chunk", at))
+            if new_len == 0 or new_len >= fx.FN_REFLEN:
+                raise Corrupt(f"rename target length {new_len} at {at:#x}", file=old_name, offset=at)
+            new_path = self._src.exact(new_len, "a rename chunk", at)
+        if path in self._files:
+            raise Corrupt("rename and remove chunks cannot be applied to an open file (no end-of-file yet)",
+                          file=old_name, offset=at)
+        self._done.discard(path)
+        results = self.summary.files
+        if rename:
+            new_name = self._member_name(new_path, at)
+            sink_rename = getattr(self._sink, "rename", None)
+            if sink_rename is not None:
+                sink_rename(old_name, new_name)
+            results[:] = [r for r in results if r.name != new_name]  # a replaced file is gone
+            for r in results:
+                if r.name == old_name:
+                    r.name = new_name
+            self._done.add(new_path)
+        else:
+            sink_remove = getattr(self._sink, "remove", None)
+            if sink_remove is not None:
+                sink_remove(old_name)
+            results[:] = [r for r in results if r.name != old_name]
 
 
 def read_xbstream(
@@ -206,7 +433,7 @@ def read_xbstream(
     on_file_done: Callable[[FileResult], None] | None = None,
     observer_factory: ObserverFactory | None = None,
 ) -> ArchiveSummary:
-    """Read an xbstream into ``sink`` chunk by chunk; raise on the first problem.
+    """Read an xbstream into ``sink`` chunk by chunk (:class:`XbstreamReader`); raise on the first problem.
 
     ``observer_factory(name, meta)`` works as in :func:`innostream.archive.read_archive` (page validation); the meta
     has ``flavor`` only if the dialect implies it (``mariadb``/``percona``), as an xbstream does not say.
@@ -214,188 +441,8 @@ def read_xbstream(
     Raises:
         BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion, UnsafePath: named with the stream offset.
     """
-    if dialect not in DIALECTS:
-        raise ValueError(f"dialect {dialect!r}")
-    src = _Input(inp, header_prefix)
-    files: dict[bytes, _XFile] = {}
-    done: set[bytes] = set()
-    results: list[FileResult] = []
-    flavor = {"mariadb": "mariadb", "percona": "mysql"}.get(dialect)
-    meta: dict[str, Any] = {"dialect": dialect, **({"flavor": flavor} if flavor else {})}
-    summary = ArchiveSummary("xbstream", meta, results, {})
-    chunks = 0
-
-    def member_name(path: bytes, at: int) -> str:
-        try:
-            name = path.decode()
-        except UnicodeDecodeError:
-            raise Corrupt("file name is not UTF-8", offset=at) from None
-        why = check_name(name)
-        if why:
-            raise UnsafePath(f"refusing archive member {name!r}: {why}", offset=at)
-        return name
-
-    def open_file(path: bytes, at: int) -> _XFile:
-        xf = files.get(path)
-        if xf is not None:
-            return xf
-        name = member_name(path, at)
-        if path in done:
-            raise Corrupt("duplicate file in the stream (chunk after its end-of-file)", file=name, offset=at)
-        if len(files) >= MAX_OPEN_FILES:
-            raise Corrupt(f"more than {MAX_OPEN_FILES} files open at once", file=name, offset=at)
-        result = FileResult(name, 0o640)
-        results.append(result)
-        xf = files[path] = _XFile(result, sink.begin_file(name))
-        if observer_factory is not None:
-            xf.observer = observer_factory(name, meta)
-        return xf
-
-    def copy_payload(xf: _XFile, length: int, offset: int, crc_prefix: int, at: int,
-                     sparse: list[tuple[int, int]] | None) -> int:
-        """Stream ``length`` payload bytes to the file; return the CRC."""
-        crc = crc_prefix
-        if sparse is None:
-            pos = offset
-            left = length
-            while left:
-                piece = src.exact(min(left, READ_PIECE), f"the payload of the chunk at {at:#x}", at)
-                crc = zlib.crc32(piece, crc)
-                sink.write(xf.handle, pos, piece)
-                if xf.observer is not None:
-                    xf.observer.feed(pos, piece)
-                pos += len(piece)
-                left -= len(piece)
-            return crc
-        payload = src.exact(length, f"the payload of the chunk at {at:#x}", at)
-        crc = zlib.crc32(payload, crc)
-        pos, used = offset, 0
-        for skip, n in sparse:
-            pos += skip
-            if used + n > length:
-                raise Corrupt("sparse map covers more than the payload", file=xf.result.name, offset=at)
-            sink.write(xf.handle, pos, payload[used : used + n])
-            if xf.observer is not None:
-                xf.observer.feed(pos, payload[used : used + n])
-            pos += n
-            used += n
-        if used != length:
-            raise Corrupt(f"sparse map covers {used} of {length} payload bytes", file=xf.result.name, offset=at)
-        return crc
-
-    try:
-        while True:
-            at = src.pos
-            prefix = src.read(fx.CHUNK_HEADER_CONSTANT_LEN)
-            if not prefix:
-                break
-            if len(prefix) < fx.CHUNK_HEADER_CONSTANT_LEN:  # a short read from a pipe, or the end inside a header
-                prefix += src.exact(fx.CHUNK_HEADER_CONSTANT_LEN - len(prefix), f"the chunk header at {at:#x}", at)
-            magic, flags, ctype, path_len = fx.unpack_prefix(prefix)
-            if magic != fx.XB_STREAM_CHUNK_MAGIC:
-                raise BadMagic(f"wrong chunk magic at offset {at:#x}", offset=at)
-            if path_len == 0 or path_len >= fx.FN_REFLEN:
-                raise Corrupt(f"chunk path length {path_len} at {at:#x} (must be 1..{fx.FN_REFLEN - 1})", offset=at)
-            path = src.exact(path_len, "the chunk path", at)
-            chunks += 1
-            if ctype == fx.XB_CHUNK_TYPE_EOF:
-                xf = open_file(path, at)
-                files.pop(path)
-                done.add(path)
-                xf.result.size = xf.size
-                if xf.observer is not None:
-                    xf.observer.finish(xf.size)
-                sink.end_file(xf.handle, xf.size)
-                if on_file_done is not None:
-                    on_file_done(xf.result)
-                continue
-            is_seek = False
-            if ctype == fx.XB_CHUNK_TYPE_SEEK:
-                if dialect == "mariadb":
-                    is_seek = True
-                elif dialect == "auto":
-                    after = src.peek(fx.SEEK_TAIL_LEN + 8)
-                    is_seek = len(after) == fx.SEEK_TAIL_LEN or after[fx.SEEK_TAIL_LEN :] == fx.XB_STREAM_CHUNK_MAGIC
-            if ctype == fx.XB_CHUNK_TYPE_PAYLOAD or (ctype == fx.XB_CHUNK_TYPE_SPARSE and not is_seek):
-                xf = open_file(path, at)
-                sparse: list[tuple[int, int]] | None = None
-                crc = 0
-                if ctype == fx.XB_CHUNK_TYPE_PAYLOAD:
-                    length, offset, checksum = fx.unpack_payload_tail(src.exact(fx.PAYLOAD_TAIL_LEN, "a chunk header",
-                                                                                at))
-                else:
-                    map_len, length, offset, checksum = fx.unpack_sparse_tail(
-                        src.exact(fx.SPARSE_TAIL_LEN, "a chunk header", at))
-                    if map_len > fx.XB_STREAM_MIN_CHUNK_SIZE // 8 or length > 64 << 20:
-                        raise Corrupt(f"sparse chunk map of {map_len} entries / {length} bytes at {at:#x}",
-                                      file=xf.result.name, offset=at)
-                    raw_map = src.exact(map_len * fx.SPARSE_ENTRY_LEN, "a sparse map", at)
-                    crc = zlib.crc32(raw_map)
-                    sparse = [(int.from_bytes(raw_map[i : i + 4], "little"),
-                               int.from_bytes(raw_map[i + 4 : i + 8], "little"))
-                              for i in range(0, len(raw_map), 8)]
-                if length > MAX_CHUNK_PAYLOAD:
-                    raise Corrupt(f"chunk payload length {length} exceeds the cap {MAX_CHUNK_PAYLOAD}",
-                                  file=xf.result.name, offset=at)
-                if offset != xf.pos:
-                    raise Corrupt(f"out-of-order chunk: offset {offset:#x}, expected {xf.pos:#x}",
-                                  file=xf.result.name, offset=at)
-                if flags & fx.XB_STREAM_FLAG_REWRITE:
-                    raise UnsupportedVersion("REWRITE chunks are not supported", file=xf.result.name, offset=at)
-                got = copy_payload(xf, length, offset, crc, at, sparse)
-                if got != checksum:
-                    raise ChecksumMismatch(
-                        f"invalid checksum at offset {at:#x}: expected {checksum:#010x}, read {got:#010x}",
-                        file=xf.result.name, offset=at)
-                xf.pos = offset + length + (sum(s for s, _ in sparse) if sparse else 0)
-                xf.size = max(xf.size, xf.pos)
-                xf.result.data_frames += 1
-                xf.result.stored_bytes += length
-                summary.raw_bytes += length
-            elif is_seek:
-                xf = open_file(path, at)
-                xf.pos = fx.unpack_u64(src.exact(fx.SEEK_TAIL_LEN, "a seek chunk", at))
-            elif ctype in (fx.XB_CHUNK_TYPE_RENAME, fx.XB_CHUNK_TYPE_REMOVE):
-                old_name = member_name(path, at)
-                new_path = b""
-                if ctype == fx.XB_CHUNK_TYPE_RENAME:
-                    new_len = fx.unpack_u32(src.exact(4, "a rename chunk", at))
-                    if new_len == 0 or new_len >= fx.FN_REFLEN:
-                        raise Corrupt(f"rename target length {new_len} at {at:#x}", file=old_name, offset=at)
-                    new_path = src.exact(new_len, "a rename chunk", at)
-                if path in files:
-                    raise Corrupt("rename and remove chunks cannot be applied to an open file (no end-of-file yet)",
-                                  file=old_name, offset=at)
-                done.discard(path)
-                if ctype == fx.XB_CHUNK_TYPE_RENAME:
-                    new_name = member_name(new_path, at)
-                    sink_rename = getattr(sink, "rename", None)
-                    if sink_rename is not None:
-                        sink_rename(old_name, new_name)
-                    results[:] = [r for r in results if r.name != new_name]  # a replaced file is gone
-                    for r in results:
-                        if r.name == old_name:
-                            r.name = new_name
-                    done.add(new_path)
-                else:
-                    sink_remove = getattr(sink, "remove", None)
-                    if sink_remove is not None:
-                        sink_remove(old_name)
-                    results[:] = [r for r in results if r.name != old_name]
-            else:
-                raise UnsupportedVersion(f"unknown chunk type {ctype:#x} at offset {at:#x}", offset=at)
-        if files:
-            names = [xf.result.name for xf in files.values()]
-            raise Truncated(f"stream ended without the end-of-file chunk of {len(names)} file(s): "
-                            f"{', '.join(names[:5])}", offset=src.pos)
-        summary.frames = chunks
-        summary.archive_bytes = src.pos
-        summary.stored_bytes = summary.raw_bytes
-        sink.close()
-        return summary
-    except BaseException:
-        sink.abort()
-        raise
+    return XbstreamReader(inp, sink, header_prefix=header_prefix, dialect=dialect, on_file_done=on_file_done,
+                          observer_factory=observer_factory).read()
 
 
-__all__ = ["DIALECTS", "InnostreamError", "XbstreamWriter", "read_xbstream"]
+__all__ = ["DIALECTS", "InnostreamError", "XbstreamReader", "XbstreamWriter", "read_xbstream"]

@@ -38,7 +38,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY_COMMANDS:
             module_name, attr = LAZY_COMMANDS[cmd_name].split(":")
-            return getattr(importlib.import_module(module_name), attr)
+            command: click.Command = getattr(importlib.import_module(module_name), attr)
+            return command
         return super().get_command(ctx, cmd_name)
 
 
@@ -66,10 +67,14 @@ def _fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: run the CLI and map errors to one line and an exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    """Entry point: run the CLI and map errors to one line and an exit code.
+
+    The command line goes to the commands as ``ctx.obj["argv"]`` (backup records it in xtrabackup_info).
+    """
+    args = list(argv) if argv is not None else sys.argv[1:]
+    debug = "--debug" in args
     try:
-        return cli.main(args=argv, prog_name="innostream", standalone_mode=False)
+        return cli.main(args=args, prog_name="innostream", standalone_mode=False, obj={"argv": tuple(args)})
     except click.exceptions.Abort:
         _fail("interrupted", EXIT_INTERRUPTED)
     except click.ClickException as exc:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import click
 from innostream.archive.xbstream import DIALECTS
 from innostream.extract import PageValidation, extract, list_archive, verify
+from innostream.flavor import Flavor
 from innostream.formats.errors import Corrupt
 from innostream.log import log
 
@@ -30,7 +32,7 @@ def _open_input(archive: str) -> BinaryIO:
         raise SourceError(f"cannot open archive: {exc.strerror}", file=archive) from None
 
 
-def _input_options(f):  # type: ignore[no-untyped-def]
+def _input_options(f: Callable[..., None]) -> Callable[..., None]:
     f = click.option("--xbstream-dialect", type=click.Choice(DIALECTS), default="auto", show_default=True,
                      help="Meaning of xbstream 'S' chunks: MariaDB seek or Percona sparse (auto: guess).")(f)
     f = click.option("--format", "fmt", type=_FORMATS, default="auto", show_default=True,
@@ -81,7 +83,7 @@ def list_cmd(archive: str, fmt: str, xbstream_dialect: str, long_: bool) -> None
 @_input_options
 @click.option("-p", "--parallel", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Threads decompressing.")
-@click.option("--flavor", type=click.Choice(["mysql", "mariadb"]), default=None,
+@click.option("--flavor", type=click.Choice([f.value for f in Flavor]), default=None,
               help="Server flavour for page validation (default: from the archive's metadata; an xbstream does not "
                    "say, so pages are validated only with --flavor or --xbstream-dialect mariadb/percona).")
 def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, parallel: int, flavor: str | None) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
-from innostream.backup import BackupConfig, main_argv, run_backup
+from innostream.backup import BackupConfig, run_backup
 from innostream.connection import ConnectionOptions
 from innostream.log import log
 
@@ -48,12 +49,13 @@ _PROMPT = "\0prompt"
               "file) so a slow reader never holds back the log copier (default: $TMPDIR or /tmp).")
 @click.option("--read-buffer-size", type=click.IntRange(1, 64), default=4, show_default=True,
               help="MiB read at a time per copier thread.")
-def backup_cmd(datadir: Path | None, target_dir: Path | None, stream: bool, stream_format: str, compress: str,
-               compress_level: int, compress_threads: int, parallel: int, innodb_data_home_dir: Path | None,
-               innodb_log_group_home_dir: Path | None, innodb_undo_directory: Path | None,
-               defaults_file: str | None, user: str | None, password: str | None, host: str | None,
-               port: int | None, socket: str | None, no_lock: bool, tmpdir: Path | None,
-               read_buffer_size: int) -> None:
+@click.pass_obj
+def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Path | None, stream: bool,
+               stream_format: str, compress: str, compress_level: int, compress_threads: int, parallel: int,
+               innodb_data_home_dir: Path | None, innodb_log_group_home_dir: Path | None,
+               innodb_undo_directory: Path | None, defaults_file: str | None, user: str | None,
+               password: str | None, host: str | None, port: int | None, socket: str | None, no_lock: bool,
+               tmpdir: Path | None, read_buffer_size: int) -> None:
     """Hot physical backup of a running server into --target-dir or as a stream on stdout.
 
     \b
@@ -97,7 +99,7 @@ def backup_cmd(datadir: Path | None, target_dir: Path | None, stream: bool, stre
         chunk_size=read_buffer_size << 20,
         tmpdir=tmpdir,
         # click also takes "--password VALUE"; mask the value itself, not only the "--password=VALUE" form.
-        argv=tuple("..." if password and arg == password else arg for arg in main_argv()),
+        argv=tuple("..." if password and arg == password else arg for arg in (obj or {}).get("argv", ())),
     )
     out = sys.stdout.buffer if stream else None
     try:

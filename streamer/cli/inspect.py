@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from innostream.flavor import Flavor
 from innostream.formats.errors import EXIT_CORRUPT
 from innostream.inspect import inspect_path, render, result_ok
 
@@ -15,7 +16,7 @@ from innostream.inspect import inspect_path, render, result_ok
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--flavor",
-    type=click.Choice(["mysql", "mariadb"]),
+    type=click.Choice([f.value for f in Flavor]),
     default=None,
     help="Server family that wrote the files. Default: from the FSP flags, else from the data directory's files.",
 )

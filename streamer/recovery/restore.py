@@ -18,7 +18,8 @@ from pathlib import Path
 from innostream.errors import FileExistsInTarget, PrepareError, TargetError
 from innostream.formats.xtrabackup_meta import BACKUP_TYPE_FULL_PREPARED, METADATA_FILES
 from innostream.log import log
-from innostream.recovery.prepare import read_backup_dir
+from innostream.recovery.backupdir import read_backup_dir
+from innostream.target import TargetDir
 
 #: Bytes per copy_file_range/read call: big enough for throughput, small enough for steady progress lines.
 COPY_CHUNK = 8 * 1024 * 1024
@@ -63,14 +64,23 @@ def _data_regions(fd: int, size: int) -> list[tuple[int, int]]:
     return regions
 
 
-def copy_sparse(src: Path, dst: Path) -> int:
-    """Copy ``src`` to a new file ``dst`` keeping holes; returns the data bytes copied. Never overwrites."""
+def _exists(path: Path) -> FileExistsInTarget:
+    return FileExistsInTarget(f"{path} exists", file=str(path))
+
+
+def copy_sparse(src: Path, dst: Path, *, target: TargetDir | None = None) -> int:
+    """Copy ``src`` to a new file ``dst`` keeping holes; returns the data bytes copied. Never overwrites.
+
+    ``dst`` is created through ``target``, the writer of the directory it lies under (restore's datadir), so no
+    symlink on the way there is followed; without one, the directory of ``dst`` is the writer's root.
+    """
+    if target is None:
+        with TargetDir(dst.parent, fsync=True, exists_error=_exists) as out:
+            return copy_sparse(src, dst, target=out)
     with open(src, "rb") as fin:
-        size = os.fstat(fin.fileno()).st_size
-        try:
-            fdo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileExistsError:
-            raise FileExistsInTarget(f"{dst} exists", file=str(dst)) from None
+        st = os.fstat(fin.fileno())
+        size = st.st_size
+        fdo = target.open_new(dst.absolute().relative_to(target.root).as_posix())
         copied = 0
         try:
             for start, end in _data_regions(fin.fileno(), size):
@@ -89,12 +99,12 @@ def copy_sparse(src: Path, dst: Path) -> int:
                     pos += done
                     copied += done
             os.ftruncate(fdo, size)
+            os.fchmod(fdo, st.st_mode & 0o777)
             os.fsync(fdo)
         except OSError as exc:
             raise TargetError(f"cannot write {dst}: {exc.strerror}", file=str(dst)) from None
         finally:
             os.close(fdo)
-    dst.chmod(src.stat().st_mode & 0o777)
     return copied
 
 
@@ -147,36 +157,27 @@ def restore_backup(config: RestoreConfig) -> RestoreResult:
     last_report = time.monotonic()
     verb = "Moving" if config.move else "Copying"
     log.info("restore: %s %d files (%d bytes) from %s to %s", verb.lower(), len(files), total, bd.path, datadir)
-    for rel in files:
-        src, dst = bd.path / rel, datadir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        log.debug("[01] %s %s to %s", verb, src, dst)
-        size = src.stat().st_size
-        if config.move:
-            if dst.exists():
-                raise FileExistsInTarget(f"{dst} exists", file=str(dst))
-            try:
-                src.rename(dst)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise TargetError(f"cannot move {src} to {dst}: {exc.strerror}", file=str(dst)) from None
-                copy_sparse(src, dst)
+    # One writer for the datadir: no symlink below it is followed and no file replaced (the files and directories
+    # are made through directory descriptors opened with O_NOFOLLOW); its close fsyncs the directories.
+    with TargetDir(datadir, fsync=True, exists_error=_exists) as out:
+        for rel in files:
+            src, dst = bd.path / rel, datadir / rel
+            log.debug("[01] %s %s to %s", verb, src, dst)
+            size = src.stat().st_size
+            if config.move:
+                if not out.link_in(src, rel.as_posix()):  # another filesystem: copy
+                    copy_sparse(src, dst, target=out)
                 src.unlink()
-        else:
-            copy_sparse(src, dst)
-        result.files += 1
-        result.bytes += size
-        if time.monotonic() - last_report > PROGRESS_EVERY:
-            last_report = time.monotonic()
-            log.info("restore: %d/%d files, %d/%d bytes", result.files, len(files), result.bytes, total)
-    for dirpath, dirnames, _ in os.walk(bd.path):
-        for d in dirnames:  # empty schema directories (a database without tables) must exist too
-            (datadir / Path(dirpath).relative_to(bd.path) / d).mkdir(parents=True, exist_ok=True, mode=0o750)
-    fd = os.open(datadir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            else:
+                copy_sparse(src, dst, target=out)
+            result.files += 1
+            result.bytes += size
+            if time.monotonic() - last_report > PROGRESS_EVERY:
+                last_report = time.monotonic()
+                log.info("restore: %d/%d files, %d/%d bytes", result.files, len(files), result.bytes, total)
+        for dirpath, dirnames, _ in os.walk(bd.path):
+            for d in dirnames:  # empty schema directories (a database without tables) must exist too
+                out.make_dir((Path(dirpath).relative_to(bd.path) / d).as_posix())
     result.seconds = time.monotonic() - started
     log.info("restore: %d files, %d bytes in %.1f s", result.files, result.bytes, result.seconds)
     return result

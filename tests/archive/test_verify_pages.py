@@ -8,7 +8,8 @@ import itertools
 import json
 
 import pytest
-from innostream.extract import PageValidation, PageValidator, is_tablespace, verify
+from innostream.datadir import is_tablespace
+from innostream.extract import PageValidation, PageValidator, verify
 
 from tests.archive.builders import REPO, make_archive
 

@@ -221,7 +221,7 @@ def test_verify_validates_real_innodb_pages(real_stream: bytes, tmp_path: Path):
     r = run_cli(["verify", "-"], stdin=blob)
     assert r.returncode == 0, r.stderr
     pages = int(re.search(rb"(\d+) InnoDB pages checked", r.stderr).group(1))
-    from innostream.extract import is_tablespace
+    from innostream.datadir import is_tablespace
 
     nonzero = sum(1 for n, d in files.items() if is_tablespace(n) for i in range(0, len(d), 16384)
                   if d[i : i + 16384].strip(b"\0"))

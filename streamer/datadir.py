@@ -1,0 +1,313 @@
+"""What a data directory holds and what its files are called in a backup: every naming rule, written once.
+
+The backup enumerates a server's files with these rules (:func:`enumerate_files`); ``verify`` and ``inspect``
+recognise tablespaces and redo files by them; prepare names the system tablespace files the way the backup wrote
+them (:func:`local_data_file_path`). Names are file names or ``/``-separated backup member names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, NamedTuple
+
+from innostream.copier import SourceFile
+from innostream.errors import SourceError, TargetError
+from innostream.flavor import Flavor
+from innostream.formats.log0files_io import LOG_DIRECTORY_NAME, LOG_FILE_BASE_NAME
+from innostream.formats.xtrabackup_logfile import XTRABACKUP_LOGFILE
+
+if TYPE_CHECKING:  # the database client is not needed by verify and inspect, which use the naming rules
+    from innostream.connection import ServerFacts, Session
+
+#: Extensions of non-InnoDB files copied from database directories (xtrabackup's backup_copy.cc list, plus .sdi
+#: for MySQL 8+). Everything else in a database directory is left out.
+NON_INNODB_EXTENSIONS = frozenset({
+    "frm", "MYD", "MYI", "MAD", "MAI", "MRG", "TRG", "TRN", "ARM", "ARZ", "CSM", "CSV", "opt", "par", "sdi",
+})
+#: Non-InnoDB table data that writers can change under BLOCK_DDL: on MySQL these need FLUSH TABLES WITH READ LOCK.
+NON_TRANSACTIONAL_DATA = frozenset({"MYD", "MYI", "MAD", "MAI", "ARZ", "ARM", "CSV", "CSM", "MRG"})
+#: Log tables are written by the server itself and never locked; copying them as they are is what both tools do.
+LOG_TABLES = ("general_log", "slow_log")
+#: MySQL 8.0.30+ keeps its redo files (#ib_redoN, spare #ib_redoN_tmp) in this directory of the datadir.
+REDO_DIR = LOG_DIRECTORY_NAME
+#: Directories in the datadir that are not databases: InnoDB's own and the reference tools'.
+SKIP_DIRS = frozenset({"#innodb_temp", REDO_DIR, "#file_purge", "lost+found", ".", ".."})
+#: File-per-table and general tablespaces.
+IBD_RE = re.compile(r"^.+\.ibd$")
+#: The system tablespace's usual names (``innodb_data_file_path`` may choose others).
+SYSTEM_RE = re.compile(r"^ibdata\d+$")
+#: MySQL/MariaDB undo tablespace names (undo_001 / undo001) and user-created MySQL undo files.
+UNDO_RE = re.compile(r"^(undo_?\d{3}|.+\.ibu)$")
+#: Temporary tablespaces (ibtmp1, MySQL's #innodb_temp/*.ibt): never copied, the server re-creates them.
+TEMPORARY_RE = re.compile(r"^(ibtmp\d+|.+\.ibt)$")
+#: Redo files: MariaDB 10.8+ ib_logfile0, MySQL 8.0.30+ #innodb_redo/#ib_redoN, the backup copies of both.
+REDO_FILE_RE = re.compile(rf"^(ib_logfile\d+|{re.escape(LOG_FILE_BASE_NAME)}\d+(_tmp)?|{XTRABACKUP_LOGFILE})$")
+#: Aria's own log, needed to open Aria tables consistently.
+ARIA_RE = re.compile(r"^(aria_log_control|aria_log\.\d{8})$")
+
+
+def _base(name: str) -> str:
+    return name.rpartition("/")[2]
+
+
+def is_undo(name: str) -> bool:
+    """An undo tablespace: a file name or a member name (the backup puts undo tablespaces at its root)."""
+    return bool(UNDO_RE.match(_base(name)))
+
+
+def is_tablespace(name: str) -> bool:
+    """A tablespace the backup copies page by page and ``verify`` checks: *.ibd, undo tablespaces, ibdataN."""
+    base = _base(name)
+    return bool(IBD_RE.match(base) or UNDO_RE.match(base) or SYSTEM_RE.match(base))
+
+
+def is_temporary_tablespace(name: str) -> bool:
+    """A temporary tablespace: pages worth inspecting in a data directory, never part of a backup."""
+    return bool(TEMPORARY_RE.match(_base(name)))
+
+
+def is_redo_file(name: str) -> bool:
+    """A redo file of either family, live or the backup's copy."""
+    return bool(REDO_FILE_RE.match(_base(name)))
+
+
+# --- innodb_data_file_path ----------------------------------------------------------------------------------------
+
+_DATA_FILE_RE = re.compile(
+    r"^(?P<name>.+?):(?P<size>\d+)(?P<unit>[KMGTkmgt]?)(?P<raw>newraw|raw)?(?P<extend>:autoextend(?::max:.*)?)?$")
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _data_file_entries(value: str) -> list[re.Match[str]]:
+    """The entries of an ``innodb_data_file_path`` value, each matched by the one grammar."""
+    out = []
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        m = _DATA_FILE_RE.match(item)
+        if not m:
+            raise SourceError(f"cannot parse innodb_data_file_path entry {item!r}")
+        if m["raw"]:
+            raise SourceError(f"system tablespace on a raw device ({item}) is not supported")
+        out.append(m)
+    if not out:
+        raise SourceError("innodb_data_file_path is empty")
+    return out
+
+
+def parse_data_file_path(value: str) -> list[tuple[str, int | None]]:
+    """``ibdata1:12M;ibdata2:50M:autoextend`` -> [(name, fixed size in bytes or None for autoextend), ...].
+
+    Raises:
+        SourceError: raw devices (``newraw``/``raw``) or an unparsable value.
+    """
+    return [(m["name"], None if m["extend"] else int(m["size"]) * _UNITS[(m["unit"] or "M").upper()])
+            for m in _data_file_entries(value)]
+
+
+def system_member_name(name: str) -> str:
+    """A system tablespace file's name in a backup: at the root, like the reference tools put it.
+
+    The server runs on POSIX, so only ``/`` separates directories; a backslash is part of the file's name.
+    """
+    return PurePosixPath(name).name
+
+
+def local_data_file_path(value: str) -> str:
+    """``innodb_data_file_path`` naming the files as they are in a backup (``/data/ibdata1:12M:autoextend`` ->
+    ``ibdata1:12M:autoextend``): what backup-my.cnf says and what prepare starts its server with.
+
+    Raises:
+        SourceError: raw devices or an unparsable value.
+    """
+    return ";".join(system_member_name(m["name"]) + m.string[m.end("name"):] for m in _data_file_entries(value))
+
+
+# --- the directories of a server ----------------------------------------------------------------------------------
+
+
+class SourceDirs(NamedTuple):
+    """The directories a backup reads, resolved."""
+
+    datadir: Path
+    data_home: Path
+    log_dir: Path
+    undo_dir: Path
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).samefile(b)
+    except OSError:
+        return False
+
+
+def find_source_dirs(facts: ServerFacts, *, datadir: Path | None = None, data_home_dir: Path | None = None,
+                     log_dir: Path | None = None, undo_dir: Path | None = None,
+                     target_dir: Path | None = None) -> SourceDirs:
+    """The server's directories, or the ones given instead; checked to exist, to be readable, and not to hold
+    ``target_dir``.
+
+    Raises:
+        SourceError: a directory is missing or unreadable, or ``datadir`` is not the server's.
+        TargetError: ``target_dir`` is inside one of the server's directories.
+    """
+    data = facts.datadir
+    if datadir is not None:
+        if not Path(datadir).is_dir():
+            raise SourceError("--datadir is not a directory", file=str(datadir))
+        if not _same_dir(datadir, facts.datadir):
+            raise SourceError(f"--datadir {datadir} is not the server's datadir {facts.datadir}",
+                              hint="connect to the server that owns this data directory")
+        data = Path(datadir).resolve()
+    home = Path(data_home_dir).resolve() if data_home_dir else facts.data_home_dir
+    logd = Path(log_dir).resolve() if log_dir else facts.log_dir
+    undo = Path(undo_dir).resolve() if undo_dir else facts.undo_dir
+    for label, p in (("innodb data home", home), ("redo log", logd), ("undo", undo)):
+        if not p.is_dir():
+            raise SourceError(f"{label} directory not found", file=str(p))
+    if target_dir is not None:
+        target = Path(target_dir).absolute().resolve()
+        for d in (data, home, logd, undo):
+            if target == d or target.is_relative_to(d):
+                raise TargetError("the target directory is inside the server's directories", file=str(target),
+                                  hint="back up to a directory outside the datadir, InnoDB and log directories")
+    if not os.access(data, os.R_OK | os.X_OK):
+        raise SourceError("cannot read the data directory", file=str(data),
+                          hint="run innostream as the mysql user or root")
+    return SourceDirs(data, home, logd, undo)
+
+
+# --- the inventory ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inventory:
+    """The files of one backup, split by when they are copied."""
+
+    innodb: list[SourceFile] = field(default_factory=list)
+    other: list[SourceFile] = field(default_factory=list)  # copied under the commit block
+    skipped: list[Path] = field(default_factory=list)
+
+    @property
+    def needs_read_lock(self) -> bool:
+        """MySQL only: non-InnoDB tables whose data DML can change (MyISAM, CSV, ...) need FTWRL."""
+        for f in self.other:
+            ext = f.name.rsplit(".", 1)[-1]
+            table = f.name.rsplit("/", 1)[-1].split(".")[0]
+            if ext in NON_TRANSACTIONAL_DATA and not (f.name.startswith("mysql/") and table in LOG_TABLES):
+                return True
+        return False
+
+    @property
+    def undo_files(self) -> int:
+        """Undo tablespaces copied (backup-my.cnf's ``innodb_undo_tablespaces`` where the server has none)."""
+        return sum(1 for f in self.innodb if is_undo(f.name))
+
+
+def _stat_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def server_tablespaces(session: Session, facts: ServerFacts) -> list[Path]:
+    """Paths of the tablespaces the server knows (to find ones outside the datadir)."""
+    if facts.flavor == Flavor.MYSQL:
+        rows = session.query("SELECT PATH FROM information_schema.INNODB_DATAFILES")
+    else:
+        rows = session.query("SELECT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES")
+    return [(facts.datadir / str(r[0])).resolve() for r in rows if r[0]]
+
+
+def _database_dirs(datadir: Path) -> list[Path]:
+    return sorted(p for p in datadir.iterdir() if p.is_dir() and p.name not in SKIP_DIRS)
+
+
+def enumerate_files(facts: ServerFacts, datadir: Path, data_home: Path, undo_dir: Path,
+                    server_paths: Sequence[Path] = ()) -> Inventory:
+    """Find what to copy, as PXB and mariadb-backup do.
+
+    Copied: the system tablespace files of ``innodb_data_file_path``, undo tablespaces, ``mysql.ibd``,
+    ``<db>/*.ibd``; non-InnoDB files of database directories by extension (:data:`NON_INNODB_EXTENSIONS`) and
+    Aria's logs. Skipped: the live redo (copied by the log thread instead), ``ibtmp1``, ``#innodb_temp``, MySQL
+    doublewrite files (prepare does not use them), binary and relay logs, pid/socket files, ``auto.cnf``, keys
+    and certificates, ``ib_buffer_pool`` and anything else the server re-creates.
+
+    Raises:
+        SourceError: a tablespace lives outside the data directories (DATA DIRECTORY=..., .isl files), which
+            this version cannot restore to the right place.
+    """
+    inv = Inventory()
+    seen: set[Path] = set()
+
+    def add(path: Path, name: str, kind: str, *, first_page_no: int = 0, system: bool = False) -> None:
+        real = path.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        (inv.innodb if kind == "innodb" else inv.other).append(
+            SourceFile(path=path, name=name, kind=kind, size=_stat_size(path), first_page_no=first_page_no,
+                       system=system))
+
+    # System tablespace: later files continue the page numbering of the first.
+    first_page = 0
+    page_size = int(facts.var("innodb_page_size", "16384") or 16384)
+    for name, fixed in parse_data_file_path(facts.var("innodb_data_file_path", "ibdata1:12M:autoextend")):
+        path = Path(name) if Path(name).is_absolute() else data_home / name
+        if not path.is_file():
+            raise SourceError("system tablespace file not found", file=str(path),
+                              hint="check --innodb-data-home-dir")
+        add(path, system_member_name(name), "innodb", first_page_no=first_page, system=True)
+        first_page += (fixed if fixed is not None else _stat_size(path)) // page_size
+
+    # Undo tablespaces (MySQL undo_NNN and *.ibu; MariaDB undoNNN), placed at the backup root like the tools do.
+    for d in dict.fromkeys([undo_dir, datadir]):
+        if d.is_dir():
+            for child in sorted(d.iterdir()):
+                if is_undo(child.name) and child.is_file():
+                    add(child, child.name, "innodb")
+
+    # MariaDB remote tablespaces are .isl link files; refuse them clearly rather than copy a dangling link.
+    for dbdir in _database_dirs(datadir):
+        for child in sorted(dbdir.iterdir()):
+            if child.suffix == ".isl":
+                raise SourceError(
+                    "table with DATA DIRECTORY (a .isl link file) is not supported by this version",
+                    file=str(child), hint="move the table into the datadir (ALTER TABLE ... ) or use mariadb-backup")
+
+    if (datadir / "mysql.ibd").is_file():
+        add(datadir / "mysql.ibd", "mysql.ibd", "innodb")
+    for child in sorted(datadir.iterdir()):
+        if ARIA_RE.match(child.name) and child.is_file():
+            add(child, child.name, "other")
+    for dbdir in _database_dirs(datadir):
+        for child in sorted(dbdir.iterdir()):
+            if not child.is_file():
+                continue
+            name = f"{dbdir.name}/{child.name}"
+            ext = child.name.rsplit(".", 1)[-1] if "." in child.name else ""
+            if ext == "ibd":
+                add(child, name, "innodb")
+            elif ext in NON_INNODB_EXTENSIONS:
+                add(child, name, "other")
+            else:
+                inv.skipped.append(child)
+
+    roots = [datadir.resolve(), data_home.resolve(), undo_dir.resolve()]
+    for path in server_paths:
+        if path.resolve() in seen or is_temporary_tablespace(path.name):
+            continue
+        if not any(path.is_relative_to(r) for r in roots):
+            raise SourceError("tablespace outside the data directory (DATA DIRECTORY=...) is not supported by this "
+                              "version", file=str(path), hint="move the table into the datadir first")
+        if path.suffix in (".ibd", ".ibu") and path.exists():
+            # Known to the server but not found by the scan (for example in a nested directory): refuse rather
+            # than produce a backup without it.
+            raise SourceError("tablespace in an unexpected place", file=str(path))
+    # Largest first keeps all threads busy until the end.
+    inv.innodb.sort(key=lambda f: f.size, reverse=True)
+    return inv
