@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING, NamedTuple
 from innostream.copier import SourceFile
 from innostream.errors import SourceError, TargetError
 from innostream.flavor import Flavor
-from innostream.formats.log0files_io import LOG_DIRECTORY_NAME, LOG_FILE_BASE_NAME
-from innostream.formats.xtrabackup_logfile import XTRABACKUP_LOGFILE
+
+# The redo file names of formats.log0files_io and formats.xtrabackup_logfile, written out so that `extract` and
+# `inspect` do not import the redo parsers (and crc32c) at start-up; tests/test_backup_parts.py checks they agree.
+LOG_DIRECTORY_NAME = "#innodb_redo"
+LOG_FILE_BASE_NAME = "#ib_redo"
+XTRABACKUP_LOGFILE = "xtrabackup_logfile"
 
 if TYPE_CHECKING:  # the database client is not needed by verify and inspect, which use the naming rules
     from innostream.connection import ServerFacts, Session

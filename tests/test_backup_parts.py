@@ -180,6 +180,12 @@ def test_backup_my_cnf_names_the_system_files_as_the_backup_wrote_them(tmp_path)
 
 
 def test_naming_rules():
+    from innostream import datadir
+    from innostream.formats import log0files_io, xtrabackup_logfile
+
+    assert datadir.LOG_DIRECTORY_NAME == log0files_io.LOG_DIRECTORY_NAME
+    assert datadir.LOG_FILE_BASE_NAME == log0files_io.LOG_FILE_BASE_NAME
+    assert datadir.XTRABACKUP_LOGFILE == xtrabackup_logfile.XTRABACKUP_LOGFILE
     for name in ("ibdata1", "ibdata12", "undo_001", "undo001", "user_undo.ibu", "mysql.ibd", "db/t.ibd",
                  "db/t#p#p0.ibd"):
         assert is_tablespace(name), name
