@@ -38,6 +38,9 @@ CHUNK_SIZE = 1 << 20  # writers cut DATA at multiples of this absolute offset
 HOLE_UNIT = 4096  # aligned all-zero blocks of this size are not stored
 MAX_DATA_LEN = 16 << 20
 MAX_NAME_LEN = 4096
+#: path components a member name may have (a backup has 2 or 3; a hostile name of thousands would create as many
+#: directories)
+MAX_NAME_DEPTH = 255
 MAX_META_LEN = 1 << 16
 MAX_TRAILER_LEN = 64 << 20
 MAX_FILE_SIZE = 1 << 48
@@ -260,6 +263,8 @@ def check_name(name: str) -> str | None:
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
         return "'..', '.' or empty path component"
+    if len(parts) > MAX_NAME_DEPTH:
+        return f"{len(parts)} path components (at most {MAX_NAME_DEPTH})"
     return None
 
 

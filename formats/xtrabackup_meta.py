@@ -134,8 +134,11 @@ BACKUP_TYPE_INCREMENTAL = "incremental"
 BACKUP_TYPE_LOG_APPLIED = "log-applied"
 BACKUP_TYPE_FULL_PREPARED = "full-prepared"
 BACKUP_TYPES = (BACKUP_TYPE_FULL, BACKUP_TYPE_INCREMENTAL, BACKUP_TYPE_LOG_APPLIED, BACKUP_TYPE_FULL_PREPARED)
-#: The reader (``xtrabackup_read_metadata``) fails without these; the rest default to 0.
-CHECKPOINTS_REQUIRED = ("backup_type", "from_lsn", "to_lsn")
+#: The reference readers (``xtrabackup_read_metadata``) fail without the first three and take a missing
+#: ``last_lsn`` as 0 (files of xtrabackup 1.x had none). Every tool that backs up the servers we support writes it
+#: (fixtures/meta), and it is where prepare's redo-completeness checks start: a file without it was cut short, so
+#: it is required here. The rest default to 0.
+CHECKPOINTS_REQUIRED = ("backup_type", "from_lsn", "to_lsn", "last_lsn")
 #: Keys in the order each writer prints them (``xtrabackup_print_metadata``).
 CHECKPOINTS_KEYS = {
     "mariadb": ("backup_type", "from_lsn", "to_lsn", "last_lsn", "recover_binlog_info"),
@@ -174,11 +177,18 @@ _CHECKPOINT_INT_KEYS = ("from_lsn", "to_lsn", "last_lsn", "flushed_lsn", "redo_m
 
 
 def parse_checkpoints(data: bytes, *, file: str | None = XTRABACKUP_CHECKPOINTS) -> Checkpoints:
-    """Parse ``xtrabackup_checkpoints``; backup_type, from_lsn and to_lsn are required, as in the tools.
+    """Parse ``xtrabackup_checkpoints``; backup_type, from_lsn, to_lsn and last_lsn are required
+    (:data:`CHECKPOINTS_REQUIRED`), and the file must end with a newline as every writer's does: a file cut in
+    the middle of a line (``last_lsn = 48`` of ``48300``) would otherwise give a wrong number silently.
 
     Raises:
-        Corrupt: a required key is missing, a number is not a number, or backup_type is unknown.
+        Corrupt: the file is cut short, a required key is missing, a number is not a number, or backup_type is
+            unknown.
     """
+    if data and not data.endswith(b"\n"):
+        last = data.rsplit(b"\n", 1)[-1][:60]
+        raise Corrupt(f"the file ends in the middle of a line ({last!r}): it was cut short", file=file,
+                      offset=len(data), hint="the backup did not finish; take a new one")
     values = parse_key_values(data, file=file)
     for key in CHECKPOINTS_REQUIRED:
         if key not in values:

@@ -8,9 +8,10 @@ Order of events (each step's reason in its comment below):
 2. On MySQL register as redo log consumer, so the server cannot overwrite redo we have not copied yet.
 3. Start the log-copying thread: it reads the current checkpoint and follows the redo from there.
 4. Copy InnoDB files page by page (validated, torn pages re-read) with ``--parallel`` threads.
-5. Block commits briefly (MariaDB ``BLOCK_COMMIT``, MySQL ``FLUSH TABLES WITH READ LOCK``): copy non-InnoDB
-   files (.frm, MyISAM, Aria, CSV, .sdi, ...), read the LSN and binlog coordinates, make the redo durable up to
-   that LSN and stop the log copier at or past it. Then release all locks.
+5. Block commits briefly (MariaDB ``BLOCK_COMMIT``; MySQL ``FLUSH TABLES WITH READ LOCK`` only for non-InnoDB
+   tables): copy non-InnoDB files (.frm, MyISAM, Aria, CSV, .sdi, ...), read the LSN and binlog coordinates, make
+   the redo durable up to that LSN and stop the log copier at or past it (MySQL, where commits go on: cut the copy
+   at exactly that LSN, ``family.cut_redo_copy``). Then release all locks.
 6. Write the metadata files last (``xtrabackup_checkpoints`` is the commit point), close the sink/stream.
 
 Any error, Ctrl-C, SIGTERM or a closed output pipe aborts: the log copier stops, the consumer is deregistered, the
@@ -34,23 +35,29 @@ from typing import Any, BinaryIO
 
 from innostream import __version__
 from innostream.connection import (
+    REDO_CONSUMER_MAX_LAG,
     BackupLocks,
     ConnectionOptions,
     LogStatus,
     RedoConsumer,
     ServerFacts,
     Session,
+    check_privileges,
+    connect,
     resolve_options,
 )
 from innostream.copier import DEFAULT_CHUNK, FileCopier, SourceFile, Workers
 from innostream.datadir import (
+    REMOTE_FILES,
     SourceDirs,
+    build_remote_files,
     enumerate_files,
     find_source_dirs,
     server_tablespaces,
 )
 from innostream.errors import FileExistsInTarget, InnostreamError, Interrupted, SourceError, TargetError
 from innostream.families import Family, family, read_server_facts
+from innostream.fileio import fsync_output
 from innostream.formats import xtrabackup_meta as meta
 from innostream.log import log
 from innostream.metadata import build_metadata
@@ -83,7 +90,10 @@ class BackupConfig:
     poll_interval: float = 0.1
     spool_redo: bool | None = None  # None: spool when streaming (see _RedoWriter)
     tmpdir: Path | None = None  # where the redo spool file goes (default: $TMPDIR or /tmp)
+    #: The longest MySQL's redo log consumer may hold the server's writers behind a backup that copies no redo.
+    redo_consumer_max_lag: float = REDO_CONSUMER_MAX_LAG
     argv: tuple[str, ...] = ()  # the command line the CLI got, for xtrabackup_info's tool_command
+    fsync: bool = True  # the target directory, or the archive when ``out`` is a regular file, synced (--no-fsync)
 
 
 @dataclass
@@ -113,15 +123,15 @@ def _file_exists(path: Path) -> FileExistsInTarget:
                               hint="innostream never overwrites; use an empty or new --target-dir")
 
 
-def backup_target(target_dir: Path | str) -> TargetDir:
+def backup_target(target_dir: Path | str, *, fsync: bool = True) -> TargetDir:
     """The ``--target-dir`` writer: every file and directory fsync'ed ("completed OK" means the backup is on disk),
     an existing file refused in xtrabackup's words."""
-    return TargetDir(target_dir, fsync=True, exists_error=_file_exists)
+    return TargetDir(target_dir, fsync=fsync, exists_error=_file_exists)
 
 
 def _open_sink(config: BackupConfig, out: BinaryIO | None, meta_info: dict[str, Any]) -> Sink:
     if config.target_dir is not None:
-        return backup_target(config.target_dir)
+        return backup_target(config.target_dir, fsync=config.fsync)
     if out is None:
         raise TargetError("no --target-dir and no output stream")
     if config.stream_format == "xbstream":
@@ -171,14 +181,19 @@ class _RedoWriter:
         self.sink.write(self.file_id, self.offset, data)
         self.offset += len(data)
 
-    def finish(self, chunk: int = 4 << 20) -> None:
-        """End the member; a spooled copy is streamed into the sink now."""
+    def finish(self, chunk: int = 4 << 20, cut: tuple[int, bytes] | None = None) -> None:
+        """End the member; a spooled copy is streamed into the sink now. ``cut`` (offset, last piece): the copy
+        ends with that piece at that offset (the family's :meth:`cut_redo_copy`), whatever was written after."""
+        if cut is not None and cut[0] > self.offset:
+            raise SourceError(f"the redo copy ends at byte {self.offset}, before its last block at byte {cut[0]}")
+        size = self.offset if cut is None else cut[0] + len(cut[1])
         if self.spool is not None:
             self.file_id = self.sink.begin_file(self.name)
             self.spool.flush()
             pos = 0
-            while pos < self.offset:
-                data = os.pread(self.spool.fileno(), min(chunk, self.offset - pos), pos)
+            end = self.offset if cut is None else cut[0]
+            while pos < end:
+                data = os.pread(self.spool.fileno(), min(chunk, end - pos), pos)
                 if not data:
                     raise TargetError("the redo spool file is shorter than what was written to it")
                 self.sink.write(self.file_id, pos, data)
@@ -186,7 +201,9 @@ class _RedoWriter:
             self.close()
         elif self.file_id is None:
             self.file_id = self.sink.begin_file(self.name)
-        self.sink.end_file(self.file_id, self.offset)
+        if cut is not None and cut[1]:
+            self.sink.write(self.file_id, cut[0], cut[1])  # in place when not spooled (the target directory)
+        self.sink.end_file(self.file_id, size)
 
     def close(self) -> None:
         if self.spool is not None:
@@ -216,6 +233,7 @@ class Backup:
         self.redo_writer: _RedoWriter | None = None
         self._last_scanned = 0
         self._last_lsn_poll = 0.0
+        self._lost = False  # the main session (and with it the locks) is gone
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
@@ -237,12 +255,30 @@ class Backup:
         if (self.progress is not None and self.session is not None and self.family is not None
                 and now - self._last_lsn_poll >= 1.0):
             self._last_lsn_poll = now
+            # Also the liveness check of the session holding the locks: a killed session or a dead server must stop
+            # the backup now, not after hours of copying without DDL protection.
             try:
-                self.progress.set_redo(scanned, self.family.current_lsn(self.session))
+                lsn = self.family.current_lsn(self.session)
             except SourceError as exc:
-                log.debug("LSN poll failed: %s", exc)
+                raise self._session_lost(exc) from None
+            self.progress.set_redo(scanned, lsn)
         if self.progress is not None:
             self.progress.render()
+
+    def _session_lost(self, exc: SourceError) -> SourceError:
+        """The main session failed mid-backup: say whether the server or only our session went away."""
+        assert self.session is not None
+        self._lost = True
+        try:
+            connect(self.session.args).close()
+        except SourceError:
+            return SourceError(f"the server went away during the backup ({exc.message}); the backup is incomplete",
+                               hint="check the server's error log, then run the backup again")
+        what = "the backup's connection was killed"
+        if self.locks is not None and self.locks.ddl_locked:
+            what += "; DDL was no longer blocked"
+        return SourceError(f"{what} ({exc.message}); the backup is incomplete",
+                           hint="do not KILL the backup's session; run the backup again")
 
     def _wait(self, futures: list[cf.Future[int]]) -> None:
         """Wait for copy jobs while rendering progress; the first failure cancels the rest."""
@@ -289,6 +325,8 @@ class Backup:
         server_uuid = str(self.session.value("SELECT UUID()"))
         plugin_config = fam.encryption_plugin_config(self.session)
         binlog_on = facts.var("log_bin", "0").upper() in ("1", "ON")
+        # Every privilege the backup will use, now: a missing one must not be found after hours of copying.
+        check_privileges(self.session, fam.privilege_probes(binlog=binlog_on))
 
         if not cfg.lock:
             log.warning("--no-lock: DDL is not blocked; a table created, dropped, renamed or rebuilt during the "
@@ -303,6 +341,8 @@ class Backup:
                  len(inventory.other))
         for path in inventory.skipped:
             log.debug("not copied: %s", path)
+        for rf in inventory.remote:
+            log.info("Tablespace outside the datadir: %s (stored as %s)", rf.path, rf.name)
 
         meta_info = {"flavor": flavor, "server_version": facts.version, "tool": f"innostream {__version__}",
                      "hostname": os.uname().nodename, "start_time": started.isoformat(timespec="seconds")}
@@ -314,7 +354,7 @@ class Backup:
 
         # Redo: consumer first (its start point is the checkpoint at registration), then the copier thread.
         if fam.supports_redo_consumer(facts):
-            self.consumer = RedoConsumer(args)
+            self.consumer = RedoConsumer(args, cfg.redo_consumer_max_lag)
         spool = cfg.spool_redo if cfg.spool_redo is not None else cfg.target_dir is None
         redo_writer = _RedoWriter(self.sink, fam.redo_copy_name,
                                   Path(cfg.tmpdir or tempfile.gettempdir()) if spool else None)
@@ -339,12 +379,16 @@ class Backup:
             log.info("Server LSN at the end of the copy: %d; waiting for the log copy to reach it", status.lsn)
             end = self._stop_redo(status.lsn)
             to_lsn = self._latest_checkpoint(status)
+            # Commits may have gone on (MySQL): the copy must end at the LSN the binlog position belongs to.
+            cut = fam.cut_redo_copy(self.redo, status.lsn)
+            if cut is not None:
+                end, to_lsn = status.lsn, min(to_lsn, status.lsn)
         self.result.lock_seconds = time.monotonic() - lock_started
         self.locks.release()
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
-        redo_writer.finish()
+        redo_writer.finish(cut=cut)
 
         res = self.result
         res.end_lsn, res.to_lsn, res.server_lsn = end, to_lsn, status.lsn
@@ -368,6 +412,9 @@ class Backup:
                                ended=datetime.now(), argv=cfg.argv,
                                stream_format=None if cfg.target_dir is not None else cfg.stream_format,
                                compressed=cfg.compress, server_uuid=server_uuid)
+        if inventory.remote:  # where the files that lived outside the datadir go back to (restore)
+            log.info("Writing %s", REMOTE_FILES)
+            self.sink.add_bytes(REMOTE_FILES, build_remote_files(inventory.remote))
         for name, data in files.items():
             log.info("Writing %s", name)
             self.sink.add_bytes(name, data)
@@ -375,6 +422,15 @@ class Backup:
         self.sink.close({"flavor": flavor, "server_version": facts.version, "start_lsn": res.start_lsn,
                          "end_lsn": res.end_lsn, "to_lsn": res.to_lsn, "last_lsn": res.end_lsn})
         self.sink = None
+        complete = getattr(self.out, "complete", None) if cfg.target_dir is None else None
+        if complete is not None:  # ``--to s3://``: the object appears only now, before "completed OK!"
+            complete()
+        if cfg.target_dir is None and self.out is not None and cfg.fsync:
+            # ``backup --stream > FILE``: the archive is on disk before "completed OK!" (a pipe has nothing to sync)
+            try:
+                fsync_output(self.out)
+            except OSError as exc:
+                raise TargetError(f"cannot write the archive: {exc.strerror or exc}") from None
         log.info("Transaction log of lsn (%d) to (%d) was copied.", res.start_lsn, res.end_lsn)
         return res
 
@@ -429,7 +485,7 @@ class Backup:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
-        if self.locks is not None:
+        if self.locks is not None and not self._lost:  # a lost session's locks went with it
             self.locks.release()
         if self.session is not None:
             self.session.close()

@@ -4,17 +4,23 @@ redo log consumer. What differs between MySQL and MariaDB (lock statements, LSN 
 
 Connection options behave like the MySQL/MariaDB clients': ``--defaults-file`` replaces the default option files;
 the ``[client]`` (MariaDB also ``[client-server]``, ``[client-mariadb]``) and ``[innostream]`` groups are read from
-``/etc/my.cnf``, ``/etc/mysql/my.cnf`` and ``~/.my.cnf``; command-line options win. Without host or socket the
-client default socket is used.
+``/etc/my.cnf``, ``/etc/mysql/my.cnf`` and ``~/.my.cnf``; command-line options win; an option file anyone may write
+is ignored with the clients' warning. Without host or socket the client default socket is used.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
+import stat
+import subprocess
+import sys
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +29,7 @@ from typing import Any
 import pymysql
 from innostream.errors import SourceError
 from innostream.flavor import Flavor
-from innostream.log import log
+from innostream.log import log, setup_logging
 
 #: Option files the clients read when no --defaults-file is given, in order (later ones win).
 DEFAULT_OPTION_FILES = ("/etc/my.cnf", "/etc/mysql/my.cnf", "~/.my.cnf")
@@ -35,6 +41,12 @@ DEFAULT_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/t
 LOCK_WAIT_TIMEOUT = 300
 #: wait_timeout of our sessions: the largest value both servers accept (one year).
 SESSION_WAIT_TIMEOUT = 31536000
+#: Longest the MySQL redo log consumer may hold the server's writers behind a backup that copies no redo (seconds;
+#: ``--redo-consumer-max-lag-seconds``).
+REDO_CONSUMER_MAX_LAG = 5.0
+#: Redo the server may be ahead of the consumer before a standing copy counts as lagging (bytes: a few blocks, the
+#: partial block the copier has not advanced past yet).
+REDO_CONSUMER_SLACK = 4096
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,10 @@ def _option_file_lines(path: Path, seen: set[Path]) -> Iterator[str]:
     if real in seen or not real.is_file():
         return
     seen.add(real)
+    if world_writable(real):
+        # my_default.cc check_file_permissions: anyone could have put a user, password or socket there.
+        log.warning("World-writable config file '%s' is ignored.", path)
+        return
     try:
         text = real.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -74,6 +90,15 @@ def _option_file_lines(path: Path, seen: set[Path]) -> Iterator[str]:
                 yield from _option_file_lines(Path(line.split(None, 1)[1].strip()), seen)
         else:
             yield line
+
+
+def world_writable(path: Path) -> bool:
+    """A regular file others may write: the clients ignore such an option file (``check_file_permissions``)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & stat.S_IWOTH)
 
 
 def _unquote(value: str) -> str:
@@ -229,6 +254,47 @@ class Session:
             other.close()
 
 
+#: Server errors that mean "this user may not do that" (ER_DBACCESS_DENIED_ERROR, ER_TABLEACCESS_DENIED_ERROR,
+#: ER_SPECIFIC_ACCESS_DENIED_ERROR, ER_COLUMNACCESS_DENIED_ERROR, ER_PROCACCESS_DENIED_ERROR).
+ACCESS_DENIED_ERRORS = frozenset({1044, 1142, 1227, 1143, 1370})
+
+
+@dataclass(frozen=True)
+class PrivilegeProbe:
+    """A harmless statement that fails with an access-denied error exactly when ``privilege`` is missing; ``needed``
+    says what of the backup needs it (for the message)."""
+
+    privilege: str
+    sql: str
+    needed: str
+
+
+def check_privileges(session: Session, probes: Iterable[PrivilegeProbe]) -> None:
+    """Run every probe before anything is copied; raise one :class:`SourceError` naming every missing privilege.
+
+    A probe runs the statement itself (or a harmless one that needs the same privilege), so roles, wildcard
+    hosts and ``ALL PRIVILEGES`` count exactly as the server counts them (no SHOW GRANTS parsing).
+    """
+    missing: dict[str, list[str]] = {}
+    for probe in probes:
+        with session._lock:
+            try:
+                with session.conn.cursor() as cur:
+                    cur.execute(probe.sql)
+                    cur.fetchall()
+            except pymysql.err.MySQLError as exc:
+                code = exc.args[0] if exc.args else None
+                if code not in ACCESS_DENIED_ERRORS:
+                    raise SourceError(f"{probe.sql.split()[0]} failed on the {session.purpose} connection: "
+                                      f"{_reason(exc)}", hint=f"statement: {probe.sql}") from None
+                missing.setdefault(probe.privilege, []).append(probe.needed)
+    if missing:
+        user = session.value("SELECT CURRENT_USER()")
+        what = "; ".join(f"{priv} (for {', '.join(needs)})" for priv, needs in missing.items())
+        raise SourceError(f"the backup user {user} lacks {what}; nothing was copied",
+                          hint=f"GRANT {', '.join(missing)} ON *.* TO the backup user")
+
+
 def parse_version(text: str) -> tuple[int, int, int]:
     """``8.0.36-log`` / ``10.11.19-MariaDB-0+deb12u1-log`` -> (major, minor, patch)."""
     m = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
@@ -374,43 +440,166 @@ class BackupLocks(ABC):
 
 
 class RedoConsumer:
-    """MySQL's redo log consumer: while registered, the server does not overwrite redo we have not copied.
+    """MySQL's redo log consumer: while registered, the server does not overwrite redo we have not copied, and
+    stalls its writers instead. A backup must never hold them longer than ``max_lag`` seconds.
 
-    It lives on its own connection because registration belongs to the session (``innodb_redo_log_consumer_*``
-    UDFs, MySQL 8.0.30+, BACKUP_ADMIN). Its start point is the checkpoint at registration, so it must be registered
-    before the log copier reads its start checkpoint.
+    Registration belongs to a session (``innodb_redo_log_consumer_*`` UDFs, MySQL 8.0.30+, BACKUP_ADMIN), and it
+    must not depend on this process running: a backup that is stopped (Ctrl-Z, SIGSTOP, a frozen container) or
+    whose log copier is stuck cannot deregister itself. So the session lives in a small watchdog process of its
+    own (its own session id, so a terminal's Ctrl-Z does not stop it too). The log copier sends it each copied LSN;
+    when that LSN has not moved for ``max_lag`` seconds while the server has written redo past it, the watchdog
+    deregisters, says so on stderr, and the backup goes on without the guarantee (the log copier then fails with
+    :class:`RedoOverwritten` if the server overwrote redo not yet copied). The watchdog also deregisters and exits
+    when this process dies (its stdin closes). Its start point is the checkpoint at registration, so it must be
+    registered before the log copier reads its start checkpoint.
     """
 
-    def __init__(self, args: dict[str, Any]) -> None:
-        self.session = Session(args, "redo consumer")
+    def __init__(self, args: dict[str, Any], max_lag: float = REDO_CONSUMER_MAX_LAG) -> None:
         self.registered = False
+        self.released = ""  # why the watchdog let go, once it did
         self.advanced_to = 0
-        rc = self.session.value("SELECT innodb_redo_log_consumer_register()")
-        if rc != 0:
-            self.session.close()
-            raise SourceError("innodb_redo_log_consumer_register() failed",
-                              hint="the backup user needs BACKUP_ADMIN; or another consumer is registered")
+        self._lock = threading.Lock()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "innostream.connection", "redo-consumer-watchdog"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, close_fds=True)
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        self._in, self._out = self._proc.stdin, self._proc.stdout
+        try:
+            self._in.write(json.dumps({"args": args, "max_lag": max_lag}).encode() + b"\n")
+            self._in.flush()
+            reply = self._out.readline().decode(errors="replace").rstrip("\n")
+        except OSError:
+            reply = ""
+        if reply != "OK":
+            self._end_process()
+            message = reply[4:] if reply.startswith("ERR ") else "the redo consumer watchdog did not start"
+            raise SourceError(message, hint="the backup user needs BACKUP_ADMIN; or another consumer is registered")
         self.registered = True
-        log.info("Registered as redo log consumer: the server will not overwrite redo not yet copied")
+        os.set_blocking(self._in.fileno(), False)
+        self._reader = threading.Thread(target=self._read_events, name="redo-consumer", daemon=True)
+        self._reader.start()
+        log.info("Registered as redo log consumer: the server will not overwrite redo not yet copied (for at most "
+                 "%g s of lag)", max_lag)
+
+    def _read_events(self) -> None:
+        with suppress(OSError, ValueError):  # closed under us at the end
+            for raw in self._out:
+                line = raw.decode(errors="replace").rstrip("\n")
+                if line.startswith("RELEASED "):
+                    self.released = line[9:]
+                    self.registered = False
+
+    def _send(self, line: str) -> None:
+        """One line to the watchdog, never blocking the log copier: the pipe is non-blocking and a line is far below
+        PIPE_BUF (written whole or not at all); a line dropped while the watchdog is busy is superseded by the
+        next LSN."""
+        with self._lock, suppress(OSError, ValueError):
+            os.write(self._in.fileno(), line.encode() + b"\n")
 
     def advance(self, lsn: int) -> None:
         """Tell the server redo up to ``lsn`` is copied (called from the log-copying thread)."""
-        if not self.registered or lsn <= self.advanced_to:
+        if lsn <= self.advanced_to:
             return
-        rc = self.session.value("SELECT innodb_redo_log_consumer_advance(%s)", (int(lsn),))
-        if rc == 0:
-            self.advanced_to = lsn
-        else:
-            log.debug("innodb_redo_log_consumer_advance(%d) returned %s", lsn, rc)
+        self.advanced_to = lsn
+        if self.registered:
+            self._send(f"A {int(lsn)}")
+
+    def _end_process(self) -> None:
+        with suppress(OSError, ValueError):
+            self._in.close()
+        try:
+            self._proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()  # our own child; the server ends its session (and registration) with it
+            self._proc.wait()
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.join(timeout=5)  # it ends at the child's EOF
+        with suppress(OSError, ValueError):
+            self._out.close()
 
     def close(self) -> None:
-        """Deregister (idempotent) and close the connection, which would deregister as well."""
-        if self.registered:
-            try:
-                self.session.value("SELECT innodb_redo_log_consumer_unregister()")
+        """Deregister (idempotent): the watchdog unregisters on its stdin's end and exits."""
+        was = self.registered
+        self.registered = False
+        if self._proc.poll() is None:
+            self._end_process()  # the end of its stdin: it unregisters and exits
+            if was and self._proc.returncode == 0:
                 log.info("Unregistered the redo log consumer")
-            except Exception as exc:  # cleaning up; ending the session unregisters too
-                log.warning("unregistering the redo log consumer failed (%s); ending its session", exc)
-                self.session.kill()
-            self.registered = False
-        self.session.close()
+        if self._proc.returncode not in (0, None):
+            log.warning("the redo log consumer watchdog exited with status %s; its session ended, which "
+                        "unregisters it", self._proc.returncode)
+
+
+def _consumer_watchdog() -> int:
+    """The watchdog process of :class:`RedoConsumer`: stdin ``{"args":..., "max_lag":...}``, then ``A <lsn>``
+    lines until it ends; stdout ``OK``/``ERR <message>``, later ``RELEASED <why>``."""
+    setup_logging(0)
+    first = sys.stdin.buffer.readline()
+    try:
+        conf = json.loads(first)
+        session = Session(conf["args"], "redo consumer")
+        rc = session.value("SELECT innodb_redo_log_consumer_register()")
+        if rc != 0:
+            raise SourceError(f"innodb_redo_log_consumer_register() returned {rc}")
+    except (ValueError, KeyError, SourceError) as exc:
+        sys.stdout.write(f"ERR {exc}\n")
+        sys.stdout.flush()
+        return 1
+    max_lag = float(conf["max_lag"])
+    sys.stdout.write("OK\n")
+    sys.stdout.flush()
+    fd = sys.stdin.fileno()
+    pending = b""
+    advanced = 0
+    moved = time.monotonic()
+    registered = True
+    last_check = 0.0
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.25)
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                break  # the backup ended or died
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            lsns = [int(line[2:]) for line in lines if line.startswith(b"A ")]
+            if lsns and max(lsns) > advanced:
+                advanced = max(lsns)
+                moved = time.monotonic()
+                if registered:
+                    try:
+                        rc = session.value("SELECT innodb_redo_log_consumer_advance(%s)", (advanced,))
+                    except SourceError:
+                        break  # the server or our session went away: nothing left to hold
+                    if rc != 0:
+                        log.debug("innodb_redo_log_consumer_advance(%d) returned %s", advanced, rc)
+        now = time.monotonic()
+        if registered and now - moved >= max_lag and now - last_check >= 0.5:
+            last_check = now
+            try:
+                current = int(session.query("SHOW GLOBAL STATUS LIKE 'Innodb_redo_log_current_lsn'")[0][1])
+            except SourceError:
+                break  # the server or our session went away: nothing left to hold
+            if current > max(advanced, 1) + REDO_CONSUMER_SLACK:
+                with suppress(SourceError):
+                    session.value("SELECT innodb_redo_log_consumer_unregister()")
+                registered = False
+                why = (f"the backup copied no redo for {now - moved:.0f} s (it is stopped, or its log copier is "
+                       f"stuck) while the server wrote {current - advanced} bytes of redo past it")
+                log.warning("WARNING: unregistered the redo log consumer: %s; the server's writers are not held "
+                            "back longer than --redo-consumer-max-lag-seconds=%g. The backup goes on and fails "
+                            "(exit 5) if the server overwrites redo not yet copied", why, max_lag)
+                with suppress(OSError):
+                    sys.stdout.write(f"RELEASED {why}\n")
+                    sys.stdout.flush()
+    if registered:
+        with suppress(SourceError):
+            session.value("SELECT innodb_redo_log_consumer_unregister()")
+    session.close()
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["redo-consumer-watchdog"]:
+    sys.exit(_consumer_watchdog())

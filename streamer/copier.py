@@ -150,8 +150,9 @@ class FileCopier:
         self.sink.end_file(file_id, offset)
         return offset
 
-    def _space_info(self, fd: int, src: SourceFile) -> SpaceInfo | None:
-        """Read page 0 (re-reading it if it is caught mid-write); None for an empty file."""
+    def _space_info(self, fd: int, src: SourceFile, *, zero_checked: bool = False) -> SpaceInfo | None:
+        """Read page 0 (re-reading it if it is caught mid-write); None for an empty file. An all-zero page 0 goes
+        to :meth:`_zero_page0` (once)."""
         last: FormatError | None = None
         for _ in range(self.retries + 1):
             head = self._pread(fd, UNIV_PAGE_SIZE_MAX, 0, src)
@@ -163,6 +164,8 @@ class FileCopier:
                 last = exc
             else:
                 ps = info.physical_page_size
+                if len(head) >= ps and head.count(0, 0, ps) == ps and not zero_checked:
+                    return self._zero_page0(fd, src, info)
                 if len(head) >= ps and not _validate(memoryview(head)[:ps], info, 0, src.system):
                     return info
                 last = Corrupt("page 0 fails validation")
@@ -170,6 +173,39 @@ class FileCopier:
         assert last is not None
         raise Corrupt(f"cannot read the tablespace header: {last.message}", file=str(src.path), page=0,
                       hint="is this an InnoDB file of this server?")
+
+    def _zero_page0(self, fd: int, src: SourceFile, info: SpaceInfo) -> SpaceInfo | None:
+        """Page 0 is all zero, which InnoDB refuses ("Header page consists of zero bytes"); see docs/PAGES.md.
+
+        A file with no data at all on MariaDB is a tablespace the server created and has not flushed yet (it writes
+        page 0 lazily; a page older than our start checkpoint would have been flushed, so the redo copy rebuilds
+        it at prepare): warn, at once. Otherwise (a later page holds data, or MySQL, which writes page 0 when it
+        creates a file) page 0 is re-read like a torn page and, if it stays zero, the backup fails.
+        """
+        ps = info.physical_page_size
+        data_page: int | None = None
+        offset = ps
+        while data := self._pread(fd, self.chunk_size, offset, src):
+            if data.count(0) != len(data):
+                data_page = (offset + next(i for i, b in enumerate(data) if b)) // ps
+                break
+            offset += len(data)
+        if data_page is None and self.flavor != Flavor.MYSQL:
+            log.warning("%s: every page is zero: a tablespace the server created and has not flushed yet (MariaDB "
+                        "writes page 0 lazily; the redo copy rebuilds it at prepare). If it is not new, it is "
+                        "damaged", src.path)
+            return info
+        for _ in range(self.retries):
+            time.sleep(self.retry_sleep)
+            self._check_cancel()
+            head = self._pread(fd, ps, 0, src)
+            if head.count(0) != len(head):
+                return self._space_info(fd, src, zero_checked=True)
+        where = (f"but page {data_page} holds data" if data_page is not None
+                 else "and so is every page (MySQL writes page 0 when it creates a file)")
+        raise Corrupt(f"page 0 is all zero {where}; InnoDB refuses such a file (\"Header page consists of zero "
+                      "bytes\")", file=str(src.path), page=0,
+                      hint="the tablespace is damaged; restore it from an older backup or rebuild the table")
 
     def _copy_innodb(self, fd: int, src: SourceFile) -> int:
         info = src.space or self._space_info(fd, src)

@@ -7,6 +7,7 @@ them (:func:`local_data_file_path`). Names are file names or ``/``-separated bac
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -187,6 +188,71 @@ def find_source_dirs(facts: ServerFacts, *, datadir: Path | None = None, data_ho
 # --- the inventory ------------------------------------------------------------------------------------------------
 
 
+#: The backup's record of tablespaces that lived outside the datadir (JSON: ``{"version": 1, "files": [{"name":
+#: member, "path": absolute path, "link": MariaDB .isl member or null}]}``). Restore puts each file back at its
+#: path and writes the .isl link; prepare finds them under their member names.
+REMOTE_FILES = "innostream_remote_files"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A tablespace file that lived outside the datadir: its member name in the backup and its absolute path."""
+
+    name: str
+    path: str
+    link: str | None = None  # MariaDB: the <db>/<table>.isl to write at restore
+
+
+def read_isl(path: Path) -> Path:
+    """The absolute path a MariaDB ``.isl`` link file names."""
+    try:
+        text = path.read_bytes().decode("utf-8", "surrogateescape").strip("\r\n\0 ")
+    except OSError as exc:
+        raise SourceError(f"cannot read the link file: {exc.strerror}", file=str(path)) from None
+    if not text.startswith("/"):
+        raise SourceError("a .isl link file that does not name an absolute path", file=str(path))
+    return Path(text)
+
+
+def build_remote_files(files: Sequence[RemoteFile]) -> bytes:
+    """The :data:`REMOTE_FILES` record."""
+    return (json.dumps({"version": 1, "files": [
+        {"name": f.name, "path": f.path, "link": f.link} for f in files]}, indent=1) + "\n").encode()
+
+
+def parse_remote_files(data: bytes, *, file: str = REMOTE_FILES) -> list[RemoteFile]:
+    """Read a :data:`REMOTE_FILES` record; every name relative and every path absolute.
+
+    Raises:
+        TargetError: not such a record.
+    """
+    try:
+        doc = json.loads(data)
+        out = [RemoteFile(str(f["name"]), str(f["path"]), None if f.get("link") is None else str(f["link"]))
+               for f in doc["files"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TargetError(f"unreadable record of tablespaces outside the datadir: {exc}", file=file) from None
+    for f in out:
+        for rel in (f.name, f.link):
+            if rel is not None and (rel.startswith("/") or ".." in rel.split("/")):
+                raise TargetError(f"unsafe name {rel!r} in the record of remote tablespaces", file=file)
+        if not f.path.startswith("/") or ".." in f.path.split("/"):
+            raise TargetError(f"not an absolute path: {f.path!r}", file=file)
+    return out
+
+
+def read_remote_files(backup: Path) -> list[RemoteFile]:
+    """A backup directory's record of tablespaces that lived outside the datadir (none without a record).
+
+    Raises:
+        TargetError: an unreadable record.
+    """
+    record = backup / REMOTE_FILES
+    if not record.is_file():
+        return []
+    return parse_remote_files(record.read_bytes(), file=str(record))
+
+
 @dataclass
 class Inventory:
     """The files of one backup, split by when they are copied."""
@@ -194,6 +260,7 @@ class Inventory:
     innodb: list[SourceFile] = field(default_factory=list)
     other: list[SourceFile] = field(default_factory=list)  # copied under the commit block
     skipped: list[Path] = field(default_factory=list)
+    remote: list[RemoteFile] = field(default_factory=list)  # tablespaces outside the datadir
 
     @property
     def needs_read_lock(self) -> bool:
@@ -224,7 +291,8 @@ def server_tablespaces(session: Session, facts: ServerFacts) -> list[Path]:
         rows = session.query("SELECT PATH FROM information_schema.INNODB_DATAFILES")
     else:
         rows = session.query("SELECT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES")
-    return [(facts.datadir / str(r[0])).resolve() for r in rows if r[0]]
+    # As the server names them (not resolved): the remote ones are recorded and restored at that path.
+    return [facts.datadir / str(r[0]) for r in rows if r[0]]
 
 
 def _database_dirs(datadir: Path) -> list[Path]:
@@ -241,9 +309,13 @@ def enumerate_files(facts: ServerFacts, datadir: Path, data_home: Path, undo_dir
     doublewrite files (prepare does not use them), binary and relay logs, pid/socket files, ``auto.cnf``, keys
     and certificates, ``ib_buffer_pool`` and anything else the server re-creates.
 
+    Also copied: every tablespace the server knows (``server_paths``) that the scan did not find: general
+    tablespaces and DATA DIRECTORY tables (MySQL paths, MariaDB ``.isl`` links). In the datadir they keep their
+    relative path; outside it they are stored as ``<db>/<file>`` (``<file>`` when the directory is not named
+    after a database) and listed in ``Inventory.remote`` with their absolute path.
+
     Raises:
-        SourceError: a tablespace lives outside the data directories (DATA DIRECTORY=..., .isl files), which
-            this version cannot restore to the right place.
+        SourceError: two tablespaces would get the same name in the backup.
     """
     inv = Inventory()
     seen: set[Path] = set()
@@ -275,13 +347,12 @@ def enumerate_files(facts: ServerFacts, datadir: Path, data_home: Path, undo_dir
                 if is_undo(child.name) and child.is_file():
                     add(child, child.name, "innodb")
 
-    # MariaDB remote tablespaces are .isl link files; refuse them clearly rather than copy a dangling link.
+    # MariaDB remote tablespaces (DATA DIRECTORY=...): <db>/<table>.isl holds the file's absolute path.
+    isl_links: dict[Path, str] = {}
     for dbdir in _database_dirs(datadir):
         for child in sorted(dbdir.iterdir()):
-            if child.suffix == ".isl":
-                raise SourceError(
-                    "table with DATA DIRECTORY (a .isl link file) is not supported by this version",
-                    file=str(child), hint="move the table into the datadir (ALTER TABLE ... ) or use mariadb-backup")
+            if child.suffix == ".isl" and child.is_file():
+                isl_links[read_isl(child)] = f"{dbdir.name}/{child.name}"
 
     if (datadir / "mysql.ibd").is_file():
         add(datadir / "mysql.ibd", "mysql.ibd", "innodb")
@@ -301,17 +372,29 @@ def enumerate_files(facts: ServerFacts, datadir: Path, data_home: Path, undo_dir
             else:
                 inv.skipped.append(child)
 
-    roots = [datadir.resolve(), data_home.resolve(), undo_dir.resolve()]
-    for path in server_paths:
-        if path.resolve() in seen or is_temporary_tablespace(path.name):
+    # Tablespaces the server knows that the scan above did not find: general tablespaces (in the datadir, in
+    # innodb_directories) and DATA DIRECTORY tables. One in the datadir keeps its relative path; one outside is
+    # stored under a name the prepare server finds by its scan (<db>/<file> or <file>), and its absolute path is
+    # recorded (:data:`REMOTE_FILES`) so restore puts it back where the server expects it.
+    root = datadir.resolve()
+    names = {f.name for f in inv.innodb} | {f.name for f in inv.other}
+    dbs = {d.name for d in _database_dirs(datadir)}
+    links = {p.resolve(): link for p, link in isl_links.items()}
+    for path in list(isl_links) + list(server_paths):
+        real = path.resolve()
+        if real in seen or is_temporary_tablespace(path.name) or not real.is_file():
             continue
-        if not any(path.is_relative_to(r) for r in roots):
-            raise SourceError("tablespace outside the data directory (DATA DIRECTORY=...) is not supported by this "
-                              "version", file=str(path), hint="move the table into the datadir first")
-        if path.suffix in (".ibd", ".ibu") and path.exists():
-            # Known to the server but not found by the scan (for example in a nested directory): refuse rather
-            # than produce a backup without it.
-            raise SourceError("tablespace in an unexpected place", file=str(path))
+        if real.is_relative_to(root):
+            name = real.relative_to(root).as_posix()
+        else:
+            name = f"{real.parent.name}/{real.name}" if real.parent.name in dbs else real.name
+        if name in names:
+            raise SourceError(f"two tablespaces would be stored as {name} in the backup", file=str(path),
+                              hint="rename one of the tablespace files")
+        names.add(name)
+        add(real, name, "innodb")
+        if not real.is_relative_to(root):
+            inv.remote.append(RemoteFile(name=name, path=str(path), link=links.get(real)))
     # Largest first keeps all threads busy until the end.
     inv.innodb.sort(key=lambda f: f.size, reverse=True)
     return inv

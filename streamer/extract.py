@@ -21,6 +21,7 @@ from innostream.archive import (
     ObserverFactory,
 )
 from innostream.archive.detect import read_any
+from innostream.archive.types import DEFAULT_MAX_SIZE, SizeLimits
 from innostream.datadir import is_tablespace
 from innostream.flavor import Flavor
 from innostream.formats.errors import InnostreamError
@@ -48,9 +49,13 @@ class _Progress:
 
 
 def extract(
-    inp: BinaryIO, target: Path, *, parallel: int = 2, fsync: bool = False, fmt: str = "auto", dialect: str = "auto"
+    inp: BinaryIO, target: Path, *, parallel: int = 2, fsync: bool = True, fmt: str = "auto", dialect: str = "auto",
+    max_size: int = DEFAULT_MAX_SIZE,
 ) -> ArchiveSummary:
     """Extract ``inp`` under ``target``; metadata files last, after the trailer verified.
+
+    ``max_size`` bounds every member's declared size and, with it, the holes the archive may declare
+    (:class:`innostream.archive.types.SizeLimits`).
 
     Raises:
         FormatError: damaged or hostile input (nothing outside ``target`` is touched).
@@ -58,7 +63,7 @@ def extract(
     """
     progress = _Progress("extracted")
     summary = read_any(inp, lambda: TargetDir(target, fsync=fsync), parallel=parallel, fmt=fmt, dialect=dialect,
-                       on_file_done=progress)
+                       on_file_done=progress, limits=SizeLimits(max_size))
     log.info("extracted %d files, %d bytes from %s into %s", len(summary.files), sum(f.size for f in summary.files),
              summary.format, target)
     return summary
@@ -66,16 +71,19 @@ def extract(
 
 def verify(
     inp: BinaryIO, *, parallel: int = 2, fmt: str = "auto", dialect: str = "auto",
-    observer_factory: ObserverFactory | None = None,
+    observer_factory: ObserverFactory | None = None, max_size: int = DEFAULT_MAX_SIZE,
 ) -> ArchiveSummary:
     """Read and check everything without writing."""
-    return read_any(inp, NullSink(), parallel=parallel, fmt=fmt, dialect=dialect, observer_factory=observer_factory)
+    return read_any(inp, NullSink(), parallel=parallel, fmt=fmt, dialect=dialect, observer_factory=observer_factory,
+                    limits=SizeLimits(max_size))
 
 
 def list_archive(inp: BinaryIO, *, fmt: str = "auto", dialect: str = "auto",
-                 on_file_done: Callable[[FileResult], None] | None = None) -> ArchiveSummary:
+                 on_file_done: Callable[[FileResult], None] | None = None,
+                 max_size: int = DEFAULT_MAX_SIZE) -> ArchiveSummary:
     """Read the structure (checksums of every frame, no decompression) and report the files."""
-    return read_any(inp, NullSink(), fmt=fmt, dialect=dialect, verify_data=False, on_file_done=on_file_done)
+    return read_any(inp, NullSink(), fmt=fmt, dialect=dialect, verify_data=False, on_file_done=on_file_done,
+                    limits=SizeLimits(max_size))
 
 
 __all__ = ["PageValidation", "PageValidator", "extract", "list_archive", "verify"]
@@ -89,11 +97,14 @@ class PageValidator:
 
     Page size and format come from page 0 (``formats.fsp0fsp.space_info``); pages are checked in batches with
     ``formats.buf0checksum.validate_pages``. All-zero pages in holes are valid and skipped without materialising.
+    Without a ``flavor`` (an xbstream says none), ``resolve(page0)`` decides it from page 0 once it has arrived.
     """
 
-    def __init__(self, name: str, flavor: str) -> None:
+    def __init__(self, name: str, flavor: str | None,
+                 resolve: Callable[[bytes], str | None] | None = None) -> None:
         self.name = name
         self.flavor = flavor
+        self._resolve = resolve
         self.info: Any = None
         self.page_size = 0
         self.buf = bytearray()  # bytes from page_start
@@ -101,16 +112,27 @@ class PageValidator:
         self.bad: list[tuple[int, str]] = []
         self.pages = 0
         self.note: str | None = None
+        self.zero_page0 = False
+        self.data_after_page0 = False
 
     def _setup(self) -> bool:
         from innostream.formats.fsp0fsp import space_info
 
+        page0 = bytes(self.buf[:UNIV_PAGE_SIZE_MAX])
+        if self.flavor is None:
+            self.flavor = self._resolve(page0) if self._resolve is not None else None
+            if self.flavor is None:
+                self.note = "no page validation: the server family is unknown (give --flavor)"
+                return False
         try:
-            self.info = space_info(bytes(self.buf[:UNIV_PAGE_SIZE_MAX]), self.flavor)
+            self.info = space_info(page0, self.flavor)
         except InnostreamError as exc:
             self.note = f"no page validation: {exc}"
             return False
         self.page_size = self.info.physical_page_size
+        # Page 0 all zero (docs/PAGES.md): reported at finish, by whether the file holds any data after it.
+        self.zero_page0 = self.buf.count(0, 0, self.page_size) == self.page_size
+        self.data_after_page0 = self.zero_page0 and self.buf.count(0) != len(self.buf)
         return True
 
     def _flush(self, final: bool) -> None:
@@ -148,6 +170,8 @@ class PageValidator:
                 gap = offset - self.page_start
             self.buf.extend(bytes(gap))
         self.buf.extend(raw)
+        if self.zero_page0 and not self.data_after_page0 and raw.count(0) != len(raw):
+            self.data_after_page0 = True
         if not self.page_size:
             if len(self.buf) < UNIV_PAGE_SIZE_MAX:
                 return
@@ -168,19 +192,40 @@ class PageValidator:
         if size > end_known:  # whole zero pages past the data are valid: only complete the partial page
             self.buf.extend(bytes(min((-len(self.buf)) % self.page_size, size - end_known)))
         self._flush(True)
+        if self.zero_page0 and (self.data_after_page0 or self.flavor == Flavor.MYSQL):
+            self.bad.insert(0, (0, "page 0 is all zero (InnoDB refuses it: \"Header page consists of zero bytes\")"))
+        elif self.zero_page0:
+            self.note = "every page is zero: a tablespace the server had not flushed yet (MariaDB), or damaged"
 
 
 class PageValidation:
-    """Observer factory for ``verify``: one :class:`PageValidator` per tablespace, results kept for the report."""
+    """Observer factory for ``verify``: one :class:`PageValidator` per tablespace, results kept for the report.
+
+    The server family comes from ``--flavor``, else the archive's metadata (an innostream archive says it; an
+    xbstream only through ``--xbstream-dialect mariadb/percona``), else from the pages: the first tablespace whose
+    page 0 flags only one family accepts (``formats.fsp0fsp.guess_flavor``: MySQL's SDI bit, MariaDB's
+    full_crc32 marker) decides it for the whole stream; a tablespace whose flags both accept, seen before that,
+    is not checked (its validator says so).
+    """
 
     def __init__(self, flavor: str | None = None) -> None:
         self.flavor = flavor
         self.validators: list[PageValidator] = []
+        self.detected: str | None = None  # the family the pages showed, when no one said
+
+    def resolve(self, page0: bytes) -> str | None:
+        """The family of a tablespace from its page 0, remembered for the rest of the stream; None if unknown."""
+        from innostream.formats.fsp0fsp import guess_flavor
+
+        guess = guess_flavor(page0)
+        if guess is not None and self.detected is None:
+            self.detected = guess
+        return guess or self.detected
 
     def __call__(self, name: str, meta: dict[str, Any]) -> PageValidator | None:
         flavor = self.flavor or meta.get("flavor")
-        if not is_tablespace(name) or flavor not in tuple(Flavor):
+        if not is_tablespace(name) or (flavor is not None and flavor not in tuple(Flavor)):
             return None
-        v = PageValidator(name, flavor)
+        v = PageValidator(name, flavor, self.resolve if flavor is None else None)
         self.validators.append(v)
         return v

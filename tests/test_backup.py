@@ -414,41 +414,6 @@ def test_wrong_datadir_is_refused(mariadb10, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_table_with_data_directory_fails_clearly(mariadb10, tmp_path):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    mariadb10.execute(f"CREATE TABLE sample.t_remote (id INT PRIMARY KEY) ENGINE=InnoDB DATA DIRECTORY='{remote}'")
-    try:
-        res = subprocess.run([*INNOSTREAM, "backup", *_cli_conn(mariadb10), "--target-dir", str(tmp_path / "b")],
-                             capture_output=True, text=True, env=_env(), timeout=120, check=False)
-    finally:
-        mariadb10.execute("DROP TABLE sample.t_remote")
-    assert res.returncode == 4, res.stderr[-2000:]
-    lines = _error_lines(res.stderr)
-    assert len(lines) == 1
-    assert "DATA DIRECTORY" in lines[0]
-    assert "t_remote" in lines[0]
-    assert not (tmp_path / "b" / "xtrabackup_checkpoints").exists()
-    _ddl_works(mariadb10)
-
-
-def test_mysql_table_with_data_directory_fails_clearly(fresh_server, tmp_path):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    srv = fresh_server("mysql9", options=[f"--innodb-directories={remote}"])
-    srv.execute("CREATE DATABASE d")
-    srv.execute(f"CREATE TABLE d.t_remote (id INT PRIMARY KEY) ENGINE=InnoDB DATA DIRECTORY='{remote}'")
-    res = subprocess.run([*INNOSTREAM, "backup", *_cli_conn(srv), "--target-dir", str(tmp_path / "b")],
-                         capture_output=True, text=True, env=_env(), timeout=120, check=False)
-    assert res.returncode == 4, res.stderr[-2000:]
-    lines = _error_lines(res.stderr)
-    assert len(lines) == 1
-    assert "DATA DIRECTORY" in lines[0]
-    assert "t_remote.ibd" in lines[0]
-    srv.execute("CREATE TABLE d.t_after (id INT PRIMARY KEY)")  # the instance lock is gone
-    _consumer_free(srv)
-
-
 def test_password_user_from_defaults_file_and_masking(mariadb10, tmp_path):
     mariadb10.execute("CREATE USER IF NOT EXISTS 'bk'@'localhost' IDENTIFIED BY 's3cret-pw'")
     mariadb10.execute("GRANT ALL ON *.* TO 'bk'@'localhost'")

@@ -402,8 +402,9 @@ def test_ddl_lock_blocks_ddl_until_released(server):
 def test_redo_consumer_registers_advances_and_unregisters_on_mysql(mysql9):
     args = {"unix_socket": str(mysql9.socket), "user": "root", "password": "", "autocommit": True}
     consumer = RedoConsumer(args)
+    s = Session(args, "test")
     try:
-        lsn = family("mysql").current_lsn(consumer.session)
+        lsn = family("mysql").current_lsn(s)
         consumer.advance(lsn)
         assert consumer.advanced_to == lsn
         # A second consumer on another session shows that ours is still registered and working.
@@ -411,6 +412,7 @@ def test_redo_consumer_registers_advances_and_unregisters_on_mysql(mysql9):
             RedoConsumer(args)
     finally:
         consumer.close()
+        s.close()
     # After unregistering, registering again succeeds.
     again = RedoConsumer(args)
     again.close()
@@ -424,7 +426,8 @@ def test_redo_consumer_really_holds_back_redo_overwrite_on_mysql(fresh_server):
     args = {"unix_socket": str(srv.socket), "user": "root", "password": "", "autocommit": True}
     srv.execute("CREATE DATABASE c")
     srv.execute("CREATE TABLE c.t (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB")
-    consumer = RedoConsumer(args)
+    consumer = RedoConsumer(args, max_lag=600)  # held on purpose here (see test_server_safety for the bound)
+    s = Session(args, "test")
     done = threading.Event()
 
     def writer() -> None:
@@ -438,7 +441,6 @@ def test_redo_consumer_really_holds_back_redo_overwrite_on_mysql(fresh_server):
             done.set()
 
     try:
-        s = consumer.session
         start = family("mysql").current_lsn(s)
         threading.Thread(target=writer, daemon=True).start()
         assert not done.wait(5), "the writer should stall behind our consumer"
@@ -452,6 +454,7 @@ def test_redo_consumer_really_holds_back_redo_overwrite_on_mysql(fresh_server):
         assert family("mysql").current_lsn(s) - start > 25 << 20
     finally:
         consumer.close()
+        s.close()
 
 
 def test_refuses_mysql_with_redo_logging_disabled(mysql9):

@@ -134,7 +134,8 @@ def test_read_backup_dir_refusals(tmp_path: Path) -> None:
         read_backup_dir(half)
     noredo = tmp_path / "noredo"
     noredo.mkdir()
-    (noredo / "xtrabackup_checkpoints").write_bytes(b"backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = 5\n")
+    (noredo / "xtrabackup_checkpoints").write_bytes(b"backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = 5\n"
+                                                    b"last_lsn = 9\n")
     with pytest.raises(PrepareError, match="no redo log copy"):
         read_backup_dir(noredo)
 
@@ -218,7 +219,7 @@ def test_restore_copies_data_not_metadata(tmp_path: Path) -> None:
     restore_backup(RestoreConfig(done, moved, move=True))
     assert (moved / "db" / "t.ibd").read_bytes() == b"t" * 8192
     assert not (done / "db" / "t.ibd").exists()
-    assert (done / "xtrabackup_checkpoints").exists()
+    assert not done.exists()  # --move consumes the backup: metadata files and emptied directories too
 
 
 def test_recovered_lsn_from_real_logs() -> None:

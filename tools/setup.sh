@@ -3,8 +3,9 @@
 # non-interactive: a second run only checks and returns in a few seconds.
 #
 #   * host packages: MariaDB 10.11 server + mariadb-backup (test server and reference tool), sysbench, debootstrap,
-#     zstd, python3-venv. Debian's own mariadb service is never started or used (policy-rc.d during the install,
-#     disabled afterwards if systemd runs): tests start private servers with tools/sandbox.py.
+#     zstd, python3-venv, strace (tests/test_durability.py checks the order of fsync and rename). Debian's own
+#     mariadb service is never started or used (policy-rc.d during the install, disabled afterwards if systemd
+#     runs): tests start private servers with tools/sandbox.py.
 #   * Debian sid chroots with MySQL 9.x ($SID_MYSQL) and MariaDB 11.x ($SID_MARIADB); a half-made chroot is
 #     detected (no completion stamp and the packages not installed) and rebuilt.
 #   * $REPO/.venv with `pip install -e '.[test]'` (redone when pyproject.toml changes).
@@ -17,7 +18,7 @@ SID_MYSQL="${INNOSTREAM_SID_MYSQL:-/var/tmp/innostream/sid-mysql}"
 SID_MARIADB="${INNOSTREAM_SID_MARIADB:-/var/tmp/innostream/sid-mariadb}"
 MIRROR="${DEBIAN_MIRROR:-}"  # empty: debootstrap's default mirror
 HOST_PACKAGES=(mariadb-server mariadb-backup mariadb-client sysbench debootstrap zstd python3-venv python3-pip git
-               ca-certificates shellcheck)
+               ca-certificates shellcheck strace)
 export DEBIAN_FRONTEND=noninteractive
 
 say() { printf 'setup: %s\n' "$*" >&2; }

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from innostream.archive.reader import read_archive
-from innostream.archive.types import ArchiveSummary, FileResult, ObserverFactory
+from innostream.archive.types import ArchiveSummary, FileResult, ObserverFactory, SizeLimits
 from innostream.archive.xbstream import read_xbstream
 from innostream.formats import archive as fa
 from innostream.formats import xbstream as fx
@@ -90,8 +90,11 @@ def read_any(
     verify_data: bool = True,
     observer_factory: ObserverFactory | None = None,
     on_file_done: Callable[[FileResult], None] | None = None,
+    limits: SizeLimits | None = None,
 ) -> ArchiveSummary:
     """Read an innostream archive or an xbstream (detected unless ``fmt`` says) into ``sink``.
+
+    ``limits`` bounds declared member sizes and holes (``--max-size``).
 
     ``sink`` may be a factory, called only once the input was recognised (so that garbage on stdin does not leave
     an empty target directory behind).
@@ -103,6 +106,6 @@ def read_any(
         sink = sink()
     if kind == "innostream":
         return read_archive(stream, sink, parallel=parallel, verify_data=verify_data,
-                            observer_factory=observer_factory, on_file_done=on_file_done)
+                            observer_factory=observer_factory, on_file_done=on_file_done, limits=limits)
     return read_xbstream(stream, sink, dialect=dialect, on_file_done=on_file_done,
-                         observer_factory=observer_factory if verify_data else None)
+                         observer_factory=observer_factory if verify_data else None, limits=limits)

@@ -24,8 +24,10 @@ from innostream.archive.types import (
     FileResult,
     Observer,
     ObserverFactory,
+    SizeLimits,
     completed,
     hash_zeros,
+    shown,
 )
 from innostream.errors import UnsafePath
 from innostream.formats import archive as fa
@@ -121,8 +123,10 @@ class ArchiveReader:
         observer_factory: ObserverFactory | None = None,
         on_file_done: Callable[[FileResult], None] | None = None,
         codec: Codec | None = None,
+        limits: SizeLimits | None = None,
     ) -> None:
         self._frames = FrameReader(inp, header_prefix=header_prefix)
+        self._limits = limits or SizeLimits()
         self._sink = sink
         self._codec: Codec = codec or ZstdCodec()
         self._verify = verify_data
@@ -174,7 +178,7 @@ class ArchiveReader:
         name, mode = fa.parse_file_begin(frame.payload)
         why = fa.check_name(name)
         if why:
-            raise UnsafePath(f"refusing archive member {name!r}: {why}", where=frame.where)
+            raise UnsafePath(f"refusing archive member {shown(name)}: {why}", where=frame.where)
         if name in self._names:
             raise Corrupt("duplicate file in the archive", where=frame.where, file=name)
         if len(frames.open_ids) >= MAX_OPEN_FILES:
@@ -202,6 +206,8 @@ class ArchiveReader:
         if h.offset + h.raw_len > fa.MAX_FILE_SIZE:
             raise Corrupt(f"DATA ends beyond the file size cap {fa.MAX_FILE_SIZE}", where=frame.where,
                           file=rf.result.name)
+        self._limits.extent(rf.result.name, h.offset + h.raw_len, where=frame.where)
+        self._limits.carry(rf.result.name, h.raw_len, h.offset - rf.end, where=frame.where)
         rf.end = h.offset + h.raw_len
         rf.result.data_frames += 1
         rf.result.stored_bytes += h.stored_len
@@ -222,6 +228,9 @@ class ArchiveReader:
         if size < rf.end:
             raise Corrupt(f"file size {size} is below the end of its data ({rf.end})", where=frame.where,
                           file=rf.result.name)
+        # before anything hashes the trailing hole or the sink sets the size
+        self._limits.extent(rf.result.name, size, where=frame.where)
+        self._limits.carry(rf.result.name, 0, size - rf.end, where=frame.where)
         self._frames.open_ids.discard(h.file_id)
         self._order.put(completed(None), partial(self._end_in_order, rf, frame, size, nframes, digest))
 
@@ -330,12 +339,16 @@ def read_archive(
     observer_factory: ObserverFactory | None = None,
     on_file_done: Callable[[FileResult], None] | None = None,
     codec: Codec | None = None,
+    limits: SizeLimits | None = None,
 ) -> ArchiveSummary:
     """Read a whole archive into ``sink``, verifying everything; raise on the first problem (:class:`ArchiveReader`).
+
+    ``limits`` bounds declared sizes and holes (``--max-size``; default :data:`DEFAULT_MAX_SIZE`).
 
     With ``verify_data=False`` (``list``) payloads are checksummed but not decompressed nor hashed per file.
     ``observer_factory(name, meta)`` may return an object with ``feed(offset, raw)`` and ``finish(size)`` that sees a
     file's bytes in order (page validation).
     """
     return ArchiveReader(inp, sink, parallel=parallel, header_prefix=header_prefix, verify_data=verify_data,
-                         observer_factory=observer_factory, on_file_done=on_file_done, codec=codec).read()
+                         observer_factory=observer_factory, on_file_done=on_file_done, codec=codec,
+                         limits=limits).read()

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 import xxhash
 from innostream.archive.codec import Codec, FrameContext, PlainCodec, ZstdCodec
+from innostream.archive.output import StreamOutput
 from innostream.archive.types import completed, hash_zeros
 from innostream.errors import Interrupted, TargetError
 from innostream.formats import archive as fa
@@ -48,7 +49,7 @@ class ArchiveWriter:
 
     def __init__(
         self,
-        out: BinaryIO,
+        out: BinaryIO | StreamOutput,
         *,
         level: int = 1,
         threads: int = 2,
@@ -57,7 +58,7 @@ class ArchiveWriter:
         max_inflight: int | None = None,
         codec: Codec | None = None,
     ) -> None:
-        self._out = out
+        self._out = StreamOutput.wrap(out)  # every byte written or an error (short writes, EINTR, EAGAIN)
         self._codec: Codec = codec or (ZstdCodec(level) if compress else PlainCodec())
         self._lock = threading.Lock()
         self._files: dict[int, _WFile] = {}
@@ -74,7 +75,10 @@ class ArchiveWriter:
             maxsize=max_inflight or 2 * max(1, threads) + 2)
         header = fa.build_stream_header(meta, self._codec.features)
         self._digest.update(header)
-        self._out.write(header)
+        try:
+            self._out.write(header)
+        except OSError as exc:
+            raise self._output_error(exc) from exc
         self._drainer = threading.Thread(target=self._drain, name="isw-out", daemon=True)
         self._drainer.start()
 
@@ -89,9 +93,7 @@ class ArchiveWriter:
             try:
                 header, payload = fut.result()
                 self._digest.update(header)
-                self._out.write(header)
-                if payload:
-                    self._out.write(payload)
+                self._out.write(header, payload)
                 self.frames += 1
                 self.stored_bytes += len(payload)
                 if self._queue.empty():  # idle: let a live reader (ssh) see what we have
@@ -99,15 +101,20 @@ class ArchiveWriter:
             except BaseException as exc:
                 self._error = exc
 
+    @staticmethod
+    def _output_error(err: OSError) -> InnostreamError:
+        """What a failed write of the stream means to the user (one line, the README's exit code)."""
+        if isinstance(err, BrokenPipeError):
+            return Interrupted("output pipe closed by the reader; the stream is incomplete")
+        return TargetError(f"cannot write the archive: {err.strerror or err}")
+
     def _check(self) -> None:
         if self._error is not None:
             err = self._error
-            if isinstance(err, BrokenPipeError):
-                raise Interrupted("output pipe closed by the reader; the stream is incomplete") from err
             if isinstance(err, InnostreamError):
                 raise err
             if isinstance(err, OSError):
-                raise TargetError(f"cannot write the archive: {err.strerror or err}") from err
+                raise self._output_error(err) from err
             raise err
         if self._closed:
             raise TargetError("archive writer is closed")
@@ -245,11 +252,10 @@ class ArchiveWriter:
             raise ValueError("trailer too large")
         header = fa.build_frame_header(fa.FRAME_TRAILER, flags, 0, self._seq, 0, len(raw), payload)
         try:
-            self._out.write(header)
-            self._out.write(payload)
+            self._out.write(header, payload)
             self._out.flush()
-        except BrokenPipeError as exc:
-            raise Interrupted("output pipe closed by the reader; the stream is incomplete") from exc
+        except OSError as exc:
+            raise self._output_error(exc) from exc
         self.frames += 1
 
     def abort(self) -> None:

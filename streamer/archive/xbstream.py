@@ -14,7 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from innostream.archive.types import MAX_OPEN_FILES, ArchiveSummary, FileResult, Observer, ObserverFactory, read_exact
+from innostream.archive.output import StreamOutput
+from innostream.archive.types import (
+    MAX_OPEN_FILES,
+    ArchiveSummary,
+    FileResult,
+    Observer,
+    ObserverFactory,
+    SizeLimits,
+    read_exact,
+    shown,
+)
 from innostream.errors import Interrupted, TargetError, UnsafePath
 from innostream.flavor import Flavor
 from innostream.formats import xbstream as fx
@@ -50,7 +60,7 @@ class XbstreamWriter:
 
     def __init__(
         self,
-        out: BinaryIO,
+        out: BinaryIO | StreamOutput,
         *,
         level: int = 1,
         threads: int = 2,
@@ -58,7 +68,7 @@ class XbstreamWriter:
         compress: bool = True,
         chunk_size: int = fx.XB_STREAM_MIN_CHUNK_SIZE,
     ) -> None:
-        self._out = out
+        self._out = StreamOutput.wrap(out)  # every byte written or an error (short writes, EINTR, EAGAIN)
         self._lock = threading.Lock()
         self._chunk = chunk_size
         self._files: dict[int, list[Any]] = {}  # id -> [path bytes, pos, ended]
@@ -74,8 +84,7 @@ class XbstreamWriter:
             if self._closed:
                 raise TargetError("xbstream writer is closed")
             try:
-                for part in parts:
-                    self._out.write(part)
+                self._out.write(*parts)
             except BrokenPipeError as exc:
                 self._error = Interrupted("output pipe closed by the reader; the stream is incomplete")
                 raise self._error from exc
@@ -149,6 +158,8 @@ class XbstreamWriter:
                 self._out.flush()
             except BrokenPipeError as exc:
                 raise Interrupted("output pipe closed by the reader; the stream is incomplete") from exc
+            except OSError as exc:
+                raise TargetError(f"cannot write the stream: {exc.strerror or exc}") from exc
             self._closed = True
 
     def abort(self) -> None:
@@ -216,7 +227,9 @@ class XbstreamReader:
         dialect: str = "auto",
         on_file_done: Callable[[FileResult], None] | None = None,
         observer_factory: ObserverFactory | None = None,
+        limits: SizeLimits | None = None,
     ) -> None:
+        self._limits = limits or SizeLimits()
         if dialect not in DIALECTS:
             raise ValueError(f"dialect {dialect!r}")
         self._src = _Input(inp, header_prefix)
@@ -290,7 +303,7 @@ class XbstreamReader:
             raise Corrupt("file name is not UTF-8", offset=at) from None
         why = check_name(name)
         if why:
-            raise UnsafePath(f"refusing archive member {name!r}: {why}", offset=at)
+            raise UnsafePath(f"refusing archive member {shown(name)}: {why}", offset=at)
         return name
 
     def _open_file(self, path: bytes, at: int) -> _XFile:
@@ -346,11 +359,15 @@ class XbstreamReader:
                           file=xf.result.name, offset=at)
         if flags & fx.XB_STREAM_FLAG_REWRITE:
             raise UnsupportedVersion("REWRITE chunks are not supported", file=xf.result.name, offset=at)
+        # before a byte is written: a seek or sparse skips far beyond the data would make a huge sparse file
+        end = offset + length + (sum(s for s, _ in runs) if runs else 0)
+        self._limits.extent(xf.result.name, end, offset=at)
+        self._limits.carry(xf.result.name, length, end - length - xf.size, offset=at)
         got = self._copy_payload(xf, length, offset, crc, at, runs)
         if got != checksum:
             raise ChecksumMismatch(f"invalid checksum at offset {at:#x}: expected {checksum:#010x}, read {got:#010x}",
                                    file=xf.result.name, offset=at)
-        xf.pos = offset + length + (sum(s for s, _ in runs) if runs else 0)
+        xf.pos = end
         xf.size = max(xf.size, xf.pos)
         xf.result.data_frames += 1
         xf.result.stored_bytes += length
@@ -432,8 +449,11 @@ def read_xbstream(
     dialect: str = "auto",
     on_file_done: Callable[[FileResult], None] | None = None,
     observer_factory: ObserverFactory | None = None,
+    limits: SizeLimits | None = None,
 ) -> ArchiveSummary:
     """Read an xbstream into ``sink`` chunk by chunk (:class:`XbstreamReader`); raise on the first problem.
+
+    ``limits`` bounds member sizes and holes (``--max-size``), as for an innostream archive.
 
     ``observer_factory(name, meta)`` works as in :func:`innostream.archive.read_archive` (page validation); the meta
     has ``flavor`` only if the dialect implies it (``mariadb``/``percona``), as an xbstream does not say.
@@ -442,7 +462,7 @@ def read_xbstream(
         BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion, UnsafePath: named with the stream offset.
     """
     return XbstreamReader(inp, sink, header_prefix=header_prefix, dialect=dialect, on_file_done=on_file_done,
-                          observer_factory=observer_factory).read()
+                          observer_factory=observer_factory, limits=limits).read()
 
 
 __all__ = ["DIALECTS", "InnostreamError", "XbstreamReader", "XbstreamWriter", "read_xbstream"]

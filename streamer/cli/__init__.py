@@ -26,6 +26,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "backup": "innostream.cli.backup:backup_cmd",
     "prepare": "innostream.cli.prepare:prepare_cmd",
     "restore": "innostream.cli.prepare:restore_cmd",
+    "put": "innostream.cli.storage:put_cmd",
+    "get": "innostream.cli.storage:get_cmd",
 }
 
 

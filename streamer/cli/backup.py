@@ -4,17 +4,44 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import click
 from innostream.backup import BackupConfig, run_backup
-from innostream.connection import ConnectionOptions
+from innostream.cli.storage import s3_options
+from innostream.connection import REDO_CONSUMER_MAX_LAG, ConnectionOptions
 from innostream.log import log
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 #: ``--password`` given without a value: ask, like the MySQL clients do.
 _PROMPT = "\0prompt"
+
+
+def masked_argv(argv: Sequence[str], password: str) -> list[str]:
+    """``argv`` with the password's characters replaced by ``x`` in ``--password VALUE``, ``--password=VALUE``,
+    ``-pVALUE`` and ``-p VALUE`` (what the MySQL clients do to their own argv)."""
+    out = list(argv)
+    after_flag = False
+    for i, arg in enumerate(out):
+        if after_flag and arg == password:
+            out[i] = "x" * len(arg)
+        elif arg.startswith("-") and arg.endswith(password) and (
+                arg.startswith("--password=") or (arg.startswith("-p") and not arg.startswith("--"))):
+            out[i] = arg[: len(arg) - len(password)] + "x" * len(password)
+        after_flag = arg in ("-p", "--password")
+    return out
+
+
+def hide_password(password: str) -> None:
+    """A password given on the command line: warn, as the MySQL clients do, and take it out of what ``ps`` and
+    ``/proc/PID/cmdline`` show for the rest of the run (the clients overwrite their argv; Python cannot, so the
+    process title is set to the masked command line with ``setproctitle``)."""
+    log.warning("Using a password on the command line interface can be insecure.")
+    import setproctitle
+
+    setproctitle.setproctitle(" ".join(masked_argv(sys.orig_argv, password)))
 
 
 @click.command("backup")
@@ -23,6 +50,10 @@ _PROMPT = "\0prompt"
 @click.option("--target-dir", type=_DIR, help="Write the backup here (created if missing; an existing empty "
               "directory is fine; existing files are never overwritten).")
 @click.option("--stream", "stream", is_flag=True, help="Write the backup as one archive to stdout.")
+@click.option("--to", "to", metavar="s3://BUCKET/KEY", default=None,
+              help="With --stream: upload the archive to this object as it is produced instead of stdout (it "
+              "appears only when the backup completes; docs/STORAGE.md).")
+@s3_options(upload=True)
 @click.option("--format", "stream_format", type=click.Choice(["innostream", "xbstream"]), default="innostream",
               show_default=True, help="Stream format with --stream.")
 @click.option("--compress", "compress", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True,
@@ -49,13 +80,22 @@ _PROMPT = "\0prompt"
               "file) so a slow reader never holds back the log copier (default: $TMPDIR or /tmp).")
 @click.option("--read-buffer-size", type=click.IntRange(1, 64), default=4, show_default=True,
               help="MiB read at a time per copier thread.")
+@click.option("--redo-consumer-max-lag-seconds", "redo_consumer_max_lag", type=click.FloatRange(0.5, 3600),
+              default=REDO_CONSUMER_MAX_LAG, show_default=True,
+              help="MySQL: the redo log consumer registration holds the server's writers while the backup copies "
+              "no redo; after this long it is dropped (with a warning) and the backup goes on, failing with exit 5 "
+              "if redo is then lost.")
+@click.option("--fsync/--no-fsync", default=True, show_default=True,
+              help="fsync every file and directory of --target-dir (xtrabackup_checkpoints last, by a synced "
+                   "rename), or the archive when stdout is a regular file, before 'completed OK!'.")
 @click.pass_obj
 def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Path | None, stream: bool,
                stream_format: str, compress: str, compress_level: int, compress_threads: int, parallel: int,
                innodb_data_home_dir: Path | None, innodb_log_group_home_dir: Path | None,
                innodb_undo_directory: Path | None, defaults_file: str | None, user: str | None,
                password: str | None, host: str | None, port: int | None, socket: str | None, no_lock: bool,
-               tmpdir: Path | None, read_buffer_size: int) -> None:
+               tmpdir: Path | None, read_buffer_size: int, fsync: bool, to: str | None,
+               redo_consumer_max_lag: float = REDO_CONSUMER_MAX_LAG) -> None:
     """Hot physical backup of a running server into --target-dir or as a stream on stdout.
 
     \b
@@ -76,12 +116,16 @@ def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Pat
     """
     if (target_dir is None) == (not stream):
         raise click.UsageError("give exactly one of --target-dir DIR and --stream")
-    if stream and sys.stdout.isatty():
+    if to is not None and not (stream and to.startswith("s3://")):
+        raise click.UsageError("--to takes s3://BUCKET/KEY, with --stream")
+    if stream and to is None and sys.stdout.isatty():
         raise click.UsageError("--stream writes binary data; redirect stdout to a file or a pipe")
     if not stream and (stream_format != "innostream" or compress != "zstd"):
         log.warning("--format and --compress only apply to --stream; ignored")
     if password == _PROMPT:
         password = click.prompt("Enter password", hide_input=True, default="", show_default=False, err=True)
+    elif password:
+        hide_password(password)
     config = BackupConfig(
         connection=ConnectionOptions(user=user, password=password, host=host, port=port, socket=socket,
                                      defaults_file=defaults_file),
@@ -97,10 +141,23 @@ def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Pat
         compress_threads=compress_threads,
         lock=not no_lock,
         chunk_size=read_buffer_size << 20,
+        redo_consumer_max_lag=redo_consumer_max_lag,
         tmpdir=tmpdir,
+        fsync=fsync,
         # click also takes "--password VALUE"; mask the value itself, not only the "--password=VALUE" form.
         argv=tuple("..." if password and arg == password else arg for arg in (obj or {}).get("argv", ())),
     )
+    if to is not None:
+        from innostream.cli.storage import open_object_output
+
+        upload = open_object_output(to)  # fails here, before the server is touched, on a wrong bucket or key
+        try:
+            run_backup(config, cast(BinaryIO, upload))  # completes the upload before "completed OK!"
+        except BaseException:
+            upload.abort()
+            raise
+        upload.close()
+        return
     out = sys.stdout.buffer if stream else None
     try:
         run_backup(config, out)

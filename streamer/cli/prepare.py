@@ -20,8 +20,10 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait for recovery and shutdown.")
 @click.option("--server-option", "server_options", multiple=True, metavar="OPT",
               help="Extra option for the server, e.g. --server-option=--innodb-log-file-size=256M (repeatable).")
+@click.option("--fsync/--no-fsync", default=True, show_default=True,
+              help="fsync the backup's directories and commit xtrabackup_checkpoints by a synced rename.")
 def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, timeout: float,
-                server_options: tuple[str, ...]) -> None:
+                server_options: tuple[str, ...], fsync: bool) -> None:
     """Apply the backup's redo log with the real server so the directory is a consistent data directory.
 
     The flavour's own mysqld/mariadbd runs crash recovery on the backup (no networking, private socket, no
@@ -32,7 +34,8 @@ def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, t
     innostream prepare --target-dir /backups/today
     innostream prepare --target-dir /tmp/b --server-binary tools/server-wrappers/mysqld-sid
     """
-    result = prepare_backup(PrepareConfig(target_dir.resolve(), server_binary, use_memory, timeout, server_options))
+    result = prepare_backup(PrepareConfig(target_dir.resolve(), server_binary, use_memory, timeout, server_options,
+                                          fsync=fsync))
     state = "already prepared" if result.already_prepared else "prepared"
     click.echo(f"innostream: {target_dir}: {state} ({result.flavor}, last_lsn {result.last_lsn})", err=True)
 
@@ -40,16 +43,30 @@ def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, t
 @click.command("restore")
 @click.option("--target-dir", required=True, type=_DIR, help="The prepared backup directory.")
 @click.option("--datadir", required=True, type=_DIR, help="Empty (or missing) data directory to fill.")
-@click.option("--move", is_flag=True, help="Move files instead of copying them (like --move-back).")
-def restore_cmd(target_dir: Path, datadir: Path, move: bool) -> None:
+@click.option("--move", is_flag=True, help="Move files instead of copying them (like --move-back); the backup is "
+              "consumed: its metadata files and emptied directories are removed at the end.")
+@click.option("--owner", metavar="USER[:GROUP]",
+              help="Owner of the restored files and directories (default: the owner of --datadir, or of its parent "
+                   "if it does not exist, e.g. mysql:mysql for /var/lib/mysql).")
+@click.option("--fsync/--no-fsync", default=True, show_default=True,
+              help="fsync every restored file and directory before reporting success.")
+@click.option("--remote-to-datadir", is_flag=True,
+              help="Put tablespaces that lived outside the datadir (DATA DIRECTORY tables, general tablespaces in "
+                   "innodb_directories) into --datadir as <db>/<file> (<file> at the root for a general "
+                   "tablespace) instead of back at their original path.")
+def restore_cmd(target_dir: Path, datadir: Path, move: bool, owner: str | None, fsync: bool,
+                remote_to_datadir: bool) -> None:
     """Copy (or move) a prepared backup into an empty data directory (like xtrabackup --copy-back).
 
     Data files and the redo log the server expects are copied, holes kept; the backup's metadata files are not.
-    A non-empty datadir is refused.
+    A non-empty datadir is refused. Files are 0640 and directories 0750 (as mysqld makes them), owned by the
+    datadir's owner unless --owner says otherwise, so no chown step is needed. A --move that stopped halfway
+    marks the backup: a rerun refuses it instead of restoring a partial datadir.
 
     \b
     innostream restore --target-dir /backups/today --datadir /var/lib/mysql
     """
-    result = restore_backup(RestoreConfig(target_dir.resolve(), datadir.resolve(), move))
+    result = restore_backup(RestoreConfig(target_dir.resolve(), datadir.resolve(), move, fsync=fsync, owner=owner,
+                                          remote_to_datadir=remote_to_datadir))
     verb = "moved" if move else "copied"
     click.echo(f"innostream: {verb} {result.files} files ({result.bytes} bytes) to {datadir}", err=True)

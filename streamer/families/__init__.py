@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Protocol
 
 import pymysql
-from innostream.connection import BackupLocks, LogStatus, ServerFacts, Session, query_server_facts
+from innostream.connection import (
+    BackupLocks,
+    LogStatus,
+    PrivilegeProbe,
+    ServerFacts,
+    Session,
+    query_server_facts,
+)
 from innostream.errors import SourceError
 from innostream.families.mariadb import MariaDB
 from innostream.families.mysql import MySQL
@@ -39,6 +46,10 @@ class Family(Protocol):
         """Raise :class:`SourceError` if this server cannot be backed up (beyond its version)."""
         ...
 
+    def privilege_probes(self, *, binlog: bool) -> list[PrivilegeProbe]:
+        """Harmless statements that fail exactly when the backup user lacks a privilege the backup will need."""
+        ...
+
     def backup_locks(self, session: Session, *, enabled: bool = True) -> BackupLocks:
         """The family's DDL lock and commit block on ``session``."""
         ...
@@ -49,6 +60,12 @@ class Family(Protocol):
 
     def read_log_status(self, session: Session, *, binlog: bool) -> LogStatus:
         """LSN, checkpoint and (with ``binlog``) binlog coordinates, read under the commit block."""
+        ...
+
+    def cut_redo_copy(self, copier: RedoCopier, lsn: int) -> tuple[int, bytes] | None:
+        """Where the redo copy must end for recovery to stop at exactly ``lsn`` (the LSN read with the binlog
+        position, while commits may go on): ``(offset in the copy, the last piece to write there)``, or None if the
+        copy may end where the copier stopped."""
         ...
 
     def supports_redo_consumer(self, facts: ServerFacts) -> bool:

@@ -11,13 +11,15 @@ Prepare: that ``ib_logfile0`` already is a log the server recovers from; it is o
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pymysql
-from innostream.connection import BackupLocks, LogStatus, ServerFacts, Session
-from innostream.errors import PrepareError
+from innostream.connection import BackupLocks, LogStatus, PrivilegeProbe, ServerFacts, Session
+from innostream.datadir import read_remote_files
+from innostream.errors import InnostreamError, PrepareError, SourceError
 from innostream.families.common import REDO_CHUNK, common_my_cnf
 from innostream.flavor import Flavor
 from innostream.formats import mtr0log as mtr
@@ -35,6 +37,32 @@ MARIADB_PREPARE_LOG_SIZE = "16M"
 #: MariaDB refuses to start without its binlog when the backup holds transactions prepared for the binlog's
 #: two-phase commit (MDEV-36025): "Found N prepared transactions! ... --tc-heuristic-recover".
 _NEEDS_HEURISTIC = re.compile(r"Found \d+ prepared transactions!")
+
+
+def encryption_plugin_options(my_cnf: Mapping[str, str]) -> list[str]:
+    """Server options that load the key management plugin backup-my.cnf names (what ``mariadb-backup --prepare``
+    does with the lines :meth:`MariaDB.encryption_plugin_config` wrote): ``plugin_load``, ``plugin_dir``, every
+    ``<plugin>_*`` option and ``innodb_encrypt_log``. Without them the server cannot read encrypted pages or redo
+    ("Encrypted page ... looks corrupted"). Empty when the backup names no plugin."""
+    load = my_cnf.get("plugin_load", "")
+    if not load:
+        return []
+    name = load.split("=", 1)[0].strip()
+    argv = [f"--plugin-load-add={load}"]
+    if my_cnf.get("plugin_dir"):
+        argv.append(f"--plugin-dir={_unquote(my_cnf['plugin_dir'])}")
+    argv += [f"--{key.replace('_', '-')}={_unquote(value)}" for key, value in my_cnf.items()
+             if name and key.startswith(name + "_")]
+    if my_cnf.get("innodb_encrypt_log"):
+        argv.append(f"--innodb-encrypt-log={my_cnf['innodb_encrypt_log']}")
+    return argv
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
 
 
 class MariaDBBackupLocks(BackupLocks):
@@ -58,6 +86,64 @@ class MariaDBBackupLocks(BackupLocks):
         log.info("Executed BACKUP STAGE END")
 
 
+#: Records whose payload is one file name: recovery opens (FILE_MODIFY) or may create (FILE_CREATE) that file.
+_NAMED_FILE_RECORDS = (mtr.MfileType.FILE_MODIFY, mtr.MfileType.FILE_CREATE)
+
+
+def _redo_renames(target: Path) -> dict[bytes, bytes]:
+    """Names of the tablespaces that lived outside the datadir as the server's redo names them (absolute paths,
+    FILE_MODIFY records) -> the backup's copy of each, as a name of the same length relative to the datadir
+    (``./`` padded with ``/``): recovery opens the file a FILE_MODIFY record names, and it must apply the redo to
+    the backup's copy, never to the original (on the backup host it may be a live server's file)."""
+    try:
+        files = read_remote_files(target)
+    except InnostreamError as exc:
+        raise PrepareError(str(exc)) from None
+    out = {}
+    for rf in files:
+        old = rf.path.encode("utf-8", "surrogateescape")
+        member = rf.name.encode("utf-8", "surrogateescape")
+        pad = len(old) - len(member) - 2
+        if pad < 0:
+            raise PrepareError(f"cannot point the redo log at the backup's copy of {rf.path}: the path is too short",
+                               file=str(target))
+        out[old] = b"./" + b"/" * pad + member
+    return out
+
+
+def _rename_files_in_redo(path: Path, start: int, end: int, renames: Mapping[bytes, bytes]) -> int:
+    """Rewrite, in the redo file's valid mtrs ``[start, end)`` (file offsets; a backup copy never wraps), the file
+    names of FILE_MODIFY and FILE_CREATE records per ``renames`` (same lengths, so no LSN moves) and each changed
+    mtr's CRC-32C. Returns the records rewritten."""
+    changed = 0
+    with open(path, "r+b") as fh:
+        pos = start
+        while pos < end:
+            buf = os.pread(fh.fileno(), min(REDO_CHUNK, end - pos), pos)
+            res = mtr.scan_mtrs(buf, 0, 0, 1 << 62)  # framing only: the walk above checked sequence bits
+            if not res.terminators:
+                break
+            if any(old in buf for old in renames):
+                begin = 0
+                for term in res.terminators:
+                    body = bytearray(buf[begin:term])
+                    if any(old in body for old in renames):
+                        hits = 0
+                        for rec in mtr.parse_records(body):
+                            new = renames.get(rec.payload)
+                            if rec.type in _NAMED_FILE_RECORDS and new is not None:
+                                body[rec.end - len(rec.payload):rec.end] = new
+                                hits += 1
+                        if hits:  # body, the terminator byte (unchanged), the CRC-32C of the body
+                            os.pwrite(fh.fileno(), body, pos + begin)
+                            os.pwrite(fh.fileno(), mtr.crc32c(body).to_bytes(4, "big"), pos + term + 1)
+                            changed += hits
+                    begin = term + 5
+            pos += res.end
+        os.fsync(fh.fileno())
+    return changed
+
+
 class MariaDB:
     """The MariaDB family; see the module docstring."""
 
@@ -70,7 +156,24 @@ class MariaDB:
     # --- backup ---------------------------------------------------------------------------------------------------
 
     def check_server(self, session: Session, facts: ServerFacts) -> None:
-        """Nothing beyond the version: every MariaDB 10.8+ writes the redo log we copy."""
+        """Refuse an encrypted redo log (``innodb_encrypt_log=ON``) before anything is locked or copied: the log
+        copier does not follow its format (format word 0xF09F979D) yet."""
+        if facts.var("innodb_encrypt_log", "OFF").upper() in ("ON", "1"):
+            raise SourceError("the server encrypts its redo log (innodb_encrypt_log=ON), which innostream cannot "
+                              "copy yet; nothing was copied",
+                              hint="use mariadb-backup for this server, or restart it with innodb_encrypt_log=OFF")
+
+    def privilege_probes(self, *, binlog: bool) -> list[PrivilegeProbe]:
+        """RELOAD: BACKUP STAGE and FLUSH ENGINE LOGS; PROCESS: the tablespace list; with the binlog on, BINLOG
+        MONITOR (or SUPER): SHOW MASTER STATUS at the end."""
+        probes = [
+            PrivilegeProbe("RELOAD", "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS", "BACKUP STAGE and FLUSH ENGINE LOGS"),
+            PrivilegeProbe("PROCESS", "SELECT COUNT(*) FROM information_schema.INNODB_SYS_TABLESPACES WHERE 0",
+                           "the list of tablespaces"),
+        ]
+        if binlog:
+            probes.append(PrivilegeProbe("BINLOG MONITOR", "SHOW MASTER STATUS", "the binlog position"))
+        return probes
 
     def backup_locks(self, session: Session, *, enabled: bool = True) -> BackupLocks:
         return MariaDBBackupLocks(session, enabled=enabled)
@@ -96,6 +199,11 @@ class MariaDB:
             binlog_pos=binlog_pos,
             gtid=gtid,
         )
+
+    def cut_redo_copy(self, copier: RedoCopier, lsn: int) -> tuple[int, bytes] | None:
+        """None: BACKUP STAGE BLOCK_COMMIT stops commits while the end LSN and binlog position are read, so redo
+        past that LSN holds no commit."""
+        return None
 
     def supports_redo_consumer(self, facts: ServerFacts) -> bool:
         """Never: MariaDB's log has no such interface."""
@@ -149,7 +257,7 @@ class MariaDB:
         for key in ("innodb_checksum_algorithm", "innodb_undo_tablespaces"):
             if my_cnf.get(key):
                 argv.append(f"--{key.replace('_', '-')}={my_cnf[key]}")
-        return argv
+        return argv + encryption_plugin_options(my_cnf)
 
     def stage_redo(self, target: Path, my_cnf: Mapping[str, str], server_version: str) -> int:
         """Walk the mini-transactions of the backup's ``ib_logfile0`` from its checkpoint as recovery will (length
@@ -189,6 +297,12 @@ class MariaDB:
                     break
         log.info("prepare: %s: mini-transactions valid from LSN %d to %d (%s)", REDO_FILE, cp.checkpoint_lsn,
                  lsn, stop)
+        renames = _redo_renames(target)
+        if renames:
+            start = mtr.lsn_to_offset(cp.checkpoint_lsn, header.first_lsn, file_size)
+            n = _rename_files_in_redo(path, start, start + lsn - cp.checkpoint_lsn, renames)
+            log.info("prepare: %d redo records now name the backup's copies of the tablespaces that lived outside "
+                     "the datadir", n)
         return lsn
 
     def recovered_lsn(self, lines: Sequence[str]) -> int | None:

@@ -17,11 +17,12 @@ import contextlib
 import json
 import os
 import re
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pymysql
-from innostream.connection import LOCK_WAIT_TIMEOUT, BackupLocks, LogStatus, ServerFacts, Session
+from innostream.connection import LOCK_WAIT_TIMEOUT, BackupLocks, LogStatus, PrivilegeProbe, ServerFacts, Session
 from innostream.errors import PrepareError, SourceError
 from innostream.families.common import REDO_CHUNK, common_my_cnf
 from innostream.flavor import Flavor
@@ -38,7 +39,7 @@ from innostream.formats.xtrabackup_logfile import (
     scan_mysql_blocks,
 )
 from innostream.log import log
-from innostream.redo_copier import MySQLRedoCopier, RedoCopier, Writer
+from innostream.redo_copier import MySQLRedoCopier, RedoCopier, Writer, list_mysql_redo_files
 
 #: How long FLUSH TABLES WITH READ LOCK may wait for running statements; meanwhile all writes queue behind it.
 FTWRL_WAIT_TIMEOUT = 30
@@ -55,31 +56,34 @@ class MySQLBackupLocks(BackupLocks):
         log.info("Executed LOCK INSTANCE FOR BACKUP: DDL waits until the backup ends")
 
     def _block_commits(self, need_read_lock: bool) -> None:
-        """``FLUSH TABLES WITH READ LOCK``, unless it would break a user's DDL.
+        """``FLUSH TABLES WITH READ LOCK``, only when non-InnoDB tables that DML changes are copied.
 
-        A DDL statement waiting for our instance lock holds the global intention lock that FTWRL needs, and the
-        server resolves that cycle by failing the DDL (ER_LOCK_DEADLOCK). So when DDL is waiting, or FTWRL cannot
-        get its lock within :data:`FTWRL_WAIT_TIMEOUT`, we do not block commits: the binlog position and LSN still
-        come from one consistent ``log_status`` read, but the redo copy may hold a few transactions committed after
-        it, and non-InnoDB tables may change while copied. That is said in a warning, and ``commits_blocked``
-        tells the caller.
+        InnoDB data needs no commit block: ``performance_schema.log_status`` gives the binlog position, GTID set
+        and LSN in one consistent read, and the redo copy is cut at exactly that LSN
+        (:meth:`MySQL.cut_redo_copy`), so recovery stops where the recorded position is. FTWRL would only make
+        every writer queue behind it while a long query runs.
+
+        MyISAM (and other non-transactional) tables need it. A DDL statement waiting for our instance lock holds
+        the global intention lock that FTWRL needs, and the server would resolve that cycle by failing the user's
+        DDL (ER_LOCK_DEADLOCK); FTWRL may also not get its lock within :data:`FTWRL_WAIT_TIMEOUT`. In both cases
+        the non-InnoDB tables are copied while they may change, and a warning says so (the binlog position stays
+        exact for the InnoDB data).
         """
         if not need_read_lock:
             return
+        cost = ("non-InnoDB tables are copied without a read lock and may not match the binlog position (InnoDB "
+                "data and the position are exact)")
         waiting = self.session.value(
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE = 'Waiting for backup lock'")
         if waiting:
             log.warning("%s DDL statement(s) wait for the backup lock; not taking FLUSH TABLES WITH READ LOCK "
-                        "(it would make them fail). The binlog position may precede transactions committed "
-                        "during the last moments of the redo copy, and non-InnoDB tables may be inconsistent",
-                        waiting)
+                        "(it would make them fail): %s", waiting, cost)
             return
         try:
             self.session.execute(f"SET SESSION lock_wait_timeout = {FTWRL_WAIT_TIMEOUT}")
             self.session.execute("FLUSH TABLES WITH READ LOCK")
         except SourceError as exc:
-            log.warning("FLUSH TABLES WITH READ LOCK failed (%s); continuing without blocking commits: the "
-                        "binlog position may precede the last transactions in the redo copy", exc.message)
+            log.warning("FLUSH TABLES WITH READ LOCK failed (%s): %s", exc.message, cost)
         else:
             self.read_locked = self.commits_blocked = True
             log.info("Executed FLUSH TABLES WITH READ LOCK")
@@ -98,8 +102,9 @@ class MySQL:
     min_version: tuple[int, int, int] = (8, 0, 30)
     redo_copy_name: str = MySQLRedoCopier.copy_file_name
     server_binaries: tuple[str, ...] = ("mysqld",)
-    # MySQL has no commit-only block: FLUSH TABLES WITH READ LOCK is how commits stop, whatever tables exist.
-    read_lock_blocks_commits: bool = True
+    # Commits need not stop: log_status is one consistent read and the redo copy is cut at its LSN. FLUSH TABLES
+    # WITH READ LOCK is taken only for non-InnoDB tables.
+    read_lock_blocks_commits: bool = False
 
     # --- backup ---------------------------------------------------------------------------------------------------
 
@@ -108,6 +113,18 @@ class MySQL:
         if rows and str(rows[0][1]).upper() == "OFF":
             raise SourceError("redo logging is disabled (ALTER INSTANCE DISABLE INNODB REDO_LOG): a hot backup "
                               "cannot be made consistent", hint="ALTER INSTANCE ENABLE INNODB REDO_LOG first")
+
+    def privilege_probes(self, *, binlog: bool) -> list[PrivilegeProbe]:
+        """RELOAD: FLUSH TABLES WITH READ LOCK and FLUSH ENGINE LOGS at the end; BACKUP_ADMIN: LOCK INSTANCE FOR
+        BACKUP, the redo log consumer and ``log_status``; PROCESS: the tablespace list and seeing DDL that waits."""
+        return [
+            PrivilegeProbe("RELOAD", "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS",
+                           "FLUSH TABLES WITH READ LOCK and FLUSH ENGINE LOGS"),
+            PrivilegeProbe("BACKUP_ADMIN", "SELECT COUNT(*) FROM performance_schema.log_status",
+                           "LOCK INSTANCE FOR BACKUP, the redo log consumer and performance_schema.log_status"),
+            PrivilegeProbe("PROCESS", "SELECT COUNT(*) FROM information_schema.INNODB_DATAFILES WHERE 0",
+                           "the list of tablespaces and the sessions waiting for the backup lock"),
+        ]
 
     def backup_locks(self, session: Session, *, enabled: bool = True) -> BackupLocks:
         return MySQLBackupLocks(session, enabled=enabled)
@@ -122,14 +139,57 @@ class MySQL:
         engines = json.loads(rows[0][1])
         innodb = engines.get("InnoDB", {})
         flushed = dict(session.query("SHOW GLOBAL STATUS LIKE 'Innodb_redo_log_flushed_to_disk_lsn'"))
+        lsn = int(innodb["LSN"])
         return LogStatus(
-            lsn=int(innodb["LSN"]),
+            lsn=lsn,
             checkpoint_lsn=int(innodb["LSN_checkpoint"]),
-            flushed_lsn=int(flushed.get("Innodb_redo_log_flushed_to_disk_lsn", 0)),
+            # read after log_status: it may already be past the LSN the backup ends at
+            flushed_lsn=min(lsn, int(flushed.get("Innodb_redo_log_flushed_to_disk_lsn", 0))),
             binlog_file=local.get("binary_log_file", "") if binlog else "",
             binlog_pos=int(local.get("binary_log_position", 0)) if binlog else 0,
             gtid=local.get("gtid_executed", "").replace("\n", "") if binlog else "",
         )
+
+    def cut_redo_copy(self, copier: RedoCopier, lsn: int) -> tuple[int, bytes] | None:
+        """Where the redo copy must end so that recovery stops at exactly ``lsn`` (log_status's LSN, an mtr
+        boundary: it is read under the log's exclusive lock): the offset of the block holding ``lsn`` in
+        ``xtrabackup_logfile`` and that block with ``data_len`` cut to ``lsn``. Recovery treats a block that is not
+        full as the end of the log. Commits go on while the backup ends (no FLUSH TABLES WITH READ LOCK), and the
+        log copier stops at or past ``lsn``: without the cut, the prepared backup would hold transactions after the
+        recorded binlog position and GTID set.
+
+        The block is re-read from the server's redo (the redo consumer, still registered, keeps it there).
+
+        Raises:
+            SourceError: the block is no longer (or not yet) in the server's redo files.
+        """
+        if not isinstance(copier, MySQLRedoCopier):
+            return None
+        block_lsn = lf.align_down(lsn)
+        base = lf.align_down(copier.start_lsn)
+        if block_lsn < base:
+            return None
+        if lsn - block_lsn <= lf.LOG_BLOCK_HDR_SIZE:
+            # The last mtr filled the block before: the next one, holding no data, may not be written yet. The copy
+            # ends with that block as the server would write it (header only), so its end reads as ``lsn``.
+            return lf.LOG_FILE_HDR_SIZE + block_lsn - base, lf.build_log_block(block_lsn, b"")
+        block = b""
+        for f in list_mysql_redo_files(copier.redo_dir):
+            if f.start_lsn <= block_lsn < f.end_lsn:
+                with contextlib.suppress(OSError):
+                    fd = os.open(f.path, os.O_RDONLY)
+                    try:
+                        block = os.pread(fd, lf.OS_FILE_LOG_BLOCK_SIZE, lf.lsn_to_offset(f.start_lsn, block_lsn))
+                    finally:
+                        os.close(fd)
+                break
+        status, data_len = (lf.check_block(block, block_lsn) if len(block) == lf.OS_FILE_LOG_BLOCK_SIZE
+                            else (lf.BlockStatus.EMPTY, 0))
+        if status is not lf.BlockStatus.VALID or block_lsn + data_len < lsn:
+            raise SourceError(f"the redo block holding the backup's end LSN {lsn} cannot be read back "
+                              f"({status.name.lower()}, {data_len} bytes)", lsn=lsn,
+                              hint="the server rewrote its redo; retry the backup")
+        return lf.LOG_FILE_HDR_SIZE + block_lsn - base, cut_log_block(block, lsn - block_lsn)
 
     def supports_redo_consumer(self, facts: ServerFacts) -> bool:
         """The consumer UDFs exist on MySQL 8.0.30+."""
@@ -221,6 +281,23 @@ class MySQL:
     def needs_heuristic_rollback(self, lines: Sequence[str]) -> bool:
         """Never: MySQL with its binlog off starts and keeps binlog-prepared transactions prepared."""
         return False
+
+
+def cut_log_block(block: bytes, data_len: int) -> bytes:
+    """``block`` (a valid 512-byte redo block) ending after ``data_len`` bytes: ``data_len`` set (keeping the
+    encryption bit), ``first_rec_group`` cleared if no record group starts before the end, the checksum redone (or
+    the no-checksum magic kept). The bytes after the end stay as they were: recovery does not read them."""
+    hdr_no, old_len, first_rec_group, epoch = _BLOCK_HDR.unpack_from(block)
+    if first_rec_group >= data_len:
+        first_rec_group = 0
+    head = _BLOCK_HDR.pack(hdr_no, data_len | (old_len & lf.LOG_BLOCK_ENCRYPT_BIT_MASK), first_rec_group, epoch)
+    body = head + block[lf.LOG_BLOCK_HDR_SIZE:lf.LOG_BLOCK_CHECKSUM]
+    stored = int.from_bytes(block[lf.LOG_BLOCK_CHECKSUM:], "big")
+    checksum = stored if stored == lf.LOG_NO_CHECKSUM_MAGIC else lf.crc32c(body)
+    return body + checksum.to_bytes(lf.LOG_BLOCK_TRL_SIZE, "big")
+
+
+_BLOCK_HDR = struct.Struct(">IHHI")
 
 
 def _copy_redo(logfile: Path, tmp: Path, page_size: int, creator: str | None) -> tuple[int, int, MysqlRedoStart]:

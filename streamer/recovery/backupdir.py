@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from innostream.formats.xtrabackup_meta import (
     parse_checkpoints,
     parse_info,
 )
+from innostream.target import replace_file, sync_tree
 
 
 @dataclass
@@ -35,13 +35,15 @@ class BackupDir:
     info: dict[str, str]
     my_cnf: dict[str, str]
 
-    def write_checkpoints(self, cp: Checkpoints) -> None:
-        """Replace the checkpoints file atomically (a crash leaves the old or the new one, never half of one)."""
-        tmp = self.checkpoints_file.with_name(self.checkpoints_file.name + ".tmp")
-        tmp.write_bytes(build_checkpoints(cp, self.flavor))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(self.checkpoints_file)
+    def write_checkpoints(self, cp: Checkpoints, *, fsync: bool = True) -> None:
+        """Replace the checkpoints file atomically (a crash leaves the old or the new one, never half of one).
+
+        With ``fsync`` (the default) every directory of the backup is synced first (the server that ran recovery
+        made and renamed files in them), then the new file is committed by a synced rename
+        (:func:`innostream.target.replace_file`)."""
+        if fsync:
+            sync_tree(self.path)
+        replace_file(self.checkpoints_file, build_checkpoints(cp, self.flavor), fsync=fsync)
 
 
 def read_backup_dir(target: Path) -> BackupDir:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pymysql
-from innostream.datadir import local_data_file_path
+from innostream.datadir import local_data_file_path, read_remote_files
 from innostream.errors import Interrupted, PrepareError
 from innostream.families import Family, family
 from innostream.flavor import Flavor
@@ -46,6 +46,7 @@ class PrepareConfig:
     use_memory: str = "128M"
     timeout: float = 3600.0
     server_options: tuple[str, ...] = ()
+    fsync: bool = True  # sync the backup's directories and commit xtrabackup_checkpoints durably (--no-fsync)
 
 
 @dataclass
@@ -175,9 +176,13 @@ def _innodb_lsn(conn: pymysql.connections.Connection) -> int | None:
 def _missing_tablespaces(conn: pymysql.connections.Connection, fam: Family, target: Path) -> list[str]:
     """Tablespace files the data dictionary knows but the backup lacks (a file lost between backup and prepare)."""
     missing = []
+    # A tablespace that lived outside the datadir is the backup's copy (restore puts it back at its path).
+    remote = {rf.path: rf.name for rf in read_remote_files(target)}
     for p in fam.dictionary_tablespaces(conn, target):
         path = Path(p)
-        if not path.is_absolute():
+        if p in remote:
+            path = target / remote[p]
+        elif not path.is_absolute():
             path = target / p
         if "#innodb_temp" in p or path.name.startswith("ibtmp"):
             continue
@@ -312,7 +317,7 @@ def prepare_backup(config: PrepareConfig) -> PrepareResult:
                            f"{cp.last_lsn}", lsn=result.recovered_lsn,
                            hint="the redo log copy is damaged; the backup directory was partly recovered, "
                                 "restore it from the original before trying again")
-    bd.write_checkpoints(cp.with_type(BACKUP_TYPE_FULL_PREPARED))
+    bd.write_checkpoints(cp.with_type(BACKUP_TYPE_FULL_PREPARED), fsync=config.fsync)
     result.seconds = time.monotonic() - started
     log.info("prepare: recovered to LSN %s (last_lsn %d) in %.1f s; backup_type = %s", result.recovered_lsn,
              cp.last_lsn, result.seconds, BACKUP_TYPE_FULL_PREPARED)

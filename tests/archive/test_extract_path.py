@@ -78,7 +78,8 @@ def test_many_small_frames_of_interleaved_files(tmp_path: Path, compress: bool):
         assert (tmp_path / "t" / name).read_bytes() == data
     assert {f.name: f.digest for f in summary.files} == {n: xxhash.xxh3_128_hexdigest(d) for n, d in files.items()}
     st = (tmp_path / "t/a.ibd").stat()
-    assert st.st_blocks * 512 <= st.st_size - 300 * 4096  # the 4 KiB tails stayed holes
+    # the 4 KiB tails stayed holes (the slack: extent-tree blocks ext4 allocates once extract fsyncs the file)
+    assert st.st_blocks * 512 <= st.st_size - 300 * 4096 + 4 * 4096
 
 
 def test_wrong_digest_after_batched_frames_is_caught():

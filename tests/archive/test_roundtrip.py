@@ -31,7 +31,7 @@ def test_extract_round_trip_and_sparse(tmp_path: Path):
     assert all(f.digest == xxhash.xxh3_128_hexdigest(files[f.name]) for f in summary.files)
     # 6 of 24 pages of ibdata1 are zero: they are not stored and stay holes
     st = (tmp_path / "t/ibdata1").stat()
-    assert st.st_blocks * 512 <= st.st_size - 6 * 16384
+    assert st.st_blocks * 512 <= st.st_size - 6 * 16384 + 4096  # + an extent-tree block ext4 adds once synced
     assert len(blob) < sum(map(len, files.values()))
 
 
@@ -125,7 +125,9 @@ def test_cli_round_trip_through_a_real_pipe(tmp_path: Path):
     bad = run_cli(["verify", "-"], stdin=make_archive(files, meta={"flavor": "mariadb"}))
     assert bad.returncode == 3
     assert b"corrupt page(s)" in bad.stderr
-    assert b"[file ibdata1, page 1]" in bad.stderr
+    # the synthetic ibdata1 starts with a zero page: InnoDB refuses such a file, so that is the first finding
+    assert b"page 0 is all zero" in bad.stderr
+    assert b"[file ibdata1, page 0]" in bad.stderr
     assert b"Traceback" not in bad.stderr
 
 

@@ -77,13 +77,13 @@ def test_checkpoints_mysql_layout_and_state_change() -> None:
 
 
 def test_checkpoints_unknown_keys_kept() -> None:
-    raw = b"backup_type = log-applied\nfrom_lsn = 1\nto_lsn = 2\nfuture_key = x y\n"
+    raw = b"backup_type = log-applied\nfrom_lsn = 1\nto_lsn = 2\nlast_lsn = 3\nfuture_key = x y\n"
     cp = parse_checkpoints(raw)
     assert cp.extra == (("future_key", "x y"),)
     assert b"future_key = x y\n" in build_checkpoints(cp, "mariadb")
 
 
-@pytest.mark.parametrize("missing", ["backup_type", "from_lsn", "to_lsn"])
+@pytest.mark.parametrize("missing", ["backup_type", "from_lsn", "to_lsn", "last_lsn"])
 def test_checkpoints_required_keys(missing: str) -> None:
     lines = {"backup_type": "full-backuped", "from_lsn": "0", "to_lsn": "5", "last_lsn": "9"}
     del lines[missing]
@@ -96,8 +96,9 @@ def test_checkpoints_required_keys(missing: str) -> None:
 @pytest.mark.parametrize(
     ("raw", "match"),
     [
-        (b"backup_type = weird\nfrom_lsn = 0\nto_lsn = 1\n", "unknown backup_type"),
-        (b"backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = -1\n", "not a non-negative integer"),
+        (b"backup_type = weird\nfrom_lsn = 0\nto_lsn = 1\nlast_lsn = 1\n", "unknown backup_type"),
+        (b"backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = -1\nlast_lsn = 1\n", "not a non-negative integer"),
+        (b"backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = 1\nlast_lsn = 48", "cut short"),
         (b"backup_type = full-backuped\nfrom_lsn = 0\nto_lsn\n", "without '='"),
         (b"", "backup_type"),
     ],
