@@ -164,7 +164,7 @@ class FileCopier:
                 last = exc
             else:
                 ps = info.physical_page_size
-                if len(head) >= ps and head.count(0, 0, ps) == ps and not zero_checked:
+                if len(head) >= ps and head.count(0, 0, ps) == ps and not zero_checked and src.first_page_no == 0:
                     return self._zero_page0(fd, src, info)
                 if len(head) >= ps and not _validate(memoryview(head)[:ps], info, 0, src.system):
                     return info

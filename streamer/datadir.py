@@ -64,6 +64,13 @@ def is_undo(name: str) -> bool:
     return bool(UNDO_RE.match(_base(name)))
 
 
+def is_system_continuation(name: str) -> bool:
+    """A second or later file of the system tablespace (``ibdata2``...): its first page is not a page 0, so the
+    page-0 rules (header, "all zero is refused") do not apply to it. Only the default names are recognised."""
+    base = name.rpartition("/")[2]
+    return bool(SYSTEM_RE.match(base)) and base != "ibdata1"
+
+
 def is_tablespace(name: str) -> bool:
     """A tablespace the backup copies page by page and ``verify`` checks: *.ibd, undo tablespaces, ibdataN."""
     base = _base(name)

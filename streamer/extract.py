@@ -22,7 +22,7 @@ from innostream.archive import (
 )
 from innostream.archive.detect import read_any
 from innostream.archive.types import DEFAULT_MAX_SIZE, SizeLimits
-from innostream.datadir import is_tablespace
+from innostream.datadir import is_system_continuation, is_tablespace
 from innostream.flavor import Flavor
 from innostream.formats.errors import InnostreamError
 from innostream.formats.fil0fil import UNIV_PAGE_SIZE_MAX
@@ -131,7 +131,9 @@ class PageValidator:
             return False
         self.page_size = self.info.physical_page_size
         # Page 0 all zero (docs/PAGES.md): reported at finish, by whether the file holds any data after it.
-        self.zero_page0 = self.buf.count(0, 0, self.page_size) == self.page_size
+        # (not for ibdata2..., whose first page is a later page of the system tablespace)
+        self.zero_page0 = (self.buf.count(0, 0, self.page_size) == self.page_size
+                           and not is_system_continuation(self.name))
         self.data_after_page0 = self.zero_page0 and self.buf.count(0) != len(self.buf)
         return True
 

@@ -81,3 +81,17 @@ def test_page_validator_reassembles_pages_across_frames_and_holes(sample: str):
     bad[ps // 2] ^= 0x10
     v = run(bytes(bad), [ps // 3])
     assert [p for p, _ in v.bad] == [n]
+
+
+@pytest.mark.parametrize("flavor", ["mysql", "mariadb"])
+def test_zero_continuation_file_of_the_system_tablespace_is_not_a_zero_page0(flavor: str):
+    """ibdata2's first page is page N of the system tablespace, not a page 0: an all-zero ibdata2 (not yet used,
+    as a server with ``ibdata1:12M;ibdata2:12M:autoextend`` leaves it) passes; an all-zero ibdata1 is refused."""
+    zero = bytes(12 << 20)
+    pages = PageValidation()
+    verify(io.BytesIO(make_archive({"ibdata2": zero}, meta={"flavor": flavor})), observer_factory=pages)
+    assert [v.bad for v in pages.validators] == [[]]
+    pages = PageValidation()
+    verify(io.BytesIO(make_archive({"ibdata1": zero}, meta={"flavor": flavor})), observer_factory=pages)
+    if flavor == "mysql":
+        assert "page 0 is all zero" in pages.validators[0].bad[0][1]
