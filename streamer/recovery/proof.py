@@ -32,7 +32,7 @@ from innostream.families import family
 from innostream.log import log
 from innostream.recovery.backupdir import BackupDir, read_backup_dir
 from innostream.recovery.prepare import PrepareConfig, _server_argv, find_server_binary, prepare_backup
-from innostream.recovery.restore import COPY_CHUNK, RestoreConfig, _data_regions, restore_backup
+from innostream.recovery.restore import RestoreConfig, copy_regions, restore_backup
 from innostream.recovery.server import ServerExited, run_dir, running_server
 from innostream.signals import sigterm_raises
 
@@ -169,22 +169,7 @@ def _clone_file(src: Path, dst: Path) -> bool:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS,
                                      errno.EPERM, errno.EBADF):
                     raise
-            for start, end in _data_regions(fin.fileno(), st.st_size):
-                pos = start
-                while pos < end:
-                    n = min(COPY_CHUNK, end - pos)
-                    try:
-                        done = os.copy_file_range(fin.fileno(), fdo, n, pos, pos)
-                    except OSError as exc:
-                        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                            raise
-                        data = os.pread(fin.fileno(), n, pos)
-                        done = 0
-                        while done < len(data):
-                            done += os.pwrite(fdo, memoryview(data)[done:], pos + done)
-                    if done <= 0:
-                        raise TargetError(f"{src} shrank while it was copied", file=str(src), offset=pos)
-                    pos += done
+            copy_regions(fin.fileno(), fdo, st.st_size, src=src, dst=dst)
             os.ftruncate(fdo, st.st_size)
             return False
         finally:

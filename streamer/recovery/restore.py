@@ -125,6 +125,32 @@ def resolve_owner(spec: str | None, datadir: Path) -> tuple[int, int] | None:
     return uid, gid
 
 
+def copy_regions(fd_in: int, fd_out: int, size: int, *, src: Path, dst: Path) -> int:
+    """Copy the data regions of ``fd_in`` to the same offsets of ``fd_out`` (holes stay holes; the caller sets the
+    size); ``copy_file_range`` where the kernel can, else pread/pwrite. Returns the data bytes copied.
+
+    Raises:
+        TargetError: the source shrank while it was copied.
+    """
+    copied = 0
+    for start, end in _data_regions(fd_in, size):
+        pos = start
+        while pos < end:
+            n = min(COPY_CHUNK, end - pos)
+            try:
+                done = os.copy_file_range(fd_in, fd_out, n, pos, pos)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                data = os.pread(fd_in, n, pos)
+                done = pwrite_all(fd_out, data, pos) if data else 0
+            if done <= 0:
+                raise TargetError(f"short copy of {src} at offset {pos} (did it shrink?)", file=str(dst), offset=pos)
+            pos += done
+            copied += done
+    return copied
+
+
 def copy_sparse(src: Path, dst: Path, *, target: TargetDir | None = None) -> int:
     """Copy ``src`` to a new file ``dst`` keeping holes; returns the data bytes copied. Never overwrites.
 
@@ -139,24 +165,9 @@ def copy_sparse(src: Path, dst: Path, *, target: TargetDir | None = None) -> int
         st = os.fstat(fin.fileno())
         size = st.st_size
         fdo = target.open_new(rel, file_mode(st.st_mode))
-        copied = 0
         try:
             try:
-                for start, end in _data_regions(fin.fileno(), size):
-                    pos = start
-                    while pos < end:
-                        n = min(COPY_CHUNK, end - pos)
-                        try:
-                            done = os.copy_file_range(fin.fileno(), fdo, n, pos, pos)
-                        except OSError as exc:
-                            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                                raise
-                            data = os.pread(fin.fileno(), n, pos)
-                            done = pwrite_all(fdo, data, pos) if data else 0
-                        if done <= 0:
-                            raise TargetError(f"short copy of {src} at offset {pos}", file=str(dst), offset=pos)
-                        pos += done
-                        copied += done
+                copied = copy_regions(fin.fileno(), fdo, size, src=src, dst=dst)
                 os.ftruncate(fdo, size)
                 if target.fsync:
                     os.fsync(fdo)
