@@ -21,6 +21,7 @@ from innostream.connection import BackupLocks, LogStatus, PrivilegeProbe, Server
 from innostream.datadir import read_remote_files
 from innostream.errors import InnostreamError, PrepareError, SourceError
 from innostream.families.common import REDO_CHUNK, common_my_cnf
+from innostream.fileio import pwrite_all
 from innostream.flavor import Flavor
 from innostream.formats import mtr0log as mtr
 from innostream.formats import xtrabackup_meta as meta
@@ -135,8 +136,8 @@ def _rename_files_in_redo(path: Path, start: int, end: int, renames: Mapping[byt
                                 body[rec.end - len(rec.payload):rec.end] = new
                                 hits += 1
                         if hits:  # body, the terminator byte (unchanged), the CRC-32C of the body
-                            os.pwrite(fh.fileno(), body, pos + begin)
-                            os.pwrite(fh.fileno(), mtr.crc32c(body).to_bytes(4, "big"), pos + term + 1)
+                            pwrite_all(fh.fileno(), body, pos + begin)
+                            pwrite_all(fh.fileno(), mtr.crc32c(body).to_bytes(4, "big"), pos + term + 1)
                             changed += hits
                     begin = term + 5
             pos += res.end
