@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+from innostream.formats import archive_crypt as fc
 from innostream.formats.errors import BadMagic, ChecksumMismatch, Corrupt, Truncated, UnsupportedVersion
 
 STREAM_MAGIC = b"INNOSTRM"
@@ -21,10 +22,12 @@ FRAME_MAGIC = b"ISFR"
 FORMAT_VERSION = 1
 
 FEATURE_ZSTD = 0x1  # required feature: frames may carry zstd payloads
-KNOWN_REQUIRED_FEATURES = FEATURE_ZSTD
+FEATURE_AEAD = fc.FEATURE_AEAD  # required feature: payloads and metadata are encrypted (docs/FORMAT.md §9)
+KNOWN_REQUIRED_FEATURES = FEATURE_ZSTD | FEATURE_AEAD
 
 FLAG_ZSTD = 0x1
-KNOWN_FLAGS = FLAG_ZSTD
+FLAG_AEAD = fc.FLAG_AEAD  # the payload is AES-256-GCM ciphertext + 16-byte tag
+KNOWN_FLAGS = FLAG_ZSTD | FLAG_AEAD
 
 FRAME_FILE_BEGIN = 0x01
 FRAME_DATA = 0x02
@@ -154,6 +157,7 @@ class StreamHeader(NamedTuple):
     optional_features: int
     meta: dict[str, Any]
     size: int  # bytes including the metadata
+    crypt: bytes = b""  # an encrypted stream's whole metadata area (params, key slots, sealed JSON); meta is {}
 
 
 def xxh3(data: bytes | memoryview) -> int:
@@ -205,11 +209,45 @@ def parse_stream_header_fixed(buf: bytes) -> tuple[int, int, int, int, int]:
     return version, required, optional, meta_len, digest
 
 
+def build_encrypted_stream_header(meta: dict[str, Any] | None, required_features: int, data_key: bytes,
+                                  archive_id: bytes, slot_list: list[bytes]) -> bytes:
+    """Serialise the stream header of an encrypted archive: crypt params, key slots, the metadata sealed."""
+    blob = json.dumps(meta or {}, sort_keys=True, separators=(",", ":")).encode()
+    if len(blob) > MAX_META_LEN - fc.CRYPT_HEADER_SIZE - fc.TAG_SIZE:
+        raise ValueError(f"stream metadata is {len(blob)} bytes, too large")
+    if len(slot_list) != fc.KEY_SLOTS or any(len(s) != fc.KEY_SLOT_SIZE for s in slot_list):
+        raise ValueError("two key slots of 88 bytes expected")
+    required = required_features | FEATURE_AEAD
+    meta_len = fc.CRYPT_HEADER_SIZE + len(blob) + fc.TAG_SIZE
+    fixed24 = _STREAM_HEADER.pack(STREAM_MAGIC, FORMAT_VERSION, STREAM_HEADER_SIZE, required, 0, meta_len, 0)[:24]
+    params = fc.build_params(archive_id)
+    area = params + b"".join(slot_list) + fc.seal_meta(data_key, fixed24, params, blob)
+    digest = xxhash.xxh3_64_intdigest(fixed24 + fc.without_slots(area))
+    return fixed24 + struct.pack("<Q", digest) + area
+
+
+def digest_view(header: bytes, required_features: int) -> bytes:
+    """The stream header bytes as the trailer's ``stream_digest`` covers them: the key slots of an encrypted
+    stream count as zeros (``rekey`` rewrites them and nothing else)."""
+    if not required_features & FEATURE_AEAD:
+        return header
+    return header[:STREAM_HEADER_SIZE] + fc.without_slots(header[STREAM_HEADER_SIZE:])
+
+
 def parse_stream_header(fixed: bytes, blob: bytes) -> StreamHeader:
-    """Verify the stream header checksum and decode the metadata."""
+    """Verify the stream header checksum and decode the metadata (an encrypted stream's stays sealed in
+    ``crypt``: :mod:`innostream.formats.archive_crypt`)."""
     version, required, optional, meta_len, digest = parse_stream_header_fixed(fixed)
     if len(blob) != meta_len:
         raise Truncated("archive ends inside the stream metadata", offset=STREAM_HEADER_SIZE + len(blob))
+    if required & FEATURE_AEAD:
+        if meta_len < fc.CRYPT_HEADER_SIZE + fc.TAG_SIZE:
+            raise Corrupt(f"encrypted stream header of {meta_len} bytes", offset=20)
+        if xxhash.xxh3_64_intdigest(fixed[:24] + fc.without_slots(blob)) != digest:
+            raise ChecksumMismatch("stream header checksum mismatch", offset=0)
+        fc.parse_params(blob)
+        fc.slots(blob)  # their own checksums
+        return StreamHeader(version, required, optional, {}, STREAM_HEADER_SIZE + meta_len, blob)
     if xxhash.xxh3_64_intdigest(fixed[:24] + blob) != digest:
         raise ChecksumMismatch("stream header checksum mismatch", offset=0)
     try:
@@ -239,6 +277,11 @@ def unpack_frame_header(buf: bytes) -> FrameHeader:
 def header_checksum_ok(buf: bytes, header: FrameHeader) -> bool:
     """True if the header's own xxh3 matches bytes 0..47."""
     return xxh3(buf[:HEADER_XXH3_OFFSET]) == header.header_xxh3
+
+
+def stored_cap(ftype: int, flags: int) -> int:
+    """The largest ``stored_len`` a frame of this type may declare (an encrypted one carries a 16-byte tag more)."""
+    return frame_cap(ftype) + (fc.TAG_SIZE if flags & FLAG_AEAD else 0)
 
 
 def frame_cap(ftype: int) -> int:

@@ -14,6 +14,10 @@ Order of events (each step's reason in its comment below):
    at exactly that LSN, ``family.cut_redo_copy``). Then release all locks.
 6. Write the metadata files last (``xtrabackup_checkpoints`` is the commit point), close the sink/stream.
 
+An incremental backup (``--incremental-basedir``/``--incremental-lsn``, :mod:`innostream.incremental`) runs the
+same steps: its base is read and checked before the server is touched, checked against the server's checkpoint
+once the log copier has it, and the copier writes only the pages newer than the base as ``.delta``/``.meta``.
+
 Any error, Ctrl-C, SIGTERM or a closed output pipe aborts: the log copier stops, the consumer is deregistered, the
 locks are released, no trailer and no ``xtrabackup_checkpoints`` are written, and the exit status is non-zero.
 """
@@ -42,29 +46,39 @@ from innostream.connection import (
     RedoConsumer,
     ServerFacts,
     Session,
+    changed_pages,
     check_privileges,
     connect,
+    page_tracking_start,
     resolve_options,
 )
 from innostream.copier import DEFAULT_CHUNK, FileCopier, SourceFile, Workers
 from innostream.datadir import (
     REMOTE_FILES,
+    Inventory,
     SourceDirs,
     build_remote_files,
     enumerate_files,
     find_source_dirs,
+    seen_elsewhere,
     server_tablespaces,
 )
+from innostream.datadir_proof import prove_live_datadir
+from innostream.ddl_track import NEW_SUFFIX, DdlTracker
+from innostream.ddl_track import RECORD as DDL_RECORD
 from innostream.errors import FileExistsInTarget, InnostreamError, Interrupted, SourceError, TargetError
 from innostream.families import Family, family, read_server_facts
 from innostream.fileio import fsync_output
 from innostream.formats import xtrabackup_meta as meta
+from innostream.incremental import check_lsn, check_server, resolve_base
 from innostream.log import log
 from innostream.metadata import build_metadata
 from innostream.progress import Progress
+from innostream.selection import PARTIAL_RECORD, TableSelection
 from innostream.signals import sigterm_raises
 from innostream.sink import Sink
 from innostream.target import TargetDir
+from innostream.throttle import Throttle
 
 #: The redo copy must reach the end LSN within this time after the end of the copy (seconds).
 REDO_STOP_TIMEOUT = 300.0
@@ -86,6 +100,11 @@ class BackupConfig:
     compress_level: int = 1
     compress_threads: int = 2
     lock: bool = True
+    #: "full": DDL blocked for the whole backup; "reduced": only at the end (innostream.ddl_track); None: reduced,
+    #: but full for an incremental (its .delta files cannot be replaced by whole copies yet)
+    lock_ddl: str | None = None
+    #: ``--throttle``: bytes per second the data copy may read (None: as fast as it can); never the redo copy
+    throttle: float | None = None
     chunk_size: int = DEFAULT_CHUNK
     poll_interval: float = 0.1
     spool_redo: bool | None = None  # None: spool when streaming (see _RedoWriter)
@@ -94,6 +113,18 @@ class BackupConfig:
     redo_consumer_max_lag: float = REDO_CONSUMER_MAX_LAG
     argv: tuple[str, ...] = ()  # the command line the CLI got, for xtrabackup_info's tool_command
     fsync: bool = True  # the target directory, or the archive when ``out`` is a regular file, synced (--no-fsync)
+    #: An incremental backup: the base (directory, archive file, s3:// object) or the LSN (docs/BACKUP.md).
+    incremental_basedir: str | None = None
+    incremental_lsn: int | None = None
+    s3_options: Any = None  # storage.S3Options for an s3:// base
+    #: MySQL: keep component_mysqlbackup's page tracking on, and read only the pages it lists (incremental).
+    page_tracking: bool = False
+    #: ``--encrypt-key-file``/``--encrypt-key-command``: the 32-byte user key the archive's data key is wrapped under
+    encrypt_key: bytes | None = field(default=None, repr=False)
+    #: ``--decrypt-key-file``/``--decrypt-key-command``: the key of an encrypted incremental base archive
+    base_key: bytes | None = field(default=None, repr=False)
+    #: A partial backup: the user tables to copy (--databases, --tables, ...; innostream.selection)
+    selection: TableSelection | None = None
 
 
 @dataclass
@@ -109,8 +140,13 @@ class BackupResult:
     files: int = 0
     bytes_copied: int = 0
     retried_pages: int = 0
+    from_lsn: int = 0  # an incremental's base LSN (0: a full backup)
+    delta_pages: int = 0  # pages written into .delta files
+    page_tracking: bool = False  # the incremental read only the pages MySQL's page tracking listed
     binlog: meta.BinlogInfo | None = None
     lock_seconds: float = 0.0
+    ddl_blocked_seconds: float = 0.0  # how long DDL waited for this backup (the whole copy under --lock-ddl=full)
+    ddl_settled: int = 0  # files copied again, new or dropped at the end under --lock-ddl=reduced
     metadata: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -141,28 +177,50 @@ def _open_sink(config: BackupConfig, out: BinaryIO | None, meta_info: dict[str, 
                               compress=config.compress)
     from innostream.archive import ArchiveWriter
 
+    codec = None
+    if config.encrypt_key is not None:  # compression first, then AES-256-GCM (docs/FORMAT.md §9)
+        from innostream.archive.codec import PlainCodec, ZstdCodec
+        from innostream.archive.crypt import new_codec
+
+        codec = new_codec(ZstdCodec(config.compress_level) if config.compress else PlainCodec(), config.encrypt_key)
     return ArchiveWriter(out, level=config.compress_level, threads=config.compress_threads, meta=meta_info,
-                         compress=config.compress)
+                         compress=config.compress, codec=codec)
+
+
+#: With a spool, the redo stream into the archive stays this far behind the copy until the end point is known: the
+#: MySQL cut rewrites the block holding the end LSN, which must not have left yet (docs/BACKUP.md step 5).
+REDO_HOLD_BACK = 64 << 10
+#: The pump sends spooled redo in pieces of at least this (or whatever is left at the end).
+REDO_PUMP_PIECE = 256 << 10
 
 
 class _RedoWriter:
     """Appends the redo copy to its member in the sink (the copier gives bytes, the sink wants offsets).
 
-    With ``spool_dir`` the redo goes to an unlinked temporary file first and into the sink at ``finish``. A stream
-    is only as fast as its reader (ssh, a slow disk at the other end); if the log copier wrote into it directly it
-    would fall behind with it, and the server would overwrite redo not yet copied (MariaDB) or, with MySQL's redo
-    consumer, stall every writer until the network caught up. Spooled, the log copier runs at local disk speed.
+    With ``spool_dir`` (a stream) the log copier writes to an unlinked temporary file and never waits for the
+    stream: a stream is only as fast as its reader (ssh, a slow disk at the other end), and a log copier writing
+    into it directly would fall behind with it, so the server would overwrite redo not yet copied (MariaDB) or, with
+    MySQL's redo consumer, stall every writer until the network caught up. A pump thread streams the spool into the
+    archive while the data files are copied, interleaved with their frames, so the spool holds only what the
+    stream has not taken yet (its peak is logged); :meth:`hold` before the end point is read keeps the last
+    :data:`REDO_HOLD_BACK` bytes back for the cut, and :meth:`finish` sends the rest.
     """
 
     def __init__(self, sink: Sink, name: str, spool_dir: Path | None = None) -> None:
         self.sink = sink
         self.name = name
         self.file_id: int | None = None
-        self.offset = 0
+        self.offset = 0  # bytes the log copier gave
+        self.sent = 0  # bytes of the spool already in the sink
+        self.peak = 0  # largest spool backlog (offset - sent)
         self.spool: BinaryIO | None = None
+        self._limit: int | None = None
+        self._pump: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
         if spool_dir is not None:
             try:
-                self.spool = tempfile.TemporaryFile(prefix="innostream-redo-", dir=spool_dir)
+                self.spool = tempfile.TemporaryFile(prefix="innostream-redo-", dir=spool_dir, buffering=0)
             except OSError as exc:
                 raise TargetError(f"cannot create the redo spool file: {exc.strerror}", file=str(spool_dir),
                                   hint="use --tmpdir DIR with room for the redo written during the backup") from None
@@ -170,34 +228,79 @@ class _RedoWriter:
     def __call__(self, data: bytes) -> None:
         if self.spool is not None:
             try:
-                self.spool.write(data)
+                self.spool.write(data)  # unbuffered: the pump reads the descriptor
             except OSError as exc:
                 raise TargetError(f"cannot write the redo spool file: {exc.strerror}",
                                   hint="use --tmpdir DIR with room for the redo written during the backup") from None
             self.offset += len(data)
+            self.peak = max(self.peak, self.offset - self.sent)
             return
         if self.file_id is None:
             self.file_id = self.sink.begin_file(self.name)
         self.sink.write(self.file_id, self.offset, data)
         self.offset += len(data)
 
+    def start_pump(self) -> None:
+        """Stream the spool into the archive from now on (a no-op without a spool)."""
+        if self.spool is None or self._pump is not None:
+            return
+        self.file_id = self.sink.begin_file(self.name)
+        self._pump = threading.Thread(target=self._run, name="redo-pump", daemon=True)
+        self._pump.start()
+
+    def hold(self) -> None:
+        """The end point is about to be read: from here the pump sends nothing past the current offset minus
+        :data:`REDO_HOLD_BACK` (the block the end LSN lies in comes later than anything copied now)."""
+        self._limit = max(self.sent, self.offset - REDO_HOLD_BACK)
+
+    def _send(self, end: int, piece: int = 4 << 20) -> None:
+        assert self.spool is not None
+        assert self.file_id is not None
+        while self.sent < end:
+            data = os.pread(self.spool.fileno(), min(piece, end - self.sent), self.sent)
+            if not data:
+                raise TargetError("the redo spool file is shorter than what was written to it")
+            self.sink.write(self.file_id, self.sent, data)
+            self.sent += len(data)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                limit = self._limit
+                end = limit if limit is not None else self.offset - REDO_HOLD_BACK
+                if end - self.sent >= REDO_PUMP_PIECE or (limit is not None and end > self.sent):
+                    self._send(end)
+                else:
+                    self._stop.wait(0.05)
+        except BaseException as exc:  # reported by finish(); the backup is aborting if the sink failed
+            self._error = exc
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._stop.set()
+            self._pump.join(timeout=60)
+            self._pump = None
+
     def finish(self, chunk: int = 4 << 20, cut: tuple[int, bytes] | None = None) -> None:
-        """End the member; a spooled copy is streamed into the sink now. ``cut`` (offset, last piece): the copy
-        ends with that piece at that offset (the family's :meth:`cut_redo_copy`), whatever was written after."""
+        """End the member; what the spool still holds is streamed into the sink now. ``cut`` (offset, last piece):
+        the copy ends with that piece at that offset (the family's :meth:`cut_redo_copy`), whatever was written
+        after."""
         if cut is not None and cut[0] > self.offset:
             raise SourceError(f"the redo copy ends at byte {self.offset}, before its last block at byte {cut[0]}")
         size = self.offset if cut is None else cut[0] + len(cut[1])
         if self.spool is not None:
-            self.file_id = self.sink.begin_file(self.name)
-            self.spool.flush()
-            pos = 0
-            end = self.offset if cut is None else cut[0]
-            while pos < end:
-                data = os.pread(self.spool.fileno(), min(chunk, end - pos), pos)
-                if not data:
-                    raise TargetError("the redo spool file is shorter than what was written to it")
-                self.sink.write(self.file_id, pos, data)
-                pos += len(data)
+            self._stop_pump()
+            if self._error is not None:
+                raise self._error
+            if cut is not None and cut[0] < self.sent:  # hold() makes this impossible; never send a wrong copy
+                raise SourceError(f"the redo copy's last block at byte {cut[0]} was streamed already (to byte "
+                                  f"{self.sent})")
+            if self.file_id is None:
+                self.file_id = self.sink.begin_file(self.name)
+            left = self.offset - self.sent
+            self._send(self.offset if cut is None else cut[0], chunk)
+            log.info("Redo spool: %d of %d bytes of redo were left for the end of the stream (peak backlog %d)",
+                     left, self.offset, self.peak)
             self.close()
         elif self.file_id is None:
             self.file_id = self.sink.begin_file(self.name)
@@ -206,6 +309,7 @@ class _RedoWriter:
         self.sink.end_file(self.file_id, size)
 
     def close(self) -> None:
+        self._stop_pump()
         if self.spool is not None:
             with contextlib.suppress(OSError):
                 self.spool.close()
@@ -230,9 +334,11 @@ class Backup:
         self.sink: Sink | None = None
         self.progress: Progress | None = None
         self.pool: Workers | None = None
+        self.copier: FileCopier | None = None
         self.redo_writer: _RedoWriter | None = None
         self._last_scanned = 0
         self._last_lsn_poll = 0.0
+        self.facts: ServerFacts | None = None
         self._lost = False  # the main session (and with it the locks) is gone
 
     # -- helpers -------------------------------------------------------------------------------------------------
@@ -262,8 +368,21 @@ class Backup:
             except SourceError as exc:
                 raise self._session_lost(exc) from None
             self.progress.set_redo(scanned, lsn)
+            if self.facts is not None:  # e.g. MySQL redo logging disabled meanwhile: the copy cannot be consistent
+                self._check_server_still()
         if self.progress is not None:
             self.progress.render()
+
+    def _check_server_still(self) -> None:
+        """What the family refuses at the start must not become true during the backup (under --lock-ddl=reduced
+        nothing stops MySQL's ALTER INSTANCE DISABLE INNODB REDO_LOG during the copy)."""
+        assert self.family is not None
+        assert self.session is not None
+        assert self.facts is not None
+        try:
+            self.family.check_server(self.session, self.facts)
+        except SourceError as exc:
+            raise SourceError(f"during the backup: {exc.message}; the backup is incomplete", hint=exc.hint) from None
 
     def _session_lost(self, exc: SourceError) -> SourceError:
         """The main session failed mid-backup: say whether the server or only our session went away."""
@@ -311,18 +430,34 @@ class Backup:
     def run(self) -> BackupResult:
         cfg = self.config
         started = datetime.now()
+        # The base first: a wrong one is refused before the server is touched.
+        base = resolve_base(cfg.incremental_basedir, cfg.incremental_lsn, cfg.s3_options, cfg.base_key)
+        if base is not None and cfg.lock_ddl == "reduced":
+            # A table rebuilt during the copy comes whole under --lock-ddl=reduced; laying that on a chain is not
+            # defined yet, so refuse rather than write an incremental prepare may get wrong.
+            raise SourceError("--lock-ddl=reduced does not work with an incremental backup yet",
+                              hint="leave --lock-ddl out (an incremental blocks DDL for the whole copy)")
         args = resolve_options(cfg.connection)
         self.session = Session(args, "main")
-        facts = read_server_facts(self.session)
+        facts = self.facts = read_server_facts(self.session)
         flavor = facts.flavor
         fam = self.family = family(flavor)
         self.result.flavor, self.result.server_version = flavor, facts.version
         log.info("Using server version %s (%s)", facts.version, flavor)
-        datadir, home, logd, undo = self._paths(facts)
+        dirs = self._paths(facts)
+        datadir, home, logd, undo = dirs
         if cfg.target_dir is None and self.out is not None and hasattr(self.out, "isatty") and self.out.isatty():
             raise TargetError("refusing to write the binary stream to a terminal",
                               hint="pipe it (| innostream extract -C DIR) or redirect it to a file")
         server_uuid = str(self.session.value("SELECT UUID()"))
+        source_uuid = facts.var("server_uuid") or None  # MySQL only; MariaDB has none
+        page_size = int(facts.var("innodb_page_size", "16384") or 16384)
+        if base is not None:
+            check_server(base, flavor=str(flavor), version=facts.version, page_size=page_size,
+                         server_uuid=source_uuid)
+            # Before anything is locked or written; checked again at the redo copy's start checkpoint.
+            check_lsn(base, fam.read_log_status(self.session, binlog=False).checkpoint_lsn)
+            self.result.from_lsn = base.from_lsn
         plugin_config = fam.encryption_plugin_config(self.session)
         binlog_on = facts.var("log_bin", "0").upper() in ("1", "ON")
         # Every privilege the backup will use, now: a missing one must not be found after hours of copying.
@@ -332,10 +467,28 @@ class Backup:
             log.warning("--no-lock: DDL is not blocked; a table created, dropped, renamed or rebuilt during the "
                         "backup makes it inconsistent, and non-InnoDB tables and the binlog position are not "
                         "consistent with the data")
+        tracking_since: int | None = None
+        if cfg.page_tracking and flavor != "mysql":
+            log.warning("--page-tracking is MySQL's component_mysqlbackup; on %s every page is scanned", flavor)
+        elif cfg.page_tracking:
+            # On from now, for the next incremental; a no-op when it runs already (its start LSN is kept).
+            tracking_since = page_tracking_start(self.session)
+            if tracking_since is not None:
+                log.info("Page tracking on since LSN %d", tracking_since)
         self.locks = fam.backup_locks(self.session, enabled=cfg.lock)
-        # Locks before the inventory: the list of files cannot change once DDL is blocked.
-        self.locks.lock_ddl()
-        inventory = enumerate_files(facts, datadir, home, undo, server_tablespaces(self.session, facts))
+        # --lock-ddl=reduced (the default): DDL runs on during the InnoDB copy and is settled at the end
+        # (innostream.ddl_track). An incremental keeps the full block: its .delta files cannot be replaced by whole
+        # copies yet.
+        reduced = cfg.lock and base is None and cfg.lock_ddl in (None, "reduced")
+        if reduced:
+            self.locks.begin()
+        else:  # locks before the inventory: the list of files cannot change once DDL is blocked
+            self.locks.lock_ddl()
+            ddl_blocked = time.monotonic()
+        if seen_elsewhere(facts, dirs):  # a server in a container or chroot: prove these are its live files
+            prove_live_datadir(self.session, fam, facts, dirs)
+        inventory = enumerate_files(facts, datadir, home, undo, server_tablespaces(self.session, facts, dirs),
+                                    selection=cfg.selection)
         total = sum(f.size for f in inventory.innodb)
         log.info("Found %d InnoDB files (%s bytes) and %d other files", len(inventory.innodb), total,
                  len(inventory.other))
@@ -343,14 +496,19 @@ class Backup:
             log.debug("not copied: %s", path)
         for rf in inventory.remote:
             log.info("Tablespace outside the datadir: %s (stored as %s)", rf.path, rf.name)
+        tracker = DdlTracker(self.session, flavor, inventory.innodb) if reduced else None
 
-        meta_info = {"flavor": flavor, "server_version": facts.version, "tool": f"innostream {__version__}",
-                     "hostname": os.uname().nodename, "start_time": started.isoformat(timespec="seconds")}
+        meta_info: dict[str, Any] = {"flavor": flavor, "server_version": facts.version,
+                                     "tool": f"innostream {__version__}", "hostname": os.uname().nodename,
+                                     "start_time": started.isoformat(timespec="seconds")}
+        if base is not None:
+            meta_info["from_lsn"] = base.from_lsn
         self.sink = _open_sink(cfg, self.out, meta_info)
         label = str(Path(cfg.target_dir).absolute()) if cfg.target_dir is not None else ""
         self.progress = Progress(total, len(inventory.innodb))
-        copier = FileCopier(self.sink, flavor, cancel=self.cancel, progress=self.progress,
-                            chunk_size=cfg.chunk_size, streaming=cfg.target_dir is None, target_label=label)
+        copier = self.copier = FileCopier(self.sink, flavor, cancel=self.cancel, progress=self.progress,
+                            chunk_size=cfg.chunk_size, streaming=cfg.target_dir is None, target_label=label,
+                            incremental_lsn=base.from_lsn if base is not None else None, spool_dir=cfg.tmpdir)
 
         # Redo: consumer first (its start point is the checkpoint at registration), then the copier thread.
         if fam.supports_redo_consumer(facts):
@@ -361,18 +519,36 @@ class Backup:
         self.redo_writer = redo_writer
         self.redo = fam.open_redo_copier(logd, redo_writer, poll_interval=cfg.poll_interval,
                                          advance=self.consumer.advance if self.consumer else None)
+        redo_writer.start_pump()  # a stream: the redo copy goes into it interleaved with the data files
         self.redo.start()
         self.result.start_lsn = int(self.redo.start_lsn)
         log.info("Log copying started at checkpoint LSN %d", self.result.start_lsn)
+        if base is not None:
+            check_lsn(base, self.result.start_lsn)
+            log.info("Incremental backup: pages newer than LSN %d (base: %s)", base.from_lsn, base.source)
+            if tracking_since is not None:
+                self._use_page_tracking(datadir, tracking_since, base.from_lsn)
 
         self.pool = Workers(cfg.parallel, copier.copy)
+        if cfg.throttle:
+            copier.throttle = Throttle(cfg.throttle, self.cancel)
+            log.info("Data copy throttled to %.1f MB/s (the redo copy is not)", cfg.throttle / 1e6)
+        if tracker is not None:
+            copier.on_vanished = tracker.vanished
         self._copy_all(inventory.innodb)
+        if tracker is not None:
+            copier.throttle = None  # what runs under the DDL block must be short
+            self.locks.lock_ddl()
+            ddl_blocked = time.monotonic()
+            inventory = self._settle_ddl(tracker, copier, facts, dirs)
+            self._check_server_still()  # DDL is blocked from here on: nothing can change it any more
 
         # The end: everything that must be consistent with one LSN happens under the commit block.
         self.progress.add_total(sum(f.size for f in inventory.other), len(inventory.other))
         lock_started = time.monotonic()
         with self.locks.block_commits(need_read_lock=inventory.needs_read_lock or fam.read_lock_blocks_commits):
             self._copy_all(inventory.other)
+            redo_writer.hold()  # what the cut below may rewrite stays in the spool
             status = fam.read_log_status(self.session, binlog=binlog_on)
             # The log copier reads the redo file; make sure it holds everything up to this LSN.
             self.session.execute("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
@@ -385,6 +561,10 @@ class Backup:
                 end, to_lsn = status.lsn, min(to_lsn, status.lsn)
         self.result.lock_seconds = time.monotonic() - lock_started
         self.locks.release()
+        if cfg.lock:
+            self.result.ddl_blocked_seconds = time.monotonic() - ddl_blocked
+            log.info("DDL was blocked for %.2f s (%s)", self.result.ddl_blocked_seconds,
+                     "the end of the backup: --lock-ddl=reduced" if reduced else "the whole copy: --lock-ddl=full")
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -401,6 +581,7 @@ class Backup:
         res.files = self.progress.files + 1
         res.bytes_copied = self.progress.bytes
         res.retried_pages = copier.retried_pages
+        res.delta_pages = copier.delta_pages
         log.info("The latest check point (for incremental): '%d'", to_lsn)
         self.progress.close()
         log.info(self.progress.summary())
@@ -411,7 +592,11 @@ class Backup:
                                binlog=res.binlog, lock_seconds=res.lock_seconds, started=started,
                                ended=datetime.now(), argv=cfg.argv,
                                stream_format=None if cfg.target_dir is not None else cfg.stream_format,
-                               compressed=cfg.compress, server_uuid=server_uuid)
+                               compressed=cfg.compress, server_uuid=server_uuid, from_lsn=res.from_lsn,
+                               source_uuid=source_uuid, partial=cfg.selection is not None)
+        if cfg.selection is not None:  # what a partial backup holds, for prepare and for the user
+            self.sink.add_bytes(PARTIAL_RECORD, cfg.selection.record([f.name for f in (*inventory.innodb,
+                                                                                     *inventory.other)]))
         if inventory.remote:  # where the files that lived outside the datadir go back to (restore)
             log.info("Writing %s", REMOTE_FILES)
             self.sink.add_bytes(REMOTE_FILES, build_remote_files(inventory.remote))
@@ -419,8 +604,13 @@ class Backup:
             log.info("Writing %s", name)
             self.sink.add_bytes(name, data)
         res.metadata = files
-        self.sink.close({"flavor": flavor, "server_version": facts.version, "start_lsn": res.start_lsn,
-                         "end_lsn": res.end_lsn, "to_lsn": res.to_lsn, "last_lsn": res.end_lsn})
+        trailer: dict[str, Any] = {"flavor": flavor, "server_version": facts.version, "start_lsn": res.start_lsn,
+                                   "end_lsn": res.end_lsn, "to_lsn": res.to_lsn, "last_lsn": res.end_lsn,
+                                   "from_lsn": res.from_lsn, "page_size": page_size,
+                                   "backup_type": meta.BACKUP_TYPE_INCREMENTAL if base else meta.BACKUP_TYPE_FULL}
+        if source_uuid:
+            trailer["server_uuid"] = source_uuid
+        self.sink.close(trailer)
         self.sink = None
         complete = getattr(self.out, "complete", None) if cfg.target_dir is None else None
         if complete is not None:  # ``--to s3://``: the object appears only now, before "completed OK!"
@@ -433,6 +623,47 @@ class Backup:
                 raise TargetError(f"cannot write the archive: {exc.strerror or exc}") from None
         log.info("Transaction log of lsn (%d) to (%d) was copied.", res.start_lsn, res.end_lsn)
         return res
+
+    def _settle_ddl(self, tracker: DdlTracker, copier: FileCopier, facts: ServerFacts, dirs: SourceDirs) -> Inventory:
+        """Under the DDL block, after the InnoDB copy: list the files again, copy what DDL created or changed during
+        the copy, record what it dropped (innostream.ddl_track); returns the inventory as it is now."""
+        assert self.session is not None
+        assert self.sink is not None
+        assert self.progress is not None
+        cfg = self.config
+        now = enumerate_files(facts, dirs.datadir, dirs.data_home, dirs.undo_dir,
+                              server_tablespaces(self.session, facts, dirs), selection=cfg.selection)
+        plan = tracker.settle(now.innodb)
+        for f in plan.copy:
+            log.info("DDL during the backup: %s %s", "copying again" if f.name.endswith(NEW_SUFFIX) else "new",
+                     f.name.removesuffix(NEW_SUFFIX))
+        for name in plan.deleted:
+            log.info("DDL during the backup: %s was dropped or renamed", name)
+        copier.on_vanished = None  # DDL is blocked now: a file that disappears is an error again
+        self.progress.add_total(sum(f.size for f in plan.copy), len(plan.copy))
+        self._copy_all(plan.copy)
+        if plan:
+            self.sink.add_bytes(DDL_RECORD, plan.record())
+        self.result.ddl_settled = len(plan.copy) + len(plan.deleted)
+        return now
+
+    def _use_page_tracking(self, datadir: Path, since: int, from_lsn: int) -> None:
+        """Read only the pages MySQL saw change from the base to the redo copy's start (later changes are in the
+        redo copy); with a note, scan every page when tracking does not cover that range."""
+        assert self.session is not None
+        assert self.copier is not None
+        if since > from_lsn:
+            log.info("Page tracking started at LSN %d, after the base's LSN %d: scanning every page", since,
+                     from_lsn)
+            return
+        tracked = changed_pages(self.session, datadir, from_lsn, self.result.start_lsn)
+        if tracked is None:
+            log.info("Scanning every page instead of page tracking's list")
+            return
+        self.copier.tracked = tracked
+        self.result.page_tracking = True
+        log.info("Page tracking: %d changed pages in %d tablespaces since LSN %d",
+                 sum(len(v) for v in tracked.values()), len(tracked), from_lsn)
 
     def _stop_redo(self, lsn: int) -> int:
         """Stop the log copier at or past ``lsn`` while keeping Ctrl-C responsive."""

@@ -15,6 +15,7 @@ import os
 import re
 import select
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -400,6 +401,17 @@ class BackupLocks(ABC):
         self.session.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT}")
         self._lock_ddl()
 
+    def begin(self) -> None:
+        """``--lock-ddl=reduced``: what the family holds during the copy instead of the DDL block (MariaDB: ``BACKUP
+        STAGE START``, MySQL: nothing); :meth:`lock_ddl` follows at the end of the InnoDB copy."""
+        if not self.enabled:
+            return
+        self.session.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT}")
+        self._begin()
+
+    def _begin(self) -> None:  # noqa: B027 - a hook: most families hold nothing during a reduced-lock copy
+        """Nothing by default."""
+
     @contextmanager
     def block_commits(self, *, need_read_lock: bool) -> Iterator[None]:
         """Briefly stop commits (and writes to non-InnoDB tables) while the end of the backup is taken.
@@ -603,3 +615,70 @@ def _consumer_watchdog() -> int:
 
 if __name__ == "__main__" and sys.argv[1:] == ["redo-consumer-watchdog"]:
     sys.exit(_consumer_watchdog())
+
+
+# --- MySQL page tracking (component_mysqlbackup) ------------------------------------------------------------------
+
+#: component_mysqlbackup writes the changed page ids to ``<datadir>/#meb/<backupid>.idx``: 8 bytes each, the space
+#: id and the page number, both big-endian (components/mysqlbackup/backup_comp_constants.h; checked on 9.7).
+PAGE_TRACK_DIR = "#meb"
+PAGE_TRACK_ENTRY = struct.Struct(">II")
+#: More changed pages than this and the list is not worth holding (8 bytes each in the file, more in memory).
+PAGE_TRACK_MAX_PAGES = 16 << 20
+
+
+def page_tracking_start(session: Session) -> int | None:
+    """Make sure MySQL tracks changed pages from now on (``mysqlbackup_page_track_set(1)``, which may start a new
+    page group at the current LSN when tracking runs already) and return the oldest LSN the kept tracking data
+    covers (``mysqlbackup_page_track_get_start_lsn()``); None when component_mysqlbackup is not installed."""
+    try:
+        lsn = int(session.value("SELECT mysqlbackup_page_track_set(1)"))
+        if lsn > 0:
+            lsn = int(session.value("SELECT mysqlbackup_page_track_get_start_lsn()"))
+    except SourceError as exc:
+        log.info("Page tracking unavailable: %s", exc.message)
+        return None
+    if lsn <= 0:
+        log.info("Page tracking could not be started (status %d)", lsn)
+        return None
+    return lsn
+
+
+def changed_pages(session: Session, datadir: Path, from_lsn: int, to_lsn: int) -> dict[int, list[int]] | None:
+    """The pages MySQL saw change between ``from_lsn`` and ``to_lsn``, as ``{space_id: sorted page numbers}``; None
+    (after a one-line note) when the list cannot be had or is too long to be worth it."""
+    try:
+        count = int(session.value("SELECT mysqlbackup_page_track_get_changed_page_count(%s, %s)",
+                                  (from_lsn, to_lsn)))
+        if count < 0:
+            log.info("Page tracking does not cover LSN %d..%d (status %d)", from_lsn, to_lsn, count)
+            return None
+        if count > PAGE_TRACK_MAX_PAGES:
+            log.info("Page tracking lists %d changed pages; scanning every page instead", count)
+            return None
+        backup_id = f"{int(time.time() * 1000)}{os.getpid()}"
+        session.execute(f"SET GLOBAL mysqlbackup.backupid = '{backup_id}'")
+        status = int(session.value("SELECT mysqlbackup_page_track_get_changed_pages(%s, %s)", (from_lsn, to_lsn)))
+    except SourceError as exc:
+        log.info("Page tracking failed: %s", exc.message)
+        return None
+    path = datadir / PAGE_TRACK_DIR / f"{backup_id}.idx"
+    try:
+        if status != 0:
+            log.info("Page tracking could not list the changed pages (status %d)", status)
+            return None
+        try:
+            data = path.read_bytes() if count else b""
+        except OSError as exc:
+            log.info("Page tracking's list %s cannot be read: %s", path, exc.strerror)
+            return None
+    finally:
+        with suppress(OSError):
+            path.unlink()
+    if len(data) % PAGE_TRACK_ENTRY.size:
+        log.info("Page tracking's list %s is cut (%d bytes)", path, len(data))
+        return None
+    pages: dict[int, set[int]] = {}
+    for space_id, page_no in PAGE_TRACK_ENTRY.iter_unpack(data):
+        pages.setdefault(space_id, set()).add(page_no)
+    return {space: sorted(nos) for space, nos in pages.items()}

@@ -9,15 +9,21 @@ records older than the page LSN.
 
 The doublewrite area of the system tablespace (pages [FSP_EXTENT_SIZE, 3*FSP_EXTENT_SIZE) of ibdata1) holds
 copies of other pages and is never validated, like both reference tools.
+
+Incremental backups (``incremental_lsn``): every page is still read and validated, but only those whose
+FIL_PAGE_LSN is newer than the base's LSN leave, as ``<name>.delta`` + ``<name>.meta`` in XtraBackup's format
+(:mod:`innostream.formats.xtrabackup_delta`). A page that was not written since the base is older than the base
+LSN; one written since is newer, so a tablespace created since the base comes whole.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +34,9 @@ from innostream.flavor import Flavor
 from innostream.formats.errors import Corrupt, FormatError
 from innostream.formats.fil0fil import BE64, FIL_PAGE_LSN, UNIV_PAGE_SIZE_MAX
 from innostream.formats.fsp0fsp import SpaceInfo, space_info
+from innostream.formats.xtrabackup_delta import DeltaMeta, build_cluster_header, build_meta, cluster_capacity
 from innostream.log import log
+from innostream.throttle import Throttle
 
 if TYPE_CHECKING:
     from innostream.progress import Progress
@@ -39,6 +47,13 @@ DEFAULT_CHUNK = 4 << 20
 #: Re-reads of a page that fails validation before the backup fails (both reference tools use 10 x 100 ms).
 PAGE_RETRIES = 10
 RETRY_SLEEP = 0.1
+#: A delta cluster's pages wait in memory up to this size, then in an unlinked file (a full 16K cluster is 64 MiB).
+DELTA_SPOOL_MEMORY = 8 << 20
+DELTA_SUFFIX = ".delta"
+META_SUFFIX = ".meta"
+#: A whole tablespace in an incremental (``<db>/<t>.new``): the reference tools' name for a table created during
+#: the backup; prepare renames it to ``<t>.ibd``.
+NEW_SUFFIX = ".new"
 
 
 @dataclass(frozen=True)
@@ -77,7 +92,8 @@ class FileCopier:
 
     def __init__(self, sink: Sink, flavor: Flavor, *, cancel: threading.Event, progress: Progress | None = None,
                  chunk_size: int = DEFAULT_CHUNK, retries: int = PAGE_RETRIES, retry_sleep: float = RETRY_SLEEP,
-                 streaming: bool = False, target_label: str = "") -> None:
+                 streaming: bool = False, target_label: str = "", incremental_lsn: int | None = None,
+                 spool_dir: Path | None = None, tracked: Mapping[int, Sequence[int]] | None = None) -> None:
         self.sink = sink
         self.flavor = flavor
         self.cancel = cancel
@@ -88,7 +104,18 @@ class FileCopier:
         self.streaming = streaming
         self.target_label = target_label
         self.retried_pages = 0
+        #: Only pages newer than this LSN are copied, into ``.delta`` files (None: a full backup).
+        self.incremental_lsn = incremental_lsn
+        self.spool_dir = spool_dir
+        #: MySQL page tracking: ``{space_id: page numbers}`` changed since the base; only those pages are read.
+        self.tracked = tracked
+        self.delta_pages = 0  # pages written to .delta files
         self._stats_lock = threading.Lock()
+        #: ``--throttle``: every data read is paid for here (never the redo copy's)
+        self.throttle: Throttle | None = None
+        #: DDL may run during the copy (``--lock-ddl=reduced``): a file gone before it was opened is reported here
+        #: and copied again, or dropped, under the DDL block at the end (innostream.ddl_track), not an error
+        self.on_vanished: Callable[[SourceFile], None] | None = None
 
     # -- public ----------------------------------------------------------------------------------------------------
 
@@ -101,6 +128,10 @@ class FileCopier:
         try:
             fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            if self.on_vanished is not None:
+                self.on_vanished(src)
+                log.info("[%02d]        ...gone (dropped or renamed by DDL; settled at the end)", thread_no)
+                return 0
             raise SourceError("file disappeared during the backup", file=str(src.path),
                               hint="DDL ran although it should wait for the backup lock (--no-lock?)") from None
         except OSError as exc:
@@ -108,7 +139,9 @@ class FileCopier:
         try:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            if src.kind == "innodb":
+            if src.kind == "innodb" and self.incremental_lsn is not None:
+                n = self._copy_delta(fd, src, self.incremental_lsn)
+            elif src.kind == "innodb":
                 n = self._copy_innodb(fd, src)
             else:
                 n = self._copy_plain(fd, src)
@@ -130,7 +163,10 @@ class FileCopier:
 
     def _pread(self, fd: int, n: int, offset: int, src: SourceFile) -> bytes:
         try:
-            return os.pread(fd, n, offset)
+            data = os.pread(fd, n, offset)
+            if self.throttle is not None:
+                self.throttle.take(len(data))
+            return data
         except OSError as exc:
             raise SourceError(f"read failed: [Errno {exc.errno}] {exc.strerror}", file=str(src.path),
                               offset=offset) from None
@@ -207,6 +243,59 @@ class FileCopier:
                       "bytes\")", file=str(src.path), page=0,
                       hint="the tablespace is damaged; restore it from an older backup or rebuild the table")
 
+    def _read_pages(self, fd: int, src: SourceFile, info: SpaceInfo, offset: int, size: int) -> memoryview | None:
+        """Read whole pages at ``offset`` and validate them; torn pages are re-read, corrupt ones fail. None at the
+        end of the file."""
+        ps = info.physical_page_size
+        self._check_cancel()
+        data = self._pread(fd, size, offset, src)
+        npages = len(data) // ps
+        if npages == 0:
+            if data:
+                # A file being extended: the partial page is not there yet as far as redo is concerned.
+                log.debug("%s: ignoring %d bytes of a partial last page", src.path, len(data))
+            return None
+        first = src.first_page_no + offset // ps
+        view = memoryview(data)[: npages * ps]
+        bad = _validate(view, info, first, src.system)
+        if bad:
+            buf = bytearray(view)
+            for page_no, reason in bad:
+                self._reread(fd, src, info, buf, first, page_no, reason)
+            view = memoryview(buf)
+        if self.progress is not None:
+            self.progress.add(len(view))
+        return view
+
+    def _chunks(self, fd: int, src: SourceFile, info: SpaceInfo) -> Iterator[tuple[int, memoryview]]:
+        """Yield ``(file offset, whole validated pages)`` chunk by chunk."""
+        chunk = self.chunk_size // info.physical_page_size * info.physical_page_size
+        offset = 0
+        while (view := self._read_pages(fd, src, info, offset, chunk)) is not None:
+            yield offset, view
+            offset += len(view)
+
+    def _tracked_chunks(self, fd: int, src: SourceFile, info: SpaceInfo,
+                        page_nos: Sequence[int]) -> Iterator[tuple[int, memoryview]]:
+        """Like :meth:`_chunks`, for only the pages page tracking listed (runs of consecutive pages read at once;
+        numbers relative to the space, so a later ibdata file takes those in its range)."""
+        ps = info.physical_page_size
+        max_run = max(1, self.chunk_size // ps)
+        runs: list[list[int]] = []
+        for no in page_nos:
+            rel = no - src.first_page_no
+            if rel < 0:
+                continue
+            if runs and rel == runs[-1][0] + runs[-1][1] and runs[-1][1] < max_run:
+                runs[-1][1] += 1
+            else:
+                runs.append([rel, 1])
+        for start, n in runs:
+            view = self._read_pages(fd, src, info, start * ps, n * ps)
+            if view is None:  # past the end of this file (the next ibdata file, or not extended yet)
+                continue
+            yield start * ps, view
+
     def _copy_innodb(self, fd: int, src: SourceFile) -> int:
         info = src.space or self._space_info(fd, src)
         file_id = self.sink.begin_file(src.name)
@@ -214,34 +303,50 @@ class FileCopier:
             log.warning("%s is empty; copied as an empty file", src.path)
             self.sink.end_file(file_id, 0)
             return 0
-        ps = info.physical_page_size
-        chunk = self.chunk_size // ps * ps
-        zero = bytes(chunk)
-        offset = 0
-        while True:
-            self._check_cancel()
-            data = self._pread(fd, chunk, offset, src)
-            npages = len(data) // ps
-            if npages == 0:
-                if data:
-                    # A file being extended: the partial page is not there yet as far as redo is concerned.
-                    log.debug("%s: ignoring %d bytes of a partial last page", src.path, len(data))
-                break
-            first = src.first_page_no + offset // ps
-            view = memoryview(data)[: npages * ps]
-            bad = _validate(view, info, first, src.system)
-            if bad:
-                buf = bytearray(view)
-                for page_no, reason in bad:
-                    self._reread(fd, src, info, buf, first, page_no, reason)
-                view = memoryview(buf)
+        zero = bytes(self.chunk_size // info.physical_page_size * info.physical_page_size)
+        end = 0
+        for offset, view in self._chunks(fd, src, info):
             if view != zero[: len(view)]:  # all-zero chunks stay holes / gaps
                 self.sink.write(file_id, offset, view)
-            offset += len(view)
-            if self.progress is not None:
-                self.progress.add(len(view))
-        self.sink.end_file(file_id, offset)
-        return offset
+            end = offset + len(view)
+        self.sink.end_file(file_id, end)
+        return end
+
+    def _copy_delta(self, fd: int, src: SourceFile, lsn: int) -> int:
+        """Write ``<name>.delta`` with the pages newer than ``lsn`` (page numbers relative to the file, as both
+        reference tools write them), then ``<name>.meta``; return the bytes written."""
+        info = src.space or self._space_info(fd, src)
+        if info is None or (src.first_page_no == 0 and not src.system and _page0_zero(fd, info)):
+            # Empty, or a MariaDB tablespace created and not flushed yet (page 0 is written lazily): no page says
+            # its id or LSN. It goes whole, as in a full backup (the redo copy rebuilds it at prepare), named
+            # ``<t>.new`` as both reference tools name a tablespace created during the backup: prepare puts it in
+            # place of the base's file.
+            name = src.name[: -len(".ibd")] + NEW_SUFFIX if src.name.endswith(".ibd") else src.name
+            log.info("%s: no valid page 0 yet (a new tablespace); copied whole as %s", src.path, name)
+            return self._copy_innodb(fd, SourceFile(src.path, name, src.kind, src.size, src.first_page_no,
+                                                    src.system, info or src.space))
+        ps = info.physical_page_size
+        out = _DeltaFile(self.sink, src.name + DELTA_SUFFIX, ps, self.spool_dir)
+        chunks = (self._chunks(fd, src, info) if self.tracked is None
+                  else self._tracked_chunks(fd, src, info, self.tracked.get(info.space_id, ())))
+        try:
+            for offset, view in chunks:
+                page_base = offset // ps
+                for i in range(len(view) // ps):
+                    if BE64.unpack_from(view, i * ps + FIL_PAGE_LSN)[0] > lsn:
+                        out.add(page_base + i, view[i * ps : (i + 1) * ps])
+            size = out.finish()
+        finally:
+            out.close()
+        with self._stats_lock:
+            self.delta_pages += out.pages
+        meta = build_meta(DeltaMeta(page_size=ps, zip_size=info.zip_size, space_id=info.space_id,
+                                    space_flags=info.flags), self.flavor)
+        meta_id = self.sink.begin_file(src.name + META_SUFFIX)
+        self.sink.write(meta_id, 0, meta)
+        self.sink.end_file(meta_id, len(meta))
+        log.debug("%s: %d pages newer than LSN %d", src.path, out.pages, lsn)
+        return size + len(meta)
 
     def _reread(self, fd: int, src: SourceFile, info: SpaceInfo, buf: bytearray, first: int, page_no: int,
                 reason: str) -> None:
@@ -267,6 +372,55 @@ class FileCopier:
         lsn = BE64.unpack_from(buf, index * ps + FIL_PAGE_LSN)[0]
         raise Corrupt(f"page failed validation after {self.retries} re-reads: {reason}", file=str(src.path),
                       page=page_no, lsn=lsn, hint="the file seems to be corrupted; check the server's error log")
+
+
+def _page0_zero(fd: int, info: SpaceInfo) -> bool:
+    page = os.pread(fd, info.physical_page_size, 0)
+    return page.count(0) == len(page)
+
+
+class _DeltaFile:
+    """One ``.delta`` being written: clusters of ``page_size // 4`` pages, each a header page (magic + page numbers)
+    then the pages. The stream writers want rising offsets and the header comes first, so a cluster's pages wait in
+    a spool (memory up to :data:`DELTA_SPOOL_MEMORY`, then an unlinked file in ``spool_dir``) until it is full."""
+
+    def __init__(self, sink: Sink, name: str, page_size: int, spool_dir: Path | None) -> None:
+        self.sink = sink
+        self.page_size = page_size
+        self.capacity = cluster_capacity(page_size)
+        self.file_id = sink.begin_file(name)
+        self.spool = tempfile.SpooledTemporaryFile(max_size=DELTA_SPOOL_MEMORY, prefix="innostream-delta-",
+                                                   dir=None if spool_dir is None else str(spool_dir))
+        self.page_nos: list[int] = []
+        self.offset = 0
+        self.pages = 0
+
+    def add(self, page_no: int, page: memoryview) -> None:
+        if len(self.page_nos) == self.capacity:  # only now: the last cluster may be full (then no terminator)
+            self._flush(last=False)
+        self.page_nos.append(page_no)
+        self.spool.write(page)
+        self.pages += 1
+
+    def _flush(self, *, last: bool) -> None:
+        self.sink.write(self.file_id, self.offset, build_cluster_header(self.page_nos, self.page_size, last=last))
+        self.offset += self.page_size
+        self.spool.seek(0)
+        while data := self.spool.read(DEFAULT_CHUNK):
+            self.sink.write(self.file_id, self.offset, data)
+            self.offset += len(data)
+        self.spool.seek(0)
+        self.spool.truncate()
+        self.page_nos = []
+
+    def finish(self) -> int:
+        """Write the last cluster (``XTRA``; with no page at all, a lone header) and end the file."""
+        self._flush(last=True)
+        self.sink.end_file(self.file_id, self.offset)
+        return self.offset
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 class Workers:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from innostream.copier import SourceFile
 from innostream.errors import SourceError, TargetError
 from innostream.flavor import Flavor
+from innostream.selection import TableSelection
 
 # The redo file names of formats.log0files_io and formats.xtrabackup_logfile, written out so that `extract` and
 # `inspect` do not import the redo parsers (and crc32c) at start-up; tests/test_backup_parts.py checks they agree.
@@ -162,21 +163,40 @@ def find_source_dirs(facts: ServerFacts, *, datadir: Path | None = None, data_ho
     """The server's directories, or the ones given instead; checked to exist, to be readable, and not to hold
     ``target_dir``.
 
+    A ``datadir`` that is not the directory the server reports is a server in a container or chroot seen from
+    the host (a Docker volume's ``_data``, a Kubernetes PV): the server's other directories are found under it
+    when they lie under the server's datadir, and must be given otherwise. That such a directory really holds
+    this server's files is proven later, against the live server (:mod:`innostream.datadir_proof`).
+
     Raises:
-        SourceError: a directory is missing or unreadable, or ``datadir`` is not the server's.
+        SourceError: a directory is missing or unreadable, or one of the server's directories lies outside its
+            datadir when ``datadir`` is seen at another path.
         TargetError: ``target_dir`` is inside one of the server's directories.
     """
     data = facts.datadir
     if datadir is not None:
         if not Path(datadir).is_dir():
             raise SourceError("--datadir is not a directory", file=str(datadir))
-        if not _same_dir(datadir, facts.datadir):
-            raise SourceError(f"--datadir {datadir} is not the server's datadir {facts.datadir}",
-                              hint="connect to the server that owns this data directory")
         data = Path(datadir).resolve()
-    home = Path(data_home_dir).resolve() if data_home_dir else facts.data_home_dir
-    logd = Path(log_dir).resolve() if log_dir else facts.log_dir
-    undo = Path(undo_dir).resolve() if undo_dir else facts.undo_dir
+    elif not data.is_dir():
+        raise SourceError(f"the server's datadir {data} does not exist here",
+                          hint="for a server in a container or chroot, give --datadir as the path its datadir is "
+                               "seen at from here")
+    mapped = not _same_dir(data, facts.datadir)
+
+    def server_dir(label: str, given: Path | None, server: Path, option: str) -> Path:
+        if given:
+            return Path(given).resolve()
+        if not mapped:
+            return server
+        if server.is_relative_to(facts.datadir):
+            return data / server.relative_to(facts.datadir)
+        raise SourceError(f"the server's {label} directory {server} is outside its datadir {facts.datadir}, which "
+                          f"is {data} here", hint=f"give that directory as seen from here with {option}")
+
+    home = server_dir("innodb data home", data_home_dir, facts.data_home_dir, "--innodb-data-home-dir")
+    logd = server_dir("redo log", log_dir, facts.log_dir, "--innodb-log-group-home-dir")
+    undo = server_dir("undo", undo_dir, facts.undo_dir, "--innodb-undo-directory")
     for label, p in (("innodb data home", home), ("redo log", logd), ("undo", undo)):
         if not p.is_dir():
             raise SourceError(f"{label} directory not found", file=str(p))
@@ -190,6 +210,29 @@ def find_source_dirs(facts: ServerFacts, *, datadir: Path | None = None, data_ho
         raise SourceError("cannot read the data directory", file=str(data),
                           hint="run innostream as the mysql user or root")
     return SourceDirs(data, home, logd, undo)
+
+
+def seen_elsewhere(facts: ServerFacts, dirs: SourceDirs) -> bool:
+    """True when the server's datadir is seen here at another path (a server in a container or chroot)."""
+    return not _same_dir(dirs.datadir, facts.datadir)
+
+
+def host_path(facts: ServerFacts, dirs: SourceDirs, server_path: Path) -> Path:
+    """Where a path the server names is seen here: rebased under ``dirs.datadir`` when the server's datadir is
+    seen at another path.
+
+    Raises:
+        SourceError: the server's datadir is seen elsewhere and ``server_path`` lies outside it (a general
+            tablespace or DATA DIRECTORY table outside the volume: nothing here proves which file it is).
+    """
+    if not seen_elsewhere(facts, dirs):
+        return server_path
+    path = Path(os.path.normpath(facts.datadir / server_path))
+    if path.is_relative_to(facts.datadir):
+        return dirs.datadir / path.relative_to(facts.datadir)
+    raise SourceError(f"tablespace {server_path} lies outside the server's datadir {facts.datadir}, which is "
+                      f"{dirs.datadir} here: it cannot be found from here",
+                      hint="back up from where the server's own paths are valid (inside its container)")
 
 
 # --- the inventory ------------------------------------------------------------------------------------------------
@@ -292,14 +335,29 @@ def _stat_size(path: Path) -> int:
         return 0
 
 
-def server_tablespaces(session: Session, facts: ServerFacts) -> list[Path]:
-    """Paths of the tablespaces the server knows (to find ones outside the datadir)."""
+def server_tablespace_ids(session: Session, facts: ServerFacts) -> list[tuple[int, Path]]:
+    """Space id and path (as the server names it, relative ones under its datadir) of every tablespace file the
+    server knows."""
     if facts.flavor == Flavor.MYSQL:
-        rows = session.query("SELECT PATH FROM information_schema.INNODB_DATAFILES")
+        rows = session.query("SELECT f.SPACE, f.PATH FROM information_schema.INNODB_DATAFILES f")
     else:
-        rows = session.query("SELECT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES")
+        rows = session.query("SELECT SPACE, FILENAME FROM information_schema.INNODB_SYS_TABLESPACES")
+    out = []
+    for space, path in rows:
+        if path:
+            # MySQL's INNODB_DATAFILES.SPACE is VARBINARY holding the decimal id
+            sid = int(space.decode() if isinstance(space, bytes) else space)
+            out.append((sid, facts.datadir / (path.decode() if isinstance(path, bytes) else str(path))))
+    return out
+
+
+def server_tablespaces(session: Session, facts: ServerFacts, dirs: SourceDirs | None = None) -> list[Path]:
+    """Paths of the tablespaces the server knows (to find ones outside the datadir), as seen here."""
     # As the server names them (not resolved): the remote ones are recorded and restored at that path.
-    return [facts.datadir / str(r[0]) for r in rows if r[0]]
+    paths = [path for _, path in server_tablespace_ids(session, facts)]
+    if dirs is None or not seen_elsewhere(facts, dirs):
+        return paths
+    return [host_path(facts, dirs, p) for p in paths if not is_temporary_tablespace(p.name)]
 
 
 def _database_dirs(datadir: Path) -> list[Path]:
@@ -307,7 +365,7 @@ def _database_dirs(datadir: Path) -> list[Path]:
 
 
 def enumerate_files(facts: ServerFacts, datadir: Path, data_home: Path, undo_dir: Path,
-                    server_paths: Sequence[Path] = ()) -> Inventory:
+                    server_paths: Sequence[Path] = (), selection: TableSelection | None = None) -> Inventory:
     """Find what to copy, as PXB and mariadb-backup do.
 
     Copied: the system tablespace files of ``innodb_data_file_path``, undo tablespaces, ``mysql.ibd``,
@@ -402,6 +460,11 @@ def enumerate_files(facts: ServerFacts, datadir: Path, data_home: Path, undo_dir
         add(real, name, "innodb")
         if not real.is_relative_to(root):
             inv.remote.append(RemoteFile(name=name, path=str(path), link=links.get(real)))
+    if selection is not None:  # a partial backup: only the selected user tables (innostream.selection)
+        inv.skipped += [f.path for f in (*inv.innodb, *inv.other) if not selection.keeps(f.name)]
+        inv.innodb = [f for f in inv.innodb if selection.keeps(f.name)]
+        inv.other = [f for f in inv.other if selection.keeps(f.name)]
+        inv.remote = [r for r in inv.remote if selection.keeps(r.name)]
     # Largest first keeps all threads busy until the end.
     inv.innodb.sort(key=lambda f: f.size, reverse=True)
     return inv

@@ -9,8 +9,10 @@ verified: they are the commit point, so a half-extracted backup never looks comp
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +29,8 @@ from innostream.flavor import Flavor
 from innostream.formats.errors import InnostreamError
 from innostream.formats.fil0fil import UNIV_PAGE_SIZE_MAX
 from innostream.log import log
+from innostream.selection import PARTIAL_RECORD, build_partial_record, is_user_table_member
+from innostream.sink import Sink
 from innostream.target import TargetDir
 
 
@@ -48,9 +52,69 @@ class _Progress:
             log.info("%s %d files, %.0f MB so far", self.verb, self.files, self.bytes / 1e6)
 
 
+class MemberFilter:
+    """``extract --include/--exclude``: a sink that passes only the chosen members to ``inner``.
+
+    The globs (``fnmatch``, ``*`` crosses ``/``) choose among the files of user tables only, and a partition's
+    file also answers to its table's name (``db/t#p#p0.ibd`` to ``db/t.ibd``): what prepare needs (the datadir's
+    root, the system schemas, ``db.opt``, the metadata) is always written. Every frame is still read and checked.
+    When tables were left out, the result records itself as a partial backup (:data:`PARTIAL_RECORD`), so prepare
+    drops them from the dictionary."""
+
+    def __init__(self, inner: Sink, include: Sequence[str], exclude: Sequence[str]) -> None:
+        self.inner, self.include, self.exclude = inner, list(include), list(exclude)
+        self.kept: list[str] = []
+        self.left_out = 0
+        self.bytes_written = 0
+
+    def keeps(self, name: str) -> bool:
+        if not is_user_table_member(name):
+            return True
+        names = {name, _PARTITION.sub("", name)}
+        if self.include and not any(fnmatchcase(n, g) for n in names for g in self.include):
+            return False
+        return not any(fnmatchcase(n, g) for n in names for g in self.exclude)
+
+    def begin_file(self, name: str, *, mode: int = 0o640) -> Any:
+        if not self.keeps(name):
+            self.left_out += 1
+            return _SKIPPED
+        self.kept.append(name)
+        return self.inner.begin_file(name, mode=mode)
+
+    def write(self, handle: Any, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if handle is not _SKIPPED:
+            self.bytes_written += len(data)
+            self.inner.write(handle, offset, data)
+
+    def end_file(self, handle: Any, size: int) -> None:
+        if handle is not _SKIPPED:
+            self.inner.end_file(handle, size)
+
+    def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None:
+        if self.keeps(name):
+            self.kept.append(name)
+            self.bytes_written += len(data)
+            self.inner.add_bytes(name, data, mode=mode)
+
+    def close(self, trailer: dict[str, Any] | None = None) -> None:
+        if self.left_out and PARTIAL_RECORD not in self.kept:
+            options = {"extract_include": " ".join(self.include), "extract_exclude": " ".join(self.exclude)}
+            self.inner.add_bytes(PARTIAL_RECORD, build_partial_record(options, self.kept))
+        self.inner.close(trailer)
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+_SKIPPED = object()
+_PARTITION = re.compile(r"#[pP]#[^/]*(?=\.[^./]+$)")
+
+
 def extract(
     inp: BinaryIO, target: Path, *, parallel: int = 2, fsync: bool = True, fmt: str = "auto", dialect: str = "auto",
-    max_size: int = DEFAULT_MAX_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE, key: bytes | None = None, include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> ArchiveSummary:
     """Extract ``inp`` under ``target``; metadata files last, after the trailer verified.
 
@@ -62,8 +126,25 @@ def extract(
         TargetError: a file exists already, an unsafe path, a write failure.
     """
     progress = _Progress("extracted")
-    summary = read_any(inp, lambda: TargetDir(target, fsync=fsync), parallel=parallel, fmt=fmt, dialect=dialect,
-                       on_file_done=progress, limits=SizeLimits(max_size))
+
+    member_filter: MemberFilter | None = None
+
+    def target_dir() -> Sink:
+        nonlocal member_filter
+        out = TargetDir(target, fsync=fsync)
+        out.discard_unfinished = key is not None  # a member that did not authenticate to its end does not stay
+        if include or exclude:
+            member_filter = MemberFilter(out, include, exclude)
+            return member_filter
+        return out
+
+    summary = read_any(inp, target_dir, parallel=parallel, fmt=fmt, dialect=dialect, on_file_done=progress,
+                       limits=SizeLimits(max_size), key=key)
+    if member_filter is not None:
+        log.info("extracted %d of %d files (%d bytes of data written; %d files of user tables left out) from %s "
+                 "into %s", len(member_filter.kept), len(summary.files), member_filter.bytes_written,
+                 member_filter.left_out, summary.format, target)
+        return summary
     log.info("extracted %d files, %d bytes from %s into %s", len(summary.files), sum(f.size for f in summary.files),
              summary.format, target)
     return summary
@@ -71,19 +152,21 @@ def extract(
 
 def verify(
     inp: BinaryIO, *, parallel: int = 2, fmt: str = "auto", dialect: str = "auto",
-    observer_factory: ObserverFactory | None = None, max_size: int = DEFAULT_MAX_SIZE,
+    observer_factory: ObserverFactory | None = None, max_size: int = DEFAULT_MAX_SIZE, key: bytes | None = None,
 ) -> ArchiveSummary:
-    """Read and check everything without writing."""
+    """Read and check everything without writing (an encrypted archive without ``key``: its structure only, a
+    warning in the summary says the contents were not authenticated)."""
     return read_any(inp, NullSink(), parallel=parallel, fmt=fmt, dialect=dialect, observer_factory=observer_factory,
-                    limits=SizeLimits(max_size))
+                    limits=SizeLimits(max_size), key=key, require_key=False)
 
 
 def list_archive(inp: BinaryIO, *, fmt: str = "auto", dialect: str = "auto",
                  on_file_done: Callable[[FileResult], None] | None = None,
-                 max_size: int = DEFAULT_MAX_SIZE) -> ArchiveSummary:
-    """Read the structure (checksums of every frame, no decompression) and report the files."""
+                 max_size: int = DEFAULT_MAX_SIZE, key: bytes | None = None) -> ArchiveSummary:
+    """Read the structure (checksums of every frame, no decompression) and report the files (of an encrypted
+    archive: names, sizes and the trailer authenticated with ``key``; the data is not decrypted)."""
     return read_any(inp, NullSink(), fmt=fmt, dialect=dialect, verify_data=False, on_file_done=on_file_done,
-                    limits=SizeLimits(max_size))
+                    limits=SizeLimits(max_size), key=key)
 
 
 __all__ = ["PageValidation", "PageValidator", "extract", "list_archive", "verify"]

@@ -2,7 +2,9 @@
 
 For one tablespace: the server family, page sizes, space id, checksum algorithms seen, pages by type and every page
 the server would reject, with the reason. For a data directory: the same for each tablespace, as a table, plus the
-redo files (through ``innostream.redo_inspect``). Nothing is ever written.
+redo files (through ``innostream.redo_inspect``). For an incremental backup's ``.delta``/``.meta`` pair: the meta's
+page size and space id, the clusters, the pages it carries (numbers, LSN range) and each page validated. Nothing is
+ever written.
 
 The page checks are exactly the backup's (``formats.buf0checksum.validate_pages``), including its bounded re-reads
 of pages that look torn, so a page that a running server is writing at that moment is not reported.
@@ -25,6 +27,7 @@ from innostream.formats.buf0checksum import checksum_algorithm, page_is_corrupte
 from innostream.formats.errors import FormatError, InnostreamError
 from innostream.formats.fil0fil import BE16, BE64, FIL_PAGE_LSN, FIL_PAGE_TYPE, UNIV_PAGE_SIZE_MAX, page_type_name
 from innostream.formats.fsp0fsp import FLAVORS, PAGE_COMPRESSION_ALGORITHMS, SpaceInfo, guess_flavor, space_info
+from innostream.formats.xtrabackup_delta import DeltaMeta, iter_delta, parse_meta
 from innostream.redo_inspect import inspect_redo
 
 READ_SIZE = 4 << 20  # bytes per read, a whole number of pages of any size
@@ -190,7 +193,8 @@ def _scan(fd: int, rep: TablespaceReport, info: SpaceInfo, first_page_no: int) -
 
 
 def _system_files(datadir: Path) -> list[Path]:
-    return sorted(datadir.glob("ibdata*"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+    files = (p for p in datadir.glob("ibdata*") if p.suffix not in (".delta", ".meta"))  # not an incremental's
+    return sorted(files, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
 
 
 def _redo_entries(paths: list[Path]) -> list[dict[str, Any]]:
@@ -214,6 +218,7 @@ def inspect_datadir(datadir: Path, flavor: str | None = None) -> dict[str, Any]:
     if flavor is None:
         flavor = detect_datadir_flavor(datadir)
     reports: list[TablespaceReport] = []
+    deltas: list[dict[str, Any]] = []  # an incremental backup's .delta/.meta pairs
     sys_files = _system_files(datadir)
     if sys_files:
         first = inspect_tablespace(sys_files[0], flavor)
@@ -237,17 +242,20 @@ def inspect_datadir(datadir: Path, flavor: str | None = None) -> dict[str, Any]:
             if is_redo_file(name):
                 if rel_root == datadir:
                     redo.append(p)
-            elif p.parent == datadir and name.startswith("ibdata"):
+            elif p.parent == datadir and name.startswith("ibdata") and p.suffix not in (".delta", ".meta"):
                 continue
             elif is_tablespace(name) or is_temporary_tablespace(name):
                 reports.append(inspect_tablespace(p, flavor))
+            elif name.endswith(".delta"):
+                deltas.append(inspect_delta(p, flavor))
     return {
         "datadir": str(datadir),
         "flavor": flavor,
         "tablespaces": [report_dict(r) for r in reports],
         "redo": _redo_entries(redo),
-        "invalid_pages": sum(r.invalid_count for r in reports),
-        "errors": sum(1 for r in reports if r.error),
+        "deltas": deltas,
+        "invalid_pages": sum(r.invalid_count for r in reports) + sum(d["invalid_count"] for d in deltas),
+        "errors": sum(1 for r in reports if r.error) + sum(1 for d in deltas if d["error"]),
     }
 
 
@@ -274,6 +282,99 @@ def report_dict(rep: TablespaceReport) -> dict[str, Any]:
     return d
 
 
+#: Delta inspection reads the whole .delta; more than this is refused (a delta is at most its tablespace's size).
+MAX_DELTA_BYTES = 8 << 30
+MAX_DELTA_LISTED = 200  # page numbers listed in the report; the count is exact
+
+
+def _delta_space(meta: DeltaMeta, flavor: str | None, page0: bytes | None) -> list[SpaceInfo]:
+    """What to validate the delta's pages as: page 0 if the delta has it, else what the .meta says (MySQL's has the
+    flags; MariaDB's only the sizes, so both checksum families are tried)."""
+    fl = flavor or ("mysql" if meta.space_flags is not None else "mariadb")
+    if page0 is not None:
+        with_flavor = guess_flavor(page0) or fl
+        try:
+            return [space_info(page0, with_flavor)]
+        except FormatError:
+            pass
+    ps = meta.physical_page_size
+    logical = meta.page_size if not meta.zip_size else max(meta.page_size, 16384)
+    flags = meta.space_flags or 0
+    return [SpaceInfo(space_id=meta.space_id or 0, flags=flags, flavor=fl, logical_page_size=logical,
+                      physical_page_size=ps, full_crc32=full, page_compressed=False, encrypted=False)
+            for full in ((False,) if fl == "mysql" else (True, False))]
+
+
+def inspect_delta(path: Path, flavor: str | None = None) -> dict[str, Any]:
+    """One ``.delta`` and its ``.meta`` (either path may be given): sizes, space id, clusters, the page numbers it
+    carries, their LSN range, and every page validated as the backup validates pages."""
+    stem = str(path)[: -len(path.suffix)] if path.suffix in (".delta", ".meta") else str(path)
+    delta, meta_path = Path(stem + ".delta"), Path(stem + ".meta")
+    out: dict[str, Any] = {"kind": "delta", "path": str(delta), "meta_path": str(meta_path), "error": None,
+                           "pages": 0, "clusters": 0, "page_nos": [], "min_lsn": None, "max_lsn": None,
+                           "invalid_count": 0, "invalid": []}
+    try:
+        meta = parse_meta(meta_path.read_bytes(), file=str(meta_path))
+        out.update(page_size=meta.page_size, zip_size=meta.zip_size, space_id=meta.space_id,
+                   space_flags=meta.space_flags)
+        size = delta.stat().st_size
+        if size > MAX_DELTA_BYTES:
+            raise SourceError(f"{delta} is {size} bytes; inspect reads at most {MAX_DELTA_BYTES}")
+        data = delta.read_bytes()
+        ps = meta.physical_page_size
+        pages = list(iter_delta(data, ps, file=str(delta)))
+    except (OSError, InnostreamError) as exc:
+        out["error"] = exc.strerror if isinstance(exc, OSError) else str(exc)
+        return out
+    page0 = next((bytes(img) for no, img in pages if no == 0), None)
+    infos = _delta_space(meta, flavor, page0)
+    out["validated_as"] = f"{infos[0].flavor}, " + ("page 0" if page0 is not None else "the .meta")
+    out["clusters"] = max(1, -(-len(pages) // (ps // 4 - 1)))
+    out["pages"] = len(pages)
+    out["page_nos"] = [no for no, _ in pages[:MAX_DELTA_LISTED]]
+    lsns = [BE64.unpack_from(img, FIL_PAGE_LSN)[0] for _, img in pages]
+    if lsns:
+        out["min_lsn"], out["max_lsn"] = min(lsns), max(lsns)
+    seen: set[int] = set()
+    for no, img in pages:
+        reason = "listed twice" if no in seen else None
+        seen.add(no)
+        if infos[0].space_id == 0 and infos[0].extent_size <= no < 3 * infos[0].extent_size:
+            continue  # ibdata1's doublewrite area: copies of other pages, never validated (as the backup)
+        if reason is None:
+            reasons = [validate_pages(img, info, no) for info in infos]
+            if all(reasons):
+                reason = reasons[0][0][1]
+        if reason is not None:
+            out["invalid_count"] += 1
+            if len(out["invalid"]) < MAX_LISTED:
+                out["invalid"].append({"page": no, "reason": reason})
+    return out
+
+
+def render_delta(d: dict[str, Any], listed: int = 20) -> str:
+    """Text form of :func:`inspect_delta`."""
+    lines = [f"delta:            {d['path']}"]
+    if d.get("error"):
+        lines.append(f"error:            {d['error']}")
+        return "\n".join(lines)
+    nos = d["page_nos"]
+    shown = ", ".join(str(n) for n in nos[:listed]) + (", ..." if d["pages"] > listed else "")
+    lines += [
+        f"meta:             page_size {d['page_size']}, zip_size {d['zip_size']}, space id {d['space_id']}"
+        + (f", space_flags {d['space_flags']:#x}" if d.get("space_flags") is not None else ""),
+        f"pages:            {d['pages']} in {d['clusters']} cluster(s): {shown or '-'}",
+        f"page LSNs:        {d['min_lsn']} .. {d['max_lsn']}" if d["pages"] else "page LSNs:        -",
+        f"validated as:     {d['validated_as']}",
+    ]
+    if d["invalid_count"]:
+        lines.append(f"invalid pages:    {d['invalid_count']}")
+        lines += [f"  page {x['page']}: {x['reason']}" for x in d["invalid"][:listed]]
+    else:
+        lines.append("invalid pages:    none")
+    return "\n".join(lines)
+
+
 def inspect_path(path: Path, flavor: str | None = None) -> dict[str, Any]:
     """Inspect a tablespace file, a redo file, ``#innodb_redo`` or a data directory; JSON-ready result.
 
@@ -290,6 +391,8 @@ def inspect_path(path: Path, flavor: str | None = None) -> dict[str, Any]:
         return {"kind": "datadir", **inspect_datadir(path, flavor)}
     if is_redo_path(path):
         return {"kind": "redo", "redo": _redo_entries([path])}
+    if path.suffix in (".delta", ".meta"):
+        return inspect_delta(path, flavor)
     rep = inspect_tablespace(path, flavor)
     return {"kind": "tablespace", **report_dict(rep)}
 
@@ -365,6 +468,14 @@ def render_datadir(d: dict[str, Any]) -> str:
         pairs = enumerate(zip(r[:-1], widths, strict=True))
         cells = (c.rjust(w) if i in (0, 1, 2, 3, 6) else c.ljust(w) for i, (c, w) in pairs)
         out.append("  ".join([*cells, r[-1]]))
+    for x in d.get("deltas", []):
+        rel = os.path.relpath(x["path"], base)
+        if x["error"]:
+            problems.append(f"{rel}: {x['error']}")
+        problems += [f"{rel}: page {y['page']}: {y['reason']}" for y in x["invalid"][:20]]
+    if d.get("deltas"):
+        out.append(f"{len(d['deltas'])} incremental deltas ({sum(x['pages'] for x in d['deltas'])} pages); "
+                   "one file: innostream inspect NAME.delta")
     out.append(f"{len(d['tablespaces'])} tablespaces, {d['invalid_pages']} invalid pages, {d['errors']} unreadable")
     if problems:
         out.append("problems:")
@@ -397,6 +508,8 @@ def render(result: dict[str, Any]) -> str:
         return render_datadir(result)
     if result["kind"] == "redo":
         return "\n".join(render_redo(r) for r in result["redo"])
+    if result["kind"] == "delta":
+        return render_delta(result)
     return render_tablespace(result)
 
 
@@ -406,4 +519,6 @@ def result_ok(result: dict[str, Any]) -> bool:
         return bool(result["invalid_pages"] == 0 and result["errors"] == 0)
     if result["kind"] == "tablespace":
         return bool(result["ok"])
+    if result["kind"] == "delta":
+        return not result["error"] and result["invalid_count"] == 0
     return not any("error" in r for r in result["redo"])

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def build_metadata(facts: ServerFacts, *, my_cnf: bytes, to_lsn: int, last_lsn: int, flushed_lsn: int,
                    binlog: meta.BinlogInfo | None, lock_seconds: float, started: datetime, ended: datetime,
                    argv: Sequence[str], stream_format: str | None, compressed: bool,
-                   server_uuid: str) -> dict[str, bytes]:
+                   server_uuid: str, from_lsn: int = 0, source_uuid: str | None = None,
+                   partial: bool = False) -> dict[str, bytes]:
     """The metadata files, in the order they are written (checkpoints last: the commit point).
 
     Args:
@@ -29,6 +30,10 @@ def build_metadata(facts: ServerFacts, *, my_cnf: bytes, to_lsn: int, last_lsn: 
         flushed_lsn: MySQL's flushed LSN at the end (MariaDB's checkpoints file has none).
         argv: the command line for ``tool_command`` (passwords are masked here).
         stream_format: None for a directory backup, else the stream's format.
+        server_uuid: this backup's own uuid (``uuid``, as the reference tools write it).
+        from_lsn: an incremental backup's base LSN (0: a full backup).
+        source_uuid: the server's ``@@server_uuid`` (MySQL), written as ``server_uuid`` so a later incremental
+            can check that its base comes from the same server.
     """
     flavor = facts.flavor
     files: dict[str, bytes] = {}
@@ -49,19 +54,21 @@ def build_metadata(facts: ServerFacts, *, my_cnf: bytes, to_lsn: int, last_lsn: 
         "end_time": ended.strftime(meta.INFO_TIME_FORMAT),
         "lock_time": round(lock_seconds),
         "binlog_pos": binlog_pos,
-        "innodb_from_lsn": 0,
+        "innodb_from_lsn": from_lsn,
         "innodb_to_lsn": to_lsn,
-        "partial": "N",
-        "incremental": "N",
+        "partial": "Y" if partial else "N",  # only the selected user tables (innostream.selection)
+        "incremental": "Y" if from_lsn else "N",
         "format": "file" if stream_format is None else ("xbstream" if stream_format == "xbstream" else "innostream"),
         "compressed": "compressed" if compressed and stream_format is not None else "N",
     }
     if flavor == Flavor.MYSQL:
         info["encrypted"] = "N"
+    if source_uuid:
+        info["server_uuid"] = source_uuid
     files[meta.XTRABACKUP_INFO] = meta.build_info(info, flavor)
     checkpoints = meta.Checkpoints(
-        backup_type=meta.BACKUP_TYPE_FULL,
-        from_lsn=0,
+        backup_type=meta.BACKUP_TYPE_INCREMENTAL if from_lsn else meta.BACKUP_TYPE_FULL,
+        from_lsn=from_lsn,
         to_lsn=to_lsn,
         last_lsn=last_lsn,
         flushed_lsn=flushed_lsn if flavor == Flavor.MYSQL else 0,

@@ -180,6 +180,9 @@ class TargetDir:
         self._meta_bytes = 0
         self._closed = False
         self.created: set[str] = set()
+        #: abort() removes the files begun and not ended (an encrypted archive's extract: a member whose frames did
+        #: not all authenticate must not stay behind under its name)
+        self.discard_unfinished = False
 
     def _make_root(self) -> None:
         """mkdir -p of the root, 0750 like the server's directories, remembering whose entries changed."""
@@ -502,6 +505,13 @@ class TargetDir:
                     os.close(out.fd)
                     out.fd = -1
         with self._lock:
+            if self.discard_unfinished:
+                for out in opened:
+                    if out.buf is None and out.name in self.created:
+                        parent, _, base = out.name.rpartition("/")
+                        with contextlib.suppress(OSError):
+                            os.unlink(base, dir_fd=self._dir_fd(parent))
+                        self.created.discard(out.name)
             self._close_dirs(keep_root=False, sync=False)
 
     def _close_dirs(self, *, keep_root: bool, sync: bool | None = None) -> None:

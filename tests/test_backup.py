@@ -269,20 +269,27 @@ def _prepare(srv, target: Path) -> None:
     assert prep.returncode == 0, prep.stderr[-3000:]
 
 
-def test_backup_during_ddl_churn(server, tmp_path, log_lines):
-    """Tables created, renamed, rebuilt and dropped around the backup: DDL waits for the backup lock, and the
-    restored copy has every table whole."""
+@pytest.mark.parametrize("lock_ddl", ["full", "reduced"])
+def test_backup_during_ddl_churn(server, lock_ddl, tmp_path, log_lines):
+    """Tables created, renamed, rebuilt and dropped around the backup: DDL waits for the backup lock (full) or
+    runs on during the copy and is settled at the end (reduced), and the restored copy has every table whole."""
     load = DdlLoad(server, keep=6, max_seconds=60)
     load.setup()
     load.start()
     try:
         load.wait_for(4)
-        res = run_backup(_config(server, target_dir=tmp_path / "b"))
+        # reduced: throttled, so the copy lasts long enough for DDL steps to run during it
+        res = run_backup(_config(server, target_dir=tmp_path / "b", lock_ddl=lock_ddl,
+                                 throttle=20e6 if lock_ddl == "reduced" else None))
+        steps_at_end = load.committed
         load.wait_for(load.committed + 1, timeout=30)  # DDL resumes after the backup
     finally:
         stats = load.stop()
     assert stats.errors == 0, stats.last_error
     assert res.end_lsn >= res.server_lsn
+    if lock_ddl == "reduced":
+        assert res.ddl_settled > 0, "no DDL ran during the copy: the test proves nothing"
+        assert steps_at_end > 4
     _prepare(server, tmp_path / "b")
     restored = _start_on(tmp_path / "b", server.kind, tmp_path / "restored")
     try:
@@ -406,8 +413,9 @@ def test_relative_target_dir_is_created_under_cwd(mariadb10, tmp_path):
 
 
 def test_wrong_datadir_is_refused(mariadb10, tmp_path):
+    (tmp_path / "not-data").mkdir()
     res = subprocess.run([*INNOSTREAM, "backup", "--socket", str(mariadb10.socket), "--user", "root",
-                          "--datadir", str(tmp_path), "--target-dir", str(tmp_path / "b")],
+                          "--datadir", str(tmp_path / "not-data"), "--target-dir", str(tmp_path / "b")],
                          capture_output=True, text=True, env=_env(), timeout=120, check=False)
     assert res.returncode == 4
     assert "is not the server's datadir" in res.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,6 +79,9 @@ def test_inspect_reports_corruption_and_exits_3(tmp_path: Path) -> None:
     code, out = run(str(path), "--json", "--no-fail")
     assert code == 0
     assert [x["page"] for x in json.loads(out)["invalid"]] == [no, no + 1]
+    # ``python -m innostream`` exits with the status too (it once returned it and exited 0)
+    res = subprocess.run([sys.executable, "-m", "innostream", "inspect", str(path)], capture_output=True, check=False)
+    assert res.returncode == EXIT_CORRUPT
 
 
 def test_inspect_flavor_option_overrides(tmp_path: Path) -> None:

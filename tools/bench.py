@@ -14,6 +14,8 @@ drift in the machine's load hits both sides alike:
   -T0``; and uncompressed (``--compress none`` vs plain xbstream);
 * extract: ``innostream extract -C DIR`` vs ``zstd -d | mbstream -x -C DIR``;
 * page validation cost (ours with and without it);
+* encryption cost: ours zstd-1 with and without ``--encrypt-key-file`` (backup) / ``--decrypt-key-file`` (extract),
+  alternated;
 * a backup while ``sysbench oltp_write_only`` writes: redo lag of our log copier from its ``>> log scanned up to``
   lines against the server LSN sampled every 0.25 s.
 
@@ -63,6 +65,7 @@ TARGET_RATIO = 1.0
 TARGET_SIZE_SLACK = 0.05
 TARGET_RSS = 256 * MiB
 TARGET_VALIDATION_SHARE = 0.10
+TARGET_ENCRYPTION_EXTRA = 0.10  # AES-256-GCM may add at most this share of wall to a zstd-1 backup or extract
 #: A copier lagging more than this share of the redo capacity "barely" keeps up: our own margin, not the team's.
 TARGET_LAG_SHARE = 0.5
 
@@ -586,6 +589,37 @@ def _extract_runner(stages: list[list[str]], archive: Path, target: Path,
     return run
 
 
+def bench_encryption(server: Any, out: Path, runs: int, cache: str, with_extract: bool) -> list[Series]:
+    """Ours, zstd-1, plain and encrypted (AES-256-GCM), alternated: backup, then extract of each archive."""
+    key = out / "bench.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    key.chmod(0o600)
+    tools = {"innostream": [], "innostream encrypted": [f"--encrypt-key-file={key}"]}
+    files = {tool: out / f"{tool.replace(' ', '-')}.isa" for tool in tools}
+    contenders = []
+    for tool, extra in tools.items():
+        st = ours_backup(server, compress=True)
+        st[0] += extra
+        s = Series("encryption backup zstd-1", tool, show(st, stdout=files[tool].name))
+        contenders.append((s, _backup_runner(st, files[tool], out / "logs" / "encryption-backup" /
+                                             tool.replace(" ", "-"), server, cache)))
+    alternate(runs, contenders)
+    series = [s for s, _ in contenders]
+    if not with_extract:
+        return series
+    extracts = []
+    for tool, archive in files.items():
+        target = out / f"extract-{tool.replace(' ', '-')}"
+        stages = ours_extract(target)
+        if tool != "innostream":
+            stages[0] += [f"--decrypt-key-file={key}"]
+        s = Series("encryption extract zstd-1", tool, show(stages, stdin=archive.name))
+        extracts.append((s, _extract_runner(stages, archive, target, out / "logs" / "encryption-extract" /
+                                            tool.replace(" ", "-"))))
+    alternate(runs, extracts)
+    return series + [s for s, _ in extracts]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # redo lag under a write load
 
@@ -988,6 +1022,16 @@ def compute_targets(kind: dict[str, Any]) -> list[dict[str, str]]:
         rows.append({"target": f"page validation < {TARGET_VALIDATION_SHARE:.0%} of backup time",
                      "measured": f"{v['share']:.1%} (validate_pages alone vs {v['share_of']} backup wall)",
                      "met": yes(v["share"] < TARGET_VALIDATION_SHARE)})
+    enc = {(s["test"], s["tool"]): s for s in kind["series"] if s["test"].startswith("encryption ") and s["ok"]}
+    for test in ("encryption backup zstd-1", "encryption extract zstd-1"):
+        plain, sealed = enc.get((test, "innostream")), enc.get((test, "innostream encrypted"))
+        if plain and sealed and plain["wall"]:
+            extra = sealed["wall"] / plain["wall"] - 1
+            rows.append({"target": f"{test.removeprefix('encryption ')}: encryption adds < "
+                                   f"{TARGET_ENCRYPTION_EXTRA:.0%} wall",
+                         "measured": f"{extra:+.1%} wall, peak RSS {human(sealed['rss_sum'])} vs "
+                                     f"{human(plain['rss_sum'])}",
+                         "met": yes(extra < TARGET_ENCRYPTION_EXTRA)})
     for r in kind.get("load", []):
         if r["tool"] == "innostream":
             rows.append({"target": "log copier keeps up under sysbench load",
@@ -1061,6 +1105,8 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
                     series += bench_extract(archives, out, args.runs, compress)
             if args.quick:
                 break
+        if "encryption" not in args.skip and with_ours_b:
+            series += bench_encryption(server, out, args.runs, args.cache, with_ours_x)
         validation = None
         if "validation" not in args.skip:
             if with_ours_b and have_ours["no_validate"]:
@@ -1103,7 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="reuse a dataset already loaded in the work dir")
     parser.add_argument("--load-time", type=int, default=900,
                         help="cap in seconds on the sysbench write load, which stops when the backup ends")
-    parser.add_argument("--skip", default="", help="comma-separated: backup,extract,validation,load")
+    parser.add_argument("--skip", default="", help="comma-separated: backup,extract,encryption,validation,load")
     parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
                         help="datadir files out of (default) or in the page cache before each backup run")
     parser.add_argument("--keep-output", action="store_true",

@@ -316,6 +316,7 @@ class DdlLoad(_Loop):
         self.keep = keep
         self._next = 0
         self._live: list[str] = []
+        self.steps: list[tuple[float, float]] = []  # (monotonic start, seconds) of every step
 
     def setup(self) -> None:
         """(Re)create the empty schema ``ddl``."""
@@ -332,6 +333,18 @@ class DdlLoad(_Loop):
             self.stats.extra[what] = self.stats.extra.get(what, 0) + 1
 
     def _one(self, conn: Any, rnd: random.Random) -> None:
+        started = time.monotonic()
+        try:
+            self._step(conn, rnd)
+        finally:
+            took = time.monotonic() - started
+            with self._lock:
+                self.longest_step = max(self.longest_step, took)
+                self.steps.append((started, took))
+
+    longest_step = 0.0  # seconds of the slowest step (a step that waited for a backup's DDL lock)
+
+    def _step(self, conn: Any, rnd: random.Random) -> None:
         i = self._next
         self._next += 1
         n = ddl_rows(i)

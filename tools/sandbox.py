@@ -358,11 +358,19 @@ def _tmpdir(workdir: Path) -> Path:
     return tmp
 
 
+def server_path(kind: Kind, path: Path) -> Path:
+    """The path a chroot server sees for a host ``path``: ``ROOT/x`` is ``/x`` inside (a datadir kept in the chroot,
+    like a container's volume, is at another path for the server than for the host); /tmp is the same for both."""
+    if kind.root is not None and path.is_relative_to(kind.root):
+        return Path("/") / path.relative_to(kind.root)
+    return path
+
+
 def _base_options(kind: Kind, datadir: Path, workdir: Path) -> list[str]:
     opts = [
         "--no-defaults",
         "--user=root",
-        f"--datadir={datadir}",
+        f"--datadir={server_path(kind, datadir)}",
         f"--tmpdir={_tmpdir(workdir)}",
         f"--innodb-buffer-pool-size={DEFAULT_BUFFER_POOL}",
         "--skip-name-resolve",
@@ -389,7 +397,7 @@ def initialize_datadir(kind_name: str, datadir: Path, workdir: Path, options: Se
             "/usr/bin/mariadb-install-db",
             "--no-defaults",
             "--user=root",
-            f"--datadir={datadir}",
+            f"--datadir={server_path(kind, datadir)}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
             f"--tmpdir={_tmpdir(workdir)}",
@@ -439,9 +447,11 @@ def start_server(
     workdir = Path(workdir).resolve()
     datadir = (workdir / "data") if datadir is None else Path(datadir).resolve()
     if k.root is not None:
-        for p in (workdir, datadir):
-            if not str(p).startswith("/tmp/"):
-                raise SandboxError(f"{kind} runs in a chroot that only shares /tmp: {p} must be under /tmp")
+        if not str(workdir).startswith("/tmp/"):
+            raise SandboxError(f"{kind} runs in a chroot that only shares /tmp: {workdir} must be under /tmp")
+        if not (str(datadir).startswith("/tmp/") or datadir.is_relative_to(k.root)):
+            raise SandboxError(f"{kind} runs in a chroot: its datadir {datadir} must be under /tmp (the same path "
+                               f"for the server) or under {k.root} (another path for the server, like a container)")
     workdir.mkdir(parents=True, exist_ok=True)
     if initialize is None:
         initialize = not datadir.exists() or not any(datadir.iterdir())

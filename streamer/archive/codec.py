@@ -11,11 +11,11 @@ its contexts are not thread-safe, so each codec keeps one per thread and reuses 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import zstandard
 from innostream.formats import archive as fa
-from innostream.formats.errors import Corrupt
+from innostream.formats.errors import Corrupt, Where
 
 if TYPE_CHECKING:
     from innostream.archive.frames import Frame
@@ -40,6 +40,9 @@ class Codec(Protocol):
     #: required stream features (stream header) that this codec's frames need
     features: int
 
+    def stream_header(self, meta: dict[str, Any] | None) -> bytes:
+        """The stream header with its metadata (an encrypting codec seals the metadata and adds its key slots)."""
+
     def encode(self, raw: bytes | memoryview, ctx: FrameContext) -> tuple[bytes, int]:
         """Return the stored payload and the frame flags for ``raw``."""
 
@@ -59,6 +62,10 @@ class PlainCodec:
     def __init__(self) -> None:
         self._tls = threading.local()
 
+    def stream_header(self, meta: dict[str, Any] | None) -> bytes:
+        """The plain stream header: JSON metadata as it is."""
+        return fa.build_stream_header(meta, self.features)
+
     def encode(self, raw: bytes | memoryview, ctx: FrameContext) -> tuple[bytes, int]:
         """Store ``raw`` unchanged."""
         return bytes(raw), 0
@@ -68,22 +75,28 @@ class PlainCodec:
         h = frame.header
         if not h.flags & fa.FLAG_ZSTD:
             return frame.payload
-        try:
-            size = zstandard.frame_content_size(frame.payload)
-        except zstandard.ZstdError as exc:
-            raise Corrupt(f"bad zstd frame: {exc}", where=frame.where) from None
-        if size != h.raw_len:
-            raise Corrupt(f"zstd frame declares {size} bytes, the header {h.raw_len}", where=frame.where)
-        dctx = getattr(self._tls, "dctx", None)
-        if dctx is None:
-            dctx = self._tls.dctx = zstandard.ZstdDecompressor()
-        try:
-            raw = dctx.decompress(frame.payload, max_output_size=h.raw_len)
-        except zstandard.ZstdError as exc:
-            raise Corrupt(f"zstd frame does not decompress: {exc}", where=frame.where) from None
-        if len(raw) != h.raw_len:
-            raise Corrupt(f"zstd frame gave {len(raw)} bytes, expected {h.raw_len}", where=frame.where)
-        return raw
+        return zstd_decode(self._tls, frame.payload, h.raw_len, frame.where)
+
+
+def zstd_decode(tls: threading.local, payload: bytes | memoryview, raw_len: int, where: Where) -> bytes:
+    """Decompress one zstd frame only after it declared exactly ``raw_len`` bytes (``tls``: the calling codec's
+    per-thread state, which keeps one decompression context per thread)."""
+    try:
+        size = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as exc:
+        raise Corrupt(f"bad zstd frame: {exc}", where=where) from None
+    if size != raw_len:
+        raise Corrupt(f"zstd frame declares {size} bytes, the header {raw_len}", where=where)
+    dctx = getattr(tls, "dctx", None)
+    if dctx is None:
+        dctx = tls.dctx = zstandard.ZstdDecompressor()
+    try:
+        raw: bytes = dctx.decompress(payload, max_output_size=raw_len)
+    except zstandard.ZstdError as exc:
+        raise Corrupt(f"zstd frame does not decompress: {exc}", where=where) from None
+    if len(raw) != raw_len:
+        raise Corrupt(f"zstd frame gave {len(raw)} bytes, expected {raw_len}", where=where)
+    return raw
 
 
 class ZstdCodec(PlainCodec):
@@ -96,7 +109,10 @@ class ZstdCodec(PlainCodec):
         self.level = level
 
     def encode(self, raw: bytes | memoryview, ctx: FrameContext) -> tuple[bytes, int]:
-        """Compress ``raw``; keep it raw (flags 0) if that is not smaller."""
+        """Compress ``raw`` (DATA and TRAILER; FILE_BEGIN/FILE_END are tiny); keep it raw (flags 0) if that is not
+        smaller."""
+        if ctx.type in (fa.FRAME_FILE_BEGIN, fa.FRAME_FILE_END):
+            return bytes(raw), 0
         if ctx.type == fa.FRAME_TRAILER:
             if len(raw) <= TRAILER_MIN_COMPRESS:
                 return bytes(raw), 0

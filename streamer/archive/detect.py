@@ -10,6 +10,7 @@ from innostream.archive.types import ArchiveSummary, FileResult, ObserverFactory
 from innostream.archive.xbstream import read_xbstream
 from innostream.formats import archive as fa
 from innostream.formats import xbstream as fx
+from innostream.formats.archive_crypt import AuthenticationFailed
 from innostream.formats.errors import BadMagic
 from innostream.sink import Sink
 
@@ -91,21 +92,31 @@ def read_any(
     observer_factory: ObserverFactory | None = None,
     on_file_done: Callable[[FileResult], None] | None = None,
     limits: SizeLimits | None = None,
+    key: bytes | None = None,
+    require_key: bool = True,
 ) -> ArchiveSummary:
     """Read an innostream archive or an xbstream (detected unless ``fmt`` says) into ``sink``.
 
     ``limits`` bounds declared member sizes and holes (``--max-size``).
 
-    ``sink`` may be a factory, called only once the input was recognised (so that garbage on stdin does not leave
-    an empty target directory behind).
+    ``sink`` may be a factory, called only once the input was recognised (so that garbage on stdin, or a wrong key,
+    does not leave an empty target directory behind).
+
+    ``key`` (32 bytes): the archive must be an encrypted innostream archive and authenticate under it; an xbstream
+    or a plain archive is then refused (:class:`AuthenticationFailed`). Without a key an encrypted archive is refused
+    unless not ``require_key`` (verify: its structure only).
     """
     kind, stream = detect(inp)
     if fmt != "auto" and not kind.startswith(fmt):
         raise BadMagic(f"input is {kind}, not {fmt}", offset=0)
-    if callable(sink):
-        sink = sink()
     if kind == "innostream":
         return read_archive(stream, sink, parallel=parallel, verify_data=verify_data,
-                            observer_factory=observer_factory, on_file_done=on_file_done, limits=limits)
+                            observer_factory=observer_factory, on_file_done=on_file_done, limits=limits, key=key,
+                            require_key=require_key)
+    if key is not None:
+        raise AuthenticationFailed(f"the input is {kind}, which has no authenticated encryption, but a key was "
+                                   "given: refusing contents that are not authenticated", offset=0)
+    if callable(sink):
+        sink = sink()
     return read_xbstream(stream, sink, dialect=dialect, on_file_done=on_file_done,
                          observer_factory=observer_factory if verify_data else None, limits=limits)

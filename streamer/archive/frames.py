@@ -9,6 +9,7 @@ from typing import BinaryIO
 import xxhash
 from innostream.archive.types import read_exact
 from innostream.formats import archive as fa
+from innostream.formats import archive_crypt as fc
 from innostream.formats.errors import (
     BadMagic,
     ChecksumMismatch,
@@ -48,7 +49,7 @@ def _field_diagnosis(h: fa.FrameHeader, expected_seq: int, next_file_id: int, op
         return "a reserved field is not zero"
     if h.seq != expected_seq:
         return f"seq is {h.seq}, expected {expected_seq}"
-    if h.stored_len > fa.frame_cap(h.type) or h.raw_len > fa.frame_cap(h.type):
+    if h.stored_len > fa.stored_cap(h.type, h.flags) or h.raw_len > fa.frame_cap(h.type):
         return f"stored_len {h.stored_len} / raw_len {h.raw_len} over the cap"
     if h.type == fa.FRAME_FILE_BEGIN and h.file_id != next_file_id:
         return f"file_id {h.file_id}, expected {next_file_id}"
@@ -60,9 +61,14 @@ def _field_diagnosis(h: fa.FrameHeader, expected_seq: int, next_file_id: int, op
         return f"offset {h.offset} on a {fa.FRAME_NAMES.get(h.type, 'optional')} frame"
     if h.offset > fa.MAX_FILE_SIZE:
         return f"offset {h.offset} over the cap"
-    if not h.flags & fa.FLAG_ZSTD and h.stored_len != h.raw_len:
+    if not h.flags & fa.FLAG_ZSTD and h.stored_len != h.raw_len + _tag(h.flags):
         return f"stored_len {h.stored_len} != raw_len {h.raw_len} on an uncompressed frame"
     return "field not identified (offset, lengths or payload checksum)"
+
+
+def _tag(flags: int) -> int:
+    """Bytes an encrypted payload carries beyond its plaintext (the GCM tag)."""
+    return fc.TAG_SIZE if flags & fa.FLAG_AEAD else 0
 
 
 class FrameReader:
@@ -75,10 +81,12 @@ class FrameReader:
         _, _, _, meta_len, _ = fa.parse_stream_header_fixed(fixed)
         blob = read_exact(inp, meta_len, offset=fa.STREAM_HEADER_SIZE, what="the stream metadata")
         self.header = fa.parse_stream_header(fixed, blob)
-        self.meta = self.header.meta
+        self.fixed = fixed
+        self.meta = self.header.meta  # an encrypted stream's: set by whoever opens it with the key
+        self.encrypted = bool(self.header.required_features & fa.FEATURE_AEAD)
         self.pos = self.header.size
         self.digest = xxhash.xxh3_128()
-        self.digest.update(fixed + blob)
+        self.digest.update(fa.digest_view(fixed + blob, self.header.required_features))
         self.seq = 0
         self.stored_bytes = 0
         self.last_header: bytes | None = None
@@ -119,9 +127,12 @@ class FrameReader:
         if not known and not h.type & fa.FRAME_OPTIONAL_BIT:
             raise UnsupportedVersion(f"frame type {h.type:#x} is unknown and not optional", where=self._at(pos))
         cap = fa.frame_cap(h.type)
-        if h.stored_len > cap or h.raw_len > cap:
+        if h.stored_len > fa.stored_cap(h.type, h.flags) or h.raw_len > cap:
             raise Corrupt(f"frame length {max(h.stored_len, h.raw_len)} exceeds the cap {cap}", where=self._at(pos))
-        if not h.flags & fa.FLAG_ZSTD and h.stored_len != h.raw_len:
+        if bool(h.flags & fa.FLAG_AEAD) != self.encrypted:
+            raise Corrupt("unencrypted frame in an encrypted archive" if self.encrypted else
+                          "encrypted frame in an archive that did not declare encryption", where=self._at(pos))
+        if not h.flags & fa.FLAG_ZSTD and h.stored_len != h.raw_len + _tag(h.flags):
             raise Corrupt(f"uncompressed frame with stored_len {h.stored_len} != raw_len {h.raw_len}",
                           where=self._at(pos))
         if h.flags & fa.FLAG_ZSTD and not self.header.required_features & fa.FEATURE_ZSTD:

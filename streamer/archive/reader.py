@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, BinaryIO
 
 from innostream.archive.codec import Codec, ZstdCodec
+from innostream.archive.crypt import key_required, open_codec
 from innostream.archive.frames import Frame, FrameReader
 from innostream.archive.types import (
     MAX_OPEN_FILES,
@@ -31,6 +32,7 @@ from innostream.archive.types import (
 )
 from innostream.errors import UnsafePath
 from innostream.formats import archive as fa
+from innostream.formats.archive_crypt import AuthenticationFailed
 from innostream.formats.errors import ChecksumMismatch, Corrupt
 from innostream.sink import Sink
 
@@ -115,7 +117,7 @@ class ArchiveReader:
     def __init__(
         self,
         inp: BinaryIO,
-        sink: Sink,
+        sink: Sink | Callable[[], Sink],
         *,
         parallel: int = 2,
         header_prefix: bytes = b"",
@@ -124,22 +126,50 @@ class ArchiveReader:
         on_file_done: Callable[[FileResult], None] | None = None,
         codec: Codec | None = None,
         limits: SizeLimits | None = None,
+        key: bytes | None = None,
+        require_key: bool = True,
     ) -> None:
         self._frames = FrameReader(inp, header_prefix=header_prefix)
         self._limits = limits or SizeLimits()
-        self._sink = sink
         self._codec: Codec = codec or ZstdCodec()
+        #: an encrypted archive read without its key (verify): structure only, nothing decoded
+        self.sealed = False
+        self._open_encryption(key, require_key)
+        # a factory is called only now: a wrong or missing key leaves no target directory behind
+        self._sink: Sink = sink() if callable(sink) else sink
+        if self.sealed:
+            verify_data = False
+            observer_factory = None
         self._verify = verify_data
         self._observer_factory = observer_factory if verify_data else None
         self._on_file_done = on_file_done
         self._files: dict[int, _RFile] = {}
         self._names: set[str] = set()
         self.summary = ArchiveSummary("innostream", self._frames.meta, [], {})
+        if self._frames.encrypted:
+            self.summary.authenticated = not self.sealed
         self._pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="isx") if verify_data else None
         self._order = _InOrder(2 * max(1, parallel) + 2)
         self._batch: list[Frame] = []  # consecutive DATA frames of one file, not yet handed to the pool
         self._batch_file: _RFile | None = None
         self._batch_bytes = 0
+
+    def _open_encryption(self, key: bytes | None, require_key: bool) -> None:
+        """An encrypted archive: unwrap its data key with ``key`` and decrypt the metadata. A key for an unencrypted
+        archive is refused: whoever can write the archive could otherwise swap in unauthenticated contents."""
+        frames = self._frames
+        if not frames.encrypted:
+            if key is not None:
+                raise AuthenticationFailed("the archive is not encrypted, but a key was given: refusing contents that "
+                                           "are not authenticated", offset=0,
+                                           hint="without the key option it is read as a plain archive")
+            return
+        if key is None:
+            if require_key:
+                raise key_required(frames.header)
+            self.sealed = True
+            return
+        self._codec, frames.meta = open_codec(frames.header, frames.fixed, self._codec, key)
 
     def read(self) -> ArchiveSummary:
         """Read up to the trailer and the end of the input; close the sink, or abort it on any error."""
@@ -175,7 +205,10 @@ class ArchiveReader:
         h, frames = frame.header, self._frames
         if h.file_id != frames.next_file_id or h.offset:
             raise Corrupt(f"FILE_BEGIN with file_id {h.file_id}, expected {frames.next_file_id}", where=frame.where)
-        name, mode = fa.parse_file_begin(frame.payload)
+        if self.sealed:
+            name, mode = f"encrypted-member-{h.file_id}", 0o640
+        else:
+            name, mode = fa.parse_file_begin(self._codec.decode(frame))
         why = fa.check_name(name)
         if why:
             raise UnsafePath(f"refusing archive member {shown(name)}: {why}", where=frame.where)
@@ -224,7 +257,11 @@ class ArchiveReader:
         rf = self._files.get(h.file_id)
         if rf is None or h.file_id not in self._frames.open_ids:
             raise Corrupt(f"FILE_END for file_id {h.file_id}, which is not open", where=frame.where)
-        size, nframes, digest = fa.parse_file_end(frame.payload)
+        if self.sealed:  # the size and digest are sealed: only the structure is checked
+            self._frames.open_ids.discard(h.file_id)
+            rf.result.size = rf.end
+            return
+        size, nframes, digest = fa.parse_file_end(self._codec.decode(frame))
         if size < rf.end:
             raise Corrupt(f"file size {size} is below the end of its data ({rf.end})", where=frame.where,
                           file=rf.result.name)
@@ -236,7 +273,13 @@ class ArchiveReader:
 
     def _trailer(self, frame: Frame) -> None:
         self._order.finish()
-        self._check_trailer(frame)
+        if self.sealed:
+            if frame.header.file_id or frame.header.offset or self._frames.open_ids:
+                raise Corrupt("TRAILER with a file_id or offset, or files without FILE_END", where=frame.where)
+            self.summary.warnings.append("the archive is encrypted and no key was given: its structure was checked, "
+                                         "its contents were not authenticated")
+        else:
+            self._check_trailer(frame)
         frames, summary = self._frames, self.summary
         frames.expect_eof()
         summary.archive_bytes = frames.pos
@@ -245,6 +288,8 @@ class ArchiveReader:
         self._sink.close()
 
     def _optional(self, frame: Frame) -> None:
+        if self._frames.encrypted and not self.sealed:
+            self._codec.decode(frame)  # skipped, but authenticated like every frame of an encrypted archive
         self.summary.skipped_frames += 1
         self.summary.warnings.append(f"skipped optional frame type {frame.header.type:#x} at offset {frame.pos}")
 
@@ -331,7 +376,7 @@ class ArchiveReader:
 
 def read_archive(
     inp: BinaryIO,
-    sink: Sink,
+    sink: Sink | Callable[[], Sink],
     *,
     parallel: int = 2,
     header_prefix: bytes = b"",
@@ -340,10 +385,14 @@ def read_archive(
     on_file_done: Callable[[FileResult], None] | None = None,
     codec: Codec | None = None,
     limits: SizeLimits | None = None,
+    key: bytes | None = None,
+    require_key: bool = True,
 ) -> ArchiveSummary:
     """Read a whole archive into ``sink``, verifying everything; raise on the first problem (:class:`ArchiveReader`).
 
     ``limits`` bounds declared sizes and holes (``--max-size``; default :data:`DEFAULT_MAX_SIZE`).
+    ``key``: the user key of an encrypted archive (32 bytes); without it an encrypted archive is refused
+    (:class:`KeyRequired`) unless not ``require_key`` (verify: structure only, a warning in the summary).
 
     With ``verify_data=False`` (``list``) payloads are checksummed but not decompressed nor hashed per file.
     ``observer_factory(name, meta)`` may return an object with ``feed(offset, raw)`` and ``finish(size)`` that sees a
@@ -351,4 +400,4 @@ def read_archive(
     """
     return ArchiveReader(inp, sink, parallel=parallel, header_prefix=header_prefix, verify_data=verify_data,
                          observer_factory=observer_factory, on_file_done=on_file_done, codec=codec,
-                         limits=limits).read()
+                         limits=limits, key=key, require_key=require_key).read()

@@ -176,6 +176,9 @@ class ArchiveSummary:
     archive_bytes: int = 0
     skipped_frames: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: an encrypted archive: True when read with its key (every byte authenticated), False without (structure
+    #: only); None for an archive that is not encrypted
+    authenticated: bool | None = None
 
 
 class Observer(Protocol):

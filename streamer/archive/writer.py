@@ -73,8 +73,8 @@ class ArchiveWriter:
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="isz")
         self._queue: queue.Queue[Future[tuple[bytes, bytes]] | None] = queue.Queue(
             maxsize=max_inflight or 2 * max(1, threads) + 2)
-        header = fa.build_stream_header(meta, self._codec.features)
-        self._digest.update(header)
+        header = self._codec.stream_header(meta)
+        self._digest.update(fa.digest_view(header, self._codec.features))
         try:
             self._out.write(header)
         except OSError as exc:
@@ -139,7 +139,7 @@ class ArchiveWriter:
         why = fa.check_name(name)
         if why:
             raise ValueError(f"unsafe archive member name {name!r}: {why}")
-        payload = fa.build_file_begin(name, mode & 0o7777)
+        raw = fa.build_file_begin(name, mode & 0o7777)
         with self._lock:
             self._check()
             if name in self._names:
@@ -149,7 +149,8 @@ class ArchiveWriter:
             self._files[file_id] = _WFile(name)
             seq = self._seq
             self._seq += 1
-            header = fa.build_frame_header(fa.FRAME_FILE_BEGIN, 0, file_id, seq, 0, len(payload), payload)
+            payload, flags = self._codec.encode(raw, FrameContext(fa.FRAME_FILE_BEGIN, seq, file_id, 0))
+            header = fa.build_frame_header(fa.FRAME_FILE_BEGIN, flags, file_id, seq, 0, len(raw), payload)
             self._queue.put(completed((header, payload)))
         return file_id
 
@@ -215,12 +216,14 @@ class ArchiveWriter:
         hash_zeros(f.digest, size - f.pos)
         f.pos = size
         f.ended = True
-        payload = fa.build_file_end(size, f.frames, f.digest.digest())
-        self._submit(
-            lambda seq: completed(
-                (fa.build_frame_header(fa.FRAME_FILE_END, 0, file_id, seq, 0, len(payload), payload), payload)
-            )
-        )
+        raw = fa.build_file_end(size, f.frames, f.digest.digest())
+
+        def frame(seq: int) -> Future[tuple[bytes, bytes]]:
+            payload, flags = self._codec.encode(raw, FrameContext(fa.FRAME_FILE_END, seq, file_id, 0))
+            return completed((fa.build_frame_header(fa.FRAME_FILE_END, flags, file_id, seq, 0, len(raw), payload),
+                              payload))
+
+        self._submit(frame)
 
     def add_bytes(self, name: str, data: bytes, *, mode: int = 0o640) -> None:
         """Add a small whole file (metadata files)."""

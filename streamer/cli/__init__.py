@@ -26,8 +26,10 @@ LAZY_COMMANDS: dict[str, str] = {
     "backup": "innostream.cli.backup:backup_cmd",
     "prepare": "innostream.cli.prepare:prepare_cmd",
     "restore": "innostream.cli.prepare:restore_cmd",
+    "import": "innostream.cli.table:import_cmd",
     "put": "innostream.cli.storage:put_cmd",
     "get": "innostream.cli.storage:get_cmd",
+    "rekey": "innostream.cli.rekey:rekey_cmd",
 }
 
 

@@ -55,7 +55,21 @@ class _Size(click.ParamType[int, object]):
         return int(digits) << self._UNITS[unit]
 
 
+def _key(key_file: str | None, key_command: str | None) -> bytes | None:
+    """The --decrypt-key-file/--decrypt-key-command key, or None."""
+    if key_file is None and key_command is None:
+        return None
+    from innostream.keys import load_key
+
+    return load_key(key_file, key_command, what="decrypt")
+
+
 def _input_options(f: Callable[..., None]) -> Callable[..., None]:
+    f = click.option("--decrypt-key-command", metavar="CMD", default=None,
+                     help="Like --decrypt-key-file, the key being what CMD prints on stdout (/bin/sh -c).")(f)
+    f = click.option("--decrypt-key-file", metavar="FILE", default=None,
+                     help="The key of an encrypted archive (mode 600); the archive must then be encrypted and "
+                          "authenticate under it, or nothing is written (exit 3).")(f)
     f = click.option("--max-size", type=_Size(), default=DEFAULT_MAX_SIZE, show_default="16T",
                      help="Largest member size to accept (holes included); an archive declaring more, or holes out "
                           "of all proportion to its data, is refused as corrupt (exit 3) before anything is "
@@ -77,12 +91,21 @@ def _input_options(f: Callable[..., None]) -> Callable[..., None]:
 @click.option("--fsync/--no-fsync", default=True, show_default=True,
               help="fsync every file and directory, and commit xtrabackup_checkpoints last by a synced rename, "
                    "before reporting success (--no-fsync: faster, not crash-safe).")
+@click.option("--include", "include", multiple=True, metavar="GLOB",
+              help="Only the user tables whose files match GLOB, e.g. 'shop/orders.*' (repeatable; a partition's "
+                   "file also matches as its table's). The system tablespace, undo, redo, mysql and the metadata are "
+                   "always extracted, so the result prepares (docs/RESTORE.md).")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB", help="Leave out the user tables whose files "
+              "match GLOB (repeatable).")
 def extract_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, target: Path, parallel: int,
-                fsync: bool) -> None:
+                fsync: bool, decrypt_key_file: str | None = None, decrypt_key_command: str | None = None,
+                include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
     """Extract an innostream archive or an xbstream (from a file or stdin) into TARGET."""
+    key = _key(decrypt_key_file, decrypt_key_command)
     inp = _open_input(archive)
     try:
-        extract(inp, target, parallel=parallel, fsync=fsync, fmt=fmt, dialect=xbstream_dialect, max_size=max_size)
+        extract(inp, target, parallel=parallel, fsync=fsync, fmt=fmt, dialect=xbstream_dialect, max_size=max_size,
+                key=key, include=include, exclude=exclude)
     finally:
         if inp is not sys.stdin.buffer:
             inp.close()
@@ -91,12 +114,15 @@ def extract_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, ta
 @click.command("list")
 @_input_options
 @click.option("-l", "--long", "long_", is_flag=True, help="Also show stored bytes and the xxh3-128 of each file.")
-def list_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, long_: bool) -> None:
-    """List the files of an archive (checks every frame checksum, decompresses nothing)."""
+def list_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, long_: bool,
+             decrypt_key_file: str | None = None, decrypt_key_command: str | None = None) -> None:
+    """List the files of an archive (checks every frame checksum, decompresses nothing; an encrypted archive's names
+    and sizes are authenticated, its data is not decrypted)."""
     if archive.startswith("s3://") and (archive.endswith("/") or "/" not in archive[5:]):
         from innostream.cli.storage import list_prefix
 
         return list_prefix(archive)  # s3://bucket/prefix/: the backups there
+    key = _key(decrypt_key_file, decrypt_key_command)
     inp = _open_input(archive)
 
     def show(r) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +133,7 @@ def list_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, long_
             click.echo(f"{r.size:>14} {name}")
 
     try:
-        summary = list_archive(inp, fmt=fmt, dialect=xbstream_dialect, on_file_done=show, max_size=max_size)
+        summary = list_archive(inp, fmt=fmt, dialect=xbstream_dialect, on_file_done=show, max_size=max_size, key=key)
     finally:
         if inp is not sys.stdin.buffer:
             inp.close()
@@ -136,7 +162,7 @@ def list_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, long_
 def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, parallel: int, flavor: str | None,
                restore: bool,
                server_binary: Path | None, scratch_dir: Path | None, keep: bool, use_memory: str,
-               timeout: float) -> None:
+               timeout: float, decrypt_key_file: str | None = None, decrypt_key_command: str | None = None) -> None:
     """Check every checksum, file digest, the trailer and the InnoDB pages, writing nothing.
 
     With --restore, prove instead that the backup restores: an archive (file or stdin) is extracted, a backup
@@ -148,12 +174,16 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
     innostream verify --restore /backups/today
     ssh host 'innostream backup --stream' | innostream verify --restore --server-binary /usr/sbin/mysqld
     """
+    key = _key(decrypt_key_file, decrypt_key_command)
     if restore:
         from innostream.recovery.proof import ProofConfig, verify_restore
 
         config = ProofConfig(server_binary, scratch_dir, keep, use_memory, timeout, parallel, fmt, xbstream_dialect,
-                             max_size)
+                             max_size, key)
         if archive != "-" and Path(archive).is_dir():
+            if key is not None:
+                raise click.UsageError("a backup directory is not encrypted: --decrypt-key-file/"
+                                       "--decrypt-key-command apply to an archive")
             verify_restore(Path(archive), config)
             return
         source = _open_input(archive)
@@ -167,7 +197,7 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
     pages = PageValidation(flavor)
     try:
         summary = verify(inp, parallel=parallel, fmt=fmt, dialect=xbstream_dialect, observer_factory=pages,
-                         max_size=max_size)
+                         max_size=max_size, key=key)
     finally:
         if inp is not sys.stdin.buffer:
             inp.close()
@@ -184,5 +214,9 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
         name, page_no, why = bad[0]
         raise Corrupt(f"{len(bad)} corrupt page(s), first: {why}", file=name, page=page_no)
     how = f" (as {pages.detected}, told by the pages)" if pages.detected and not flavor else ""
+    if summary.authenticated is False:
+        log.info("verified the structure of an encrypted archive: %d frames; contents NOT authenticated (give "
+                 "--decrypt-key-file or --decrypt-key-command to check them)", summary.frames)
+        return
     log.info("verified %s: %d files, %d bytes of data, %d frames, %d InnoDB pages checked%s; OK", summary.format,
              len(summary.files), sum(f.size for f in summary.files), summary.frames, checked, how)

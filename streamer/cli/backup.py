@@ -13,6 +13,7 @@ from innostream.backup import BackupConfig, run_backup
 from innostream.cli.storage import s3_options
 from innostream.connection import REDO_CONSUMER_MAX_LAG, ConnectionOptions
 from innostream.log import log
+from innostream.selection import TableSelection
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 #: ``--password`` given without a value: ask, like the MySQL clients do.
@@ -42,6 +43,26 @@ def hide_password(password: str) -> None:
     import setproctitle
 
     setproctitle.setproctitle(" ".join(masked_argv(sys.orig_argv, password)))
+
+
+def _lsn_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from innostream.incremental import parse_lsn
+
+    try:
+        return parse_lsn(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _s3_options_if(location: str | None) -> Any:
+    """The S3 options, only for an ``s3://`` incremental base (reading them needs no network)."""
+    if location is None or not location.startswith("s3://"):
+        return None
+    from innostream.cli.storage import options_from_context
+
+    return options_from_context()
 
 
 @click.command("backup")
@@ -74,6 +95,12 @@ def hide_password(password: str) -> None:
 @click.option("--host", help="Server host; localhost or nothing means the unix socket.")
 @click.option("-P", "--port", type=int)
 @click.option("-S", "--socket", help="Unix socket of the server.")
+@click.option("--lock-ddl", type=click.Choice(["full", "reduced"]), default=None,
+              help="When DDL waits for the backup: reduced (default) = only at the end, where what DDL changed "
+              "during the copy is copied again; full = for the whole backup (always for an incremental). "
+              "docs/BACKUP.md")
+@click.option("--throttle", type=click.FloatRange(min=0.1), default=None, metavar="MB/S",
+              help="Read data files at most this fast (10^6 bytes per second); the redo copy is never throttled.")
 @click.option("--no-lock", is_flag=True, help="Do not block DDL or commits. Only if no DDL runs during the backup "
               "and you accept non-InnoDB tables and the binlog position being inconsistent.")
 @click.option("--tmpdir", type=_DIR, help="With --stream, the redo copy is spooled here (an unlinked temporary "
@@ -85,9 +112,34 @@ def hide_password(password: str) -> None:
               help="MySQL: the redo log consumer registration holds the server's writers while the backup copies "
               "no redo; after this long it is dropped (with a warning) and the backup goes on, failing with exit 5 "
               "if redo is then lost.")
+@click.option("--incremental-basedir", metavar="DIR|ARCHIVE|s3://BUCKET/KEY", default=None,
+              help="Incremental backup: copy only the pages changed since this backup (a directory, an archive "
+              "file or object; its to_lsn is the base). docs/BACKUP.md.")
+@click.option("--page-tracking", is_flag=True,
+              help="MySQL: keep component_mysqlbackup's page tracking on, and with --incremental-* read only the "
+              "pages it lists as changed (every page is scanned when it does not cover the base).")
+@click.option("--incremental-lsn", metavar="LSN", default=None, callback=_lsn_option,
+              help="Incremental backup: copy only the pages changed after this LSN (a base's to_lsn).")
+@click.option("--encrypt-key-file", metavar="FILE", default=None,
+              help="With --stream: encrypt and authenticate the archive (AES-256-GCM) under the key in FILE: 32 raw "
+              "bytes, 64 hex characters or base64 of 32 bytes; mode 600 (README: Encrypted backups).")
+@click.option("--encrypt-key-command", metavar="CMD", default=None,
+              help="Like --encrypt-key-file, the key being what CMD prints on stdout (run by /bin/sh -c; e.g. a "
+              "vault or KMS client).")
+@click.option("--decrypt-key-file", metavar="FILE", default=None,
+              help="The key of an encrypted --incremental-basedir archive (mode 600).")
+@click.option("--decrypt-key-command", metavar="CMD", default=None,
+              help="Like --decrypt-key-file, the key being what CMD prints on stdout (/bin/sh -c).")
 @click.option("--fsync/--no-fsync", default=True, show_default=True,
               help="fsync every file and directory of --target-dir (xtrabackup_checkpoints last, by a synced "
                    "rename), or the archive when stdout is a regular file, before 'completed OK!'.")
+@click.option("--databases", metavar="'DB DB.TABLE ...'", help="Partial backup: only these databases and tables "
+              "(space-separated; the system tablespace, undo, redo and the mysql/sys schemas are always copied).")
+@click.option("--databases-exclude", metavar="'DB DB.TABLE ...'", help="Partial backup: leave these out.")
+@click.option("--tables", metavar="REGEX", help="Partial backup: only tables whose db.table matches REGEX.")
+@click.option("--tables-exclude", metavar="REGEX", help="Partial backup: leave out tables whose db.table matches.")
+@click.option("--tables-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Partial backup: only the tables listed in FILE, one db.table per line.")
 @click.pass_obj
 def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Path | None, stream: bool,
                stream_format: str, compress: str, compress_level: int, compress_threads: int, parallel: int,
@@ -95,7 +147,13 @@ def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Pat
                innodb_undo_directory: Path | None, defaults_file: str | None, user: str | None,
                password: str | None, host: str | None, port: int | None, socket: str | None, no_lock: bool,
                tmpdir: Path | None, read_buffer_size: int, fsync: bool, to: str | None,
-               redo_consumer_max_lag: float = REDO_CONSUMER_MAX_LAG) -> None:
+               redo_consumer_max_lag: float = REDO_CONSUMER_MAX_LAG, incremental_basedir: str | None = None,
+               incremental_lsn: int | None = None, encrypt_key_file: str | None = None,
+               encrypt_key_command: str | None = None, decrypt_key_file: str | None = None,
+               decrypt_key_command: str | None = None, databases: str | None = None,
+               databases_exclude: str | None = None, tables: str | None = None, tables_exclude: str | None = None,
+               tables_file: Path | None = None, page_tracking: bool = False, lock_ddl: str | None = None,
+               throttle: float | None = None) -> None:
     """Hot physical backup of a running server into --target-dir or as a stream on stdout.
 
     \b
@@ -113,6 +171,7 @@ def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Pat
     \b
     innostream backup --target-dir /backups/today
     innostream backup --stream | ssh host 'innostream extract -C /backups/today'
+    innostream backup --target-dir /backups/inc1 --incremental-basedir /backups/today
     """
     if (target_dir is None) == (not stream):
         raise click.UsageError("give exactly one of --target-dir DIR and --stream")
@@ -122,11 +181,37 @@ def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Pat
         raise click.UsageError("--stream writes binary data; redirect stdout to a file or a pipe")
     if not stream and (stream_format != "innostream" or compress != "zstd"):
         log.warning("--format and --compress only apply to --stream; ignored")
+    if incremental_basedir is not None and incremental_lsn is not None:
+        raise click.UsageError("give --incremental-basedir or --incremental-lsn, not both")
+    if (incremental_basedir is not None or incremental_lsn is not None) and lock_ddl == "reduced":
+        raise click.UsageError("--lock-ddl=reduced does not work with --incremental-* yet; an incremental blocks DDL "
+                               "for the whole copy")
+    encrypt_key = None
+    if encrypt_key_file is not None or encrypt_key_command is not None:
+        if not stream:
+            raise click.UsageError("--encrypt-key-file/--encrypt-key-command encrypt an archive: use them with "
+                                   "--stream")
+        if stream_format != "innostream":
+            raise click.UsageError("xbstream has no authenticated encryption: --encrypt-key-file/--encrypt-key-command "
+                                   "need --format innostream")
+        from innostream.keys import load_key
+
+        encrypt_key = load_key(encrypt_key_file, encrypt_key_command)  # before the server is touched
+    base_key = None
+    if decrypt_key_file is not None or decrypt_key_command is not None:
+        if incremental_basedir is None:
+            raise click.UsageError("--decrypt-key-file/--decrypt-key-command open an encrypted "
+                                   "--incremental-basedir archive; there is none")
+        from innostream.keys import load_key
+
+        base_key = load_key(decrypt_key_file, decrypt_key_command, what="decrypt")
     if password == _PROMPT:
         password = click.prompt("Enter password", hide_input=True, default="", show_default=False, err=True)
     elif password:
         hide_password(password)
     config = BackupConfig(
+        selection=TableSelection.from_options(databases=databases, databases_exclude=databases_exclude,
+                                              tables=tables, tables_exclude=tables_exclude, tables_file=tables_file),
         connection=ConnectionOptions(user=user, password=password, host=host, port=port, socket=socket,
                                      defaults_file=defaults_file),
         datadir=datadir,
@@ -140,10 +225,18 @@ def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Pat
         compress_level=compress_level,
         compress_threads=compress_threads,
         lock=not no_lock,
+        lock_ddl=lock_ddl,
+        throttle=throttle * 1e6 if throttle else None,
         chunk_size=read_buffer_size << 20,
         redo_consumer_max_lag=redo_consumer_max_lag,
         tmpdir=tmpdir,
         fsync=fsync,
+        incremental_basedir=incremental_basedir,
+        incremental_lsn=incremental_lsn,
+        page_tracking=page_tracking,
+        s3_options=_s3_options_if(incremental_basedir),
+        encrypt_key=encrypt_key,
+        base_key=base_key,
         # click also takes "--password VALUE"; mask the value itself, not only the "--password=VALUE" form.
         argv=tuple("..." if password and arg == password else arg for arg in (obj or {}).get("argv", ())),
     )

@@ -30,7 +30,8 @@ def inspect_cmd(path: Path, flavor: str | None, as_json: bool, no_fail: bool) ->
       a tablespace (.ibd, ibdata1, undo_001/undo001, .ibu, ibtmp1, mysql.ibd): family, page sizes, space id,
         checksum algorithms seen, pages by type and every page the server would reject, with the reason;
       a data directory: one line per tablespace, then the invalid pages and the redo files;
-      a redo file (ib_logfile0, #ib_redoN, xtrabackup_logfile) or #innodb_redo: its header and checkpoints.
+      a redo file (ib_logfile0, #ib_redoN, xtrabackup_logfile) or #innodb_redo: its header and checkpoints;
+      an incremental backup's NAME.delta or NAME.meta: page size, space id, the pages it carries, each validated.
 
     Pages are judged as the server and the backup tools judge them (checksum, LSN in header vs trailer, page
     number); a page that fails is re-read a few times, so a live server's in-flight writes are not reported.

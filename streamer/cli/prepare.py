@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from innostream.recovery.chain import prepare_chain
 from innostream.recovery.prepare import PrepareConfig, prepare_backup
 from innostream.recovery.restore import RestoreConfig, restore_backup
 
@@ -22,8 +23,16 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               help="Extra option for the server, e.g. --server-option=--innodb-log-file-size=256M (repeatable).")
 @click.option("--fsync/--no-fsync", default=True, show_default=True,
               help="fsync the backup's directories and commit xtrabackup_checkpoints by a synced rename.")
+@click.option("--export", is_flag=True, help="Then write every table's .cfg (FLUSH TABLES ... FOR EXPORT on the same "
+              "server) and CREATE TABLE into innostream_export.json, for `innostream import` (docs/RESTORE.md).")
+@click.option("--incremental-dir", "incremental_dirs", multiple=True, type=_DIR, metavar="DIR",
+              help="An incremental of --target-dir to apply (repeatable, oldest first: the whole chain at once).")
+@click.option("--apply-log-only", is_flag=True,
+              help="Apply redo only (no rollback) and mark the base log-applied, so more incrementals can follow "
+                   "(xtrabackup's step-by-step form; leave it off the last step).")
 def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, timeout: float,
-                server_options: tuple[str, ...], fsync: bool) -> None:
+                server_options: tuple[str, ...], fsync: bool, export: bool = False,
+                incremental_dirs: tuple[Path, ...] = (), apply_log_only: bool = False) -> None:
     """Apply the backup's redo log with the real server so the directory is a consistent data directory.
 
     The flavour's own mysqld/mariadbd runs crash recovery on the backup (no networking, private socket, no
@@ -33,9 +42,20 @@ def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, t
     \b
     innostream prepare --target-dir /backups/today
     innostream prepare --target-dir /tmp/b --server-binary tools/server-wrappers/mysqld-sid
+    innostream prepare --target-dir /backups/full --incremental-dir /backups/inc1 --incremental-dir /backups/inc2
+
+    An incremental chain is checked whole (LSN continuity, same server) before anything is written; every link
+    but the last is recovered redo-only and proven so (docs/PREPARE.md, "Incremental chains").
     """
-    result = prepare_backup(PrepareConfig(target_dir.resolve(), server_binary, use_memory, timeout, server_options,
-                                          fsync=fsync))
+    if incremental_dirs or apply_log_only:
+        if export:
+            raise click.UsageError("--export goes on a plain prepare, after the chain is prepared")
+        result = prepare_chain(PrepareConfig(target_dir.resolve(), server_binary, use_memory, timeout,
+                                             server_options, fsync=fsync),
+                               [d.resolve() for d in incremental_dirs], apply_log_only)
+    else:
+        result = prepare_backup(PrepareConfig(target_dir.resolve(), server_binary, use_memory, timeout,
+                                              server_options, fsync=fsync, export=export))
     state = "already prepared" if result.already_prepared else "prepared"
     click.echo(f"innostream: {target_dir}: {state} ({result.flavor}, last_lsn {result.last_lsn})", err=True)
 

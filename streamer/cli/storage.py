@@ -146,9 +146,15 @@ def _describe_archive(head: bytes) -> str:
     if head.startswith(XB_STREAM_CHUNK_MAGIC):
         return "xbstream"
     try:
-        meta = parse_stream_header(head[:STREAM_HEADER_SIZE], head[STREAM_HEADER_SIZE:]).meta
+        header = parse_stream_header(head[:STREAM_HEADER_SIZE], head[STREAM_HEADER_SIZE:])
     except InnostreamError:
         return "?"
+    if header.crypt:  # the metadata is sealed: say which key opens it (the first 8 hex digits of its key id)
+        from innostream.formats.archive_crypt import slots
+
+        ids = ",".join(s.key_id.hex()[:8] for s in slots(header.crypt) if s is not None)
+        return f"innostream encrypted key {ids}"
+    meta = header.meta
     return f"innostream {meta.get('flavor', '?')} {meta.get('server_version', '?')}"
 
 

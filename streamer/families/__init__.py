@@ -115,6 +115,20 @@ class Family(Protocol):
         """Whether the server refused to start (``lines``) until binlog-prepared transactions are rolled back."""
         ...
 
+    def redo_only_options(self) -> list[str]:
+        """Server options for a recovery that applies redo and writes nothing else (an incremental chain's
+        intermediate step); raises :class:`PrepareError` if the family has no such mode we trust."""
+        ...
+
+    def log_checkpoint_lsn(self, target: Path) -> int | None:
+        """The checkpoint LSN of the log the server left in ``target`` (after a clean shutdown: all pages flushed
+        up to it)."""
+        ...
+
+    def unstage_redo(self, target: Path) -> None:
+        """Remove the server's own log left by an earlier pass, so the next :meth:`stage_redo` uses the copy."""
+        ...
+
 
 #: Every family, in the order a backup directory is matched against them.
 FAMILIES: tuple[Family, ...] = (MySQL(), MariaDB())

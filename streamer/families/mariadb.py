@@ -28,6 +28,7 @@ from innostream.formats import xtrabackup_meta as meta
 from innostream.formats.errors import FormatError
 from innostream.log import log
 from innostream.redo_copier import MariaDBRedoCopier, RedoCopier, Writer
+from innostream.selection import is_partial_backup_dir
 
 #: The server's redo log and, in a backup, its copy.
 REDO_FILE = MariaDBRedoCopier.copy_file_name
@@ -35,6 +36,8 @@ REDO_FILE = MariaDBRedoCopier.copy_file_name
 #: next start ("Resizing redo log from ... to ..."), so the backup need not carry the source's (maybe many GB)
 #: fully allocated log; mariadb-backup leaves a 12304-byte one.
 MARIADB_PREPARE_LOG_SIZE = "16M"
+#: innodb_force_recovery for a redo-only recovery (see MariaDB.redo_only_options).
+MARIADB_REDO_ONLY_LEVEL = 4
 #: MariaDB refuses to start without its binlog when the backup holds transactions prepared for the binlog's
 #: two-phase commit (MDEV-36025): "Found N prepared transactions! ... --tc-heuristic-recover".
 _NEEDS_HEURISTIC = re.compile(r"Found \d+ prepared transactions!")
@@ -69,10 +72,16 @@ def _unquote(value: str) -> str:
 class MariaDBBackupLocks(BackupLocks):
     """``BACKUP STAGE START`` + ``BLOCK_DDL`` for the copy, ``BLOCK_COMMIT`` at the end, ``END``."""
 
-    def _lock_ddl(self) -> None:
-        log.info("Starting BACKUP STAGE START")
+    started = False
+
+    def _begin(self) -> None:
         self.session.execute("BACKUP STAGE START")
-        self.ddl_locked = True
+        log.info("Executed BACKUP STAGE START")
+        self.ddl_locked = self.started = True
+
+    def _lock_ddl(self) -> None:
+        if not self.started:
+            self._begin()
         self.session.execute("BACKUP STAGE BLOCK_DDL")
         log.info("Acquired BACKUP STAGE BLOCK_DDL: DDL waits until the backup ends")
 
@@ -258,6 +267,10 @@ class MariaDB:
         for key in ("innodb_checksum_algorithm", "innodb_undo_tablespaces"):
             if my_cnf.get(key):
                 argv.append(f"--{key.replace('_', '-')}={my_cnf[key]}")
+        if is_partial_backup_dir(target):
+            # A partial backup's redo may name tablespaces it left out; the server refuses to recover without
+            # them unless innodb_force_recovery >= 1 (then it skips their redo). recovery/partial.py drops them.
+            argv.append("--innodb-force-recovery=1")
         return argv + encryption_plugin_options(my_cnf)
 
     def stage_redo(self, target: Path, my_cnf: Mapping[str, str], server_version: str) -> int:
@@ -324,3 +337,19 @@ class MariaDB:
 
     def needs_heuristic_rollback(self, lines: Sequence[str]) -> bool:
         return any(_NEEDS_HEURISTIC.search(line) for line in lines)
+
+    def redo_only_options(self) -> list[str]:
+        """``innodb_force_recovery`` at SRV_FORCE_NO_IBUF_MERGE (4): redo is applied and flushed, but no rollback of
+        incomplete transactions (>= 3), no purge or other background work (>= 2), no change buffer merge and no
+        statistics (>= 4); the page-LSN proof in recovery/chain.py checks it wrote nothing else."""
+        return [f"--innodb-force-recovery={MARIADB_REDO_ONLY_LEVEL}"]
+
+    def log_checkpoint_lsn(self, target: Path) -> int | None:
+        try:
+            with open(target / REDO_FILE, "rb") as fh:
+                return mtr.find_checkpoint(fh.read(mtr.START_OFFSET))[1].checkpoint_lsn
+        except (OSError, FormatError):
+            return None
+
+    def unstage_redo(self, target: Path) -> None:
+        """Nothing: the incremental's ``ib_logfile0`` replaces the server's."""

@@ -40,6 +40,7 @@ from innostream.formats.xtrabackup_logfile import (
 )
 from innostream.log import log
 from innostream.redo_copier import MySQLRedoCopier, RedoCopier, Writer, list_mysql_redo_files
+from innostream.selection import is_partial_backup_dir
 
 #: How long FLUSH TABLES WITH READ LOCK may wait for running statements; meanwhile all writes queue behind it.
 FTWRL_WAIT_TIMEOUT = 30
@@ -238,8 +239,11 @@ class MySQL:
             raise PrepareError("a MySQL backup in 'log-applied' state (xtrabackup --apply-log-only) is not supported")
 
     def prepare_server_options(self, target: Path, run: Path, my_cnf: Mapping[str, str]) -> list[str]:
-        return [f"--secure-file-priv={run}", "--skip-log-bin", "--skip-replica-start", "--log-error-verbosity=3",
-                "--mysqlx=OFF",
+        # A partial backup's redo may name tablespaces it left out: the server starts without them only with
+        # innodb_force_recovery >= 1 (their changes are skipped); recovery/partial.py then drops those tables.
+        partial = ["--innodb-force-recovery=1"] if is_partial_backup_dir(target) else []
+        return [*partial, f"--secure-file-priv={run}", "--skip-log-bin", "--skip-replica-start",
+                "--log-error-verbosity=3", "--mysqlx=OFF",
                 "--innodb-redo-log-capacity=8M", "--loose-auto-generate-certs=OFF",
                 "--loose-sha256-password-auto-generate-rsa-keys=OFF",
                 "--loose-caching-sha2-password-auto-generate-rsa-keys=OFF"]
@@ -281,6 +285,32 @@ class MySQL:
     def needs_heuristic_rollback(self, lines: Sequence[str]) -> bool:
         """Never: MySQL with its binlog off starts and keeps binlog-prepared transactions prepared."""
         return False
+
+    def redo_only_options(self) -> list[str]:
+        """Refused: MySQL has no redo-only recovery we can prove. Measured on 9.7.4 (docs/PREPARE.md): with
+        innodb_force_recovery 3, 4 and 5 it writes ibdata1 page 5 (TRX_SYS) past the redo at startup, which would
+        make the next incremental's redo be skipped for that page; innodb_read_only refuses to recover at all."""
+        raise PrepareError("preparing an incremental chain of a MySQL backup is not supported: MySQL's recovery "
+                           "writes pages beyond the redo even with innodb_force_recovery, so a base could not "
+                           "take the next incremental safely; nothing was changed",
+                           hint="restore from a full backup (docs/PREPARE.md, 'Incremental chains')")
+
+    def log_checkpoint_lsn(self, target: Path) -> int | None:
+        """The newest checkpoint in the server's ``#innodb_redo`` files."""
+        try:
+            files = list_mysql_redo_files(target / MYSQL_REDO_DIR)
+        except (SourceError, OSError, FormatError):
+            return None
+        found = [cp.lsn for f in files if (cp := lf.find_checkpoint(f.header, f.size)) is not None]
+        return max(found) if found else None
+
+    def unstage_redo(self, target: Path) -> None:
+        """Remove ``#innodb_redo/#ib_redoN`` so that stage_redo makes the log from the new xtrabackup_logfile."""
+        redo_dir = target / MYSQL_REDO_DIR
+        if redo_dir.is_dir():
+            for p in redo_dir.iterdir():
+                if re.fullmatch(r"#ib_redo\d+(_tmp)?", p.name):
+                    p.unlink()
 
 
 def cut_log_block(block: bytes, data_len: int) -> bytes:

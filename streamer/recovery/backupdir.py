@@ -23,6 +23,9 @@ from innostream.formats.xtrabackup_meta import (
 )
 from innostream.target import replace_file, sync_tree
 
+#: In a base while an incremental chain is being applied to it: which link and how far (recovery/chain.py).
+CHAIN_JOURNAL = "innostream_chain_journal"
+
 
 @dataclass
 class BackupDir:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pymysql
 from innostream.datadir import local_data_file_path, read_remote_files
+from innostream.ddl_track import RECORD, apply_record
 from innostream.errors import Interrupted, PrepareError
 from innostream.families import Family, family
 from innostream.flavor import Flavor
@@ -30,7 +31,9 @@ from innostream.formats.xtrabackup_meta import (
     BACKUP_TYPE_LOG_APPLIED,
 )
 from innostream.log import log
-from innostream.recovery.backupdir import BackupDir, read_backup_dir
+from innostream.recovery.backupdir import CHAIN_JOURNAL, BackupDir, read_backup_dir
+from innostream.recovery.export import export_tables
+from innostream.recovery.partial import drop_tables_not_copied, is_partial
 from innostream.recovery.server import RunDir, ServerExited, run_dir, running_server, server_binary_version
 from innostream.signals import sigterm_raises
 
@@ -47,6 +50,7 @@ class PrepareConfig:
     timeout: float = 3600.0
     server_options: tuple[str, ...] = ()
     fsync: bool = True  # sync the backup's directories and commit xtrabackup_checkpoints durably (--no-fsync)
+    export: bool = False  # then .cfg + CREATE TABLE for every table (recovery/export.py, --export)
 
 
 @dataclass
@@ -200,6 +204,9 @@ def _run_server(binary: Path, bd: BackupDir, config: PrepareConfig, fam: Family,
         with running_server(argv, run, config.timeout, lines) as conn:
             _rollback_binlog_prepared(run.socket)
             missing = _missing_tablespaces(conn, fam, bd.path)
+            if is_partial(bd.path, bd.info):  # tables left out: dropped (recovery/partial.py)
+                missing = drop_tables_not_copied(conn, bd.path, missing,
+                                                 lambda: _missing_tablespaces(conn, fam, bd.path))
             live_lsn = _innodb_lsn(conn)
         return missing, live_lsn
 
@@ -245,9 +252,13 @@ def apply_ddl_side_files(target: Path) -> int:
     """Apply the DDL side files a backup tool leaves for DDL that ran during the copy (``.del``, ``.ren``, then
     ``.new``, the order the tools use): ``t.new`` is a complete copy of a table created or rebuilt meanwhile and
     replaces ``t.ibd``; ``t.del`` drops ``t.ibd``. ``.ren`` files are refused: their meaning differs between
-    tools and a wrong guess would silently lose a table. Returns the number of files handled."""
+    tools and a wrong guess would silently lose a table. Our own record of DDL settled at the end of a
+    ``--lock-ddl=reduced`` backup (:mod:`innostream.ddl_track`) is applied first. Returns the number of files
+    handled."""
+    done = apply_record(target)
+    if done:
+        log.info("prepare: %d files replaced or dropped as %s records (DDL during the backup)", done, RECORD)
     found = sorted(p for p in target.rglob("*") if p.suffix in (".del", ".ren", ".new") and p.is_file())
-    done = 0
     for side in (p for p in found if p.suffix == ".ren"):
         raise PrepareError(f"{side.relative_to(target)}: rename side files (.ren) are not supported",
                            hint="prepare this backup with the tool that made it")
@@ -284,10 +295,16 @@ def prepare_backup(config: PrepareConfig) -> PrepareResult:
     if cp.backup_type == BACKUP_TYPE_FULL_PREPARED:
         log.info("prepare: %s is already prepared (backup_type = %s); nothing to do", bd.path, cp.backup_type)
         result.already_prepared = True
+        if config.export:
+            _export(bd, config, fam, find_server_binary(bd, config.server_binary)[0])
         return result
     if cp.backup_type == BACKUP_TYPE_INCREMENTAL:
-        raise PrepareError("this is an incremental backup; applying deltas is not supported yet",
-                           file=str(bd.checkpoints_file))
+        raise PrepareError(f"{bd.path} is an incremental backup: prepare its base with it",
+                           file=str(bd.checkpoints_file), hint="prepare --target-dir BASE --incremental-dir THIS")
+    if (bd.path / CHAIN_JOURNAL).exists():
+        raise PrepareError(f"an earlier prepare of an incremental chain on {bd.path} did not finish",
+                           file=str(bd.path / CHAIN_JOURNAL),
+                           hint="run that prepare again with the same --incremental-dir options")
     if cp.backup_type not in (BACKUP_TYPE_FULL, BACKUP_TYPE_LOG_APPLIED):
         raise PrepareError(f"cannot prepare a backup of type {cp.backup_type!r}", file=str(bd.checkpoints_file))
     fam.check_backup_type(cp.backup_type)
@@ -321,7 +338,15 @@ def prepare_backup(config: PrepareConfig) -> PrepareResult:
     result.seconds = time.monotonic() - started
     log.info("prepare: recovered to LSN %s (last_lsn %d) in %.1f s; backup_type = %s", result.recovered_lsn,
              cp.last_lsn, result.seconds, BACKUP_TYPE_FULL_PREPARED)
+    if config.export:
+        _export(bd, config, fam, binary)
     return result
+
+
+def _export(bd: BackupDir, config: PrepareConfig, fam: Family, binary: Path) -> None:
+    """``--export``: the server started again on the prepared backup writes every table's .cfg."""
+    with sigterm_raises():
+        export_tables(bd, lambda run: _server_argv(binary, bd, run, config, fam), config.timeout, fsync=config.fsync)
 
 
 __all__ = [

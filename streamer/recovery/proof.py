@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pymysql
 from innostream.errors import Interrupted, PrepareError, TargetError
@@ -62,6 +62,7 @@ class ProofConfig:
     fmt: str = "auto"
     dialect: str = "auto"
     max_size: int | None = None  # extract's bound on declared member sizes (None: its default)
+    key: bytes | None = field(default=None, repr=False)  # an encrypted archive's key (--decrypt-key-file)
 
 
 @dataclass
@@ -374,9 +375,9 @@ def verify_restore(source: Path | BinaryIO, config: ProofConfig) -> ProofResult:
                 if archive_size is not None:
                     _check_space(scratch, archive_size + PREPARE_MARGIN, f"at least the archive's "
                                  f"{_mb(archive_size)} and {_mb(PREPARE_MARGIN)} for prepare")
-                limits = {} if config.max_size is None else {"max_size": config.max_size}
+                limits: dict[str, Any] = {} if config.max_size is None else {"max_size": config.max_size}
                 extract(source, backup, parallel=config.parallel, fsync=False, fmt=config.fmt,
-                        dialect=config.dialect, **limits)
+                        dialect=config.dialect, key=config.key, **limits)
                 result.copy_method = "extract"
             # A scratch copy needs no durability: no fsync anywhere.
             prepared = prepare_backup(PrepareConfig(backup, config.server_binary, config.use_memory, config.timeout,

@@ -25,17 +25,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from innostream.datadir import REMOTE_FILES, RemoteFile, read_remote_files
+from innostream.ddl_track import NEW_SUFFIX, RECORD
 from innostream.errors import FileExistsInTarget, PrepareError, TargetError
 from innostream.fileio import file_mode, pwrite_all
 from innostream.formats.xtrabackup_meta import BACKUP_TYPE_FULL_PREPARED, METADATA_FILES
 from innostream.log import log
 from innostream.recovery.backupdir import BackupDir, read_backup_dir
+from innostream.recovery.export import EXPORT_RECORD
+from innostream.selection import PARTIAL_RECORD
 from innostream.target import TargetDir
 
 #: Bytes per copy_file_range/read call: big enough for throughput, small enough for steady progress lines.
 COPY_CHUNK = 8 * 1024 * 1024
 #: Left behind by tools but never part of a data directory.
-SKIP_SUFFIXES = (".innostream-tmp", ".delta", ".meta")
+#: innostream's own records at the backup root: what they describe is applied by prepare, none belongs in a datadir
+BACKUP_RECORDS = (REMOTE_FILES, RECORD, EXPORT_RECORD, PARTIAL_RECORD)
+#: not data: temporary names, incremental deltas, DDL re-copies, and the .cfg files of ``prepare --export`` (a stale
+#: .cfg next to a table's .ibd in a live datadir would be read by a later IMPORT TABLESPACE)
+SKIP_SUFFIXES = (".innostream-tmp", ".delta", ".meta", NEW_SUFFIX, ".cfg")
 PROGRESS_EVERY = 5.0
 #: The key ``restore --move`` adds to the backup's checkpoints before it moves the first file.
 MOVE_MARK = "innostream_move_started_to"
@@ -190,7 +197,7 @@ def _files_to_restore(backup: Path, remote: set[str]) -> list[Path]:
         rel_dir = Path(dirpath).relative_to(backup)
         for name in sorted(filenames):
             rel = rel_dir / name
-            if rel_dir == Path() and name in (*METADATA_FILES, REMOTE_FILES):
+            if rel_dir == Path() and name in (*METADATA_FILES, *BACKUP_RECORDS):
                 continue
             if rel.as_posix() in remote:  # goes back to its own directory
                 continue
@@ -261,7 +268,7 @@ def _move_mark(bd: BackupDir, config: RestoreConfig) -> Iterator[_Moving]:
 def _remove_moved_backup(bd: BackupDir) -> None:
     """After a complete ``--move``: remove the backup's metadata files (the checkpoints, which carry the move mark,
     last) and the directories the move emptied, the backup directory itself included. Anything else stays."""
-    names = [p.name for p in bd.path.iterdir() if p.name in (*METADATA_FILES, REMOTE_FILES) and p.is_file()]
+    names = [p.name for p in bd.path.iterdir() if p.name in (*METADATA_FILES, *BACKUP_RECORDS) and p.is_file()]
     for name in sorted(names, key=lambda n: bd.path / n == bd.checkpoints_file):
         (bd.path / name).unlink()
     for dirpath, _, _ in sorted(os.walk(bd.path), key=lambda w: -len(Path(w[0]).parts)):  # deepest first

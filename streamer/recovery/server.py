@@ -7,6 +7,7 @@ It knows nothing of backups: prepare hands it the whole command line, a timeout 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import re
 import shutil
 import signal
@@ -179,7 +180,7 @@ def running_server(argv: list[str], run: RunDir, timeout: float,
     with ErrorLogFollower(run.error_log, lambda s: log.info("server: %s", s)) as follower:
         with open(run.output, "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         try:
             conn = _wait_ready(proc, run.socket, timeout, run.error_log)
             try:
@@ -198,6 +199,17 @@ def running_server(argv: list[str], run: RunDir, timeout: float,
     if proc.returncode != 0:
         raise PrepareError(f"the server exited with code {proc.returncode} at shutdown", file=str(run.error_log),
                            hint=_last_errors(follower.lines))
+
+
+#: prctl(2) option: the signal the child gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed if prepare dies (kill -9 included), like a crash of the whole machine,
+    instead of living on and holding the backup directory's locks against the rerun."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _alive(proc: subprocess.Popen[bytes]) -> bool:

@@ -67,7 +67,7 @@ def test_stream_header_errors():
     with pytest.raises(UnsupportedVersion, match="version 2"):
         fa.parse_stream_header_fixed(blob[:8] + b"\x02\x00" + blob[10:32])
     with pytest.raises(UnsupportedVersion, match="unknown features"):
-        fa.parse_stream_header_fixed(blob[:12] + b"\x03\x00\x00\x00" + blob[16:32])
+        fa.parse_stream_header_fixed(blob[:12] + b"\x05\x00\x00\x00" + blob[16:32])  # bit 2: unknown
     with pytest.raises(Corrupt, match="exceeds the cap"):
         fa.parse_stream_header_fixed(blob[:20] + b"\xff\xff\xff\x00" + blob[24:32])
     bad = bytearray(blob)
