@@ -359,6 +359,11 @@ class FileCopier:
                      reason)
             time.sleep(self.retry_sleep)
             self._check_cancel()
+            if hasattr(os, "posix_fadvise"):
+                # The server writes with O_DIRECT; a buffered read racing such a write can leave a torn copy in the
+                # page cache that every later read returns (seen: page 0 torn through all re-reads). Dropping the
+                # range makes the re-read come from the device.
+                os.posix_fadvise(fd, file_offset, ps, os.POSIX_FADV_DONTNEED)
             page = self._pread(fd, ps, file_offset, src)
             if len(page) == ps:
                 still = _validate(memoryview(page), info, page_no, src.system)

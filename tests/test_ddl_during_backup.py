@@ -2,9 +2,9 @@
 
 On each real server (MariaDB 10.11, MySQL 9.7, MariaDB 11.8): a backup is slowed with ``--throttle`` so that its
 InnoDB copy lasts several seconds; during it CREATE, DROP, RENAME, ALTER ... FORCE, TRUNCATE, ADD INDEX, an
-instant ADD COLUMN, CREATE DATABASE and DML all complete (none waits for the backup). The prepared, restored
-backup starts, every table passes CHECK TABLE, and the set of tables and their contents equal the source's at the
-end of the backup (no writes happen after the DDL).
+instant ADD COLUMN, partition ADD/DROP, CREATE and DROP DATABASE and DML all complete (none waits for the
+backup). The prepared, restored backup starts, every table passes CHECK TABLE, and the set of tables and their
+contents equal the source's at the end of the backup (no writes happen after the DDL).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from innostream.recovery.restore import RestoreConfig, restore_backup
 from tools.sandbox import Server, start_server, table_checksums
 
 REPO = Path(__file__).resolve().parents[1]
-DB, DB2 = "ddl", "ddl_new"
+DB, DB2, GONE = "ddl", "ddl_new", "ddl_gone"
 
 SETUP = [
     f"CREATE DATABASE {DB}",
@@ -31,6 +31,10 @@ SETUP = [
     "CREATE TABLE t_big (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(1000)) ENGINE=InnoDB",
     *[f"CREATE TABLE {t} (id INT PRIMARY KEY, v VARCHAR(100), n INT) ENGINE=InnoDB"
       for t in ("t_drop", "t_ren", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep")],
+    "CREATE TABLE t_part (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB PARTITION BY RANGE (id) "
+    "(PARTITION p0 VALUES LESS THAN (100), PARTITION p1 VALUES LESS THAN (200))",
+    f"CREATE DATABASE {GONE}",
+    f"CREATE TABLE {GONE}.t (id INT PRIMARY KEY) ENGINE=InnoDB",
 ]
 DDL = [
     "CREATE TABLE t_new (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB",
@@ -47,6 +51,10 @@ DDL = [
     f"CREATE DATABASE {DB2}",
     f"CREATE TABLE {DB2}.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB",
     f"INSERT INTO {DB2}.t VALUES (1, 'new database')",
+    "ALTER TABLE t_part ADD PARTITION (PARTITION p2 VALUES LESS THAN (300))",
+    "INSERT INTO t_part VALUES (250, 'in the new partition')",
+    "ALTER TABLE t_part DROP PARTITION p0",
+    f"DROP DATABASE {GONE}",
 ]
 
 
@@ -56,6 +64,8 @@ def _load(srv: Server) -> None:
     rows = ",".join(f"({i}, 'row {i}', {i})" for i in range(1, 301))
     srv.execute_script([f"INSERT INTO {t} VALUES {rows}" for t in
                         ("t_drop", "t_ren", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep")], database=DB)
+    srv.execute_script(["INSERT INTO t_part VALUES " + ",".join(f"({i}, 'p{i}')" for i in range(1, 200))],
+                       database=DB)
     srv.execute_script(["INSERT INTO t_big (v) VALUES (REPEAT('x', 900))",
                         *["INSERT INTO t_big (v) SELECT REPEAT('y', 900) FROM t_big"] * 15], database=DB)
 
@@ -139,7 +149,9 @@ def test_ddl_runs_during_the_copy_and_the_backup_equals_the_source(kind: str, mo
     restored = start_server(kind, tmp_path / "run", datadir=datadir, initialize=False)
     try:
         assert _state(restored) == source
-        assert set(source[DB]) == {"t_big", "t_new", "t_ren2", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep"}
+        assert set(source[DB]) == {"t_big", "t_new", "t_ren2", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep",
+                                   "t_part"}
+        assert not restored.query("SELECT 1 FROM information_schema.schemata WHERE schema_name=%s", (GONE,))
         _check_tables(restored)
     finally:
         restored.stop()

@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.workdir / "cost"
     out.mkdir(parents=True, exist_ok=True)
     contenders = [Contender("innostream --parallel 1", _stages(server, args.kind, "ours", 1, None)),
-                  Contender("mariadb-backup --parallel=1 | zstd -1 -T0", _stages(server, args.kind, "peer", 1, None)),
+                  Contender("mariadb-backup --parallel=1 + zstd -1 -T0", _stages(server, args.kind, "peer", 1, None)),
                   Contender("innostream --parallel 2 (default)", _stages(server, args.kind, "ours", 2, None)),
-                  Contender("mariadb-backup --parallel=2 | zstd -1 -T0", _stages(server, args.kind, "peer", 2, None))]
+                  Contender("mariadb-backup --parallel=2 + zstd -1 -T0", _stages(server, args.kind, "peer", 2, None))]
     if args.throttle:
         contenders.append(Contender(f"innostream --throttle {args.throttle:g}",
                                     _stages(server, args.kind, "ours", 2, args.throttle)))

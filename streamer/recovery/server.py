@@ -7,7 +7,6 @@ It knows nothing of backups: prepare hands it the whole command line, a timeout 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import re
 import shutil
 import signal
@@ -179,8 +178,8 @@ def running_server(argv: list[str], run: RunDir, timeout: float,
     log.debug("prepare: %s", " ".join(argv))
     with ErrorLogFollower(run.error_log, lambda s: log.info("server: %s", s)) as follower:
         with open(run.output, "wb") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(_die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
             conn = _wait_ready(proc, run.socket, timeout, run.error_log)
             try:
@@ -201,15 +200,16 @@ def running_server(argv: list[str], run: RunDir, timeout: float,
                            hint=_last_errors(follower.lines))
 
 
-#: prctl(2) option: the signal the child gets when its parent dies.
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: be killed if prepare dies (kill -9 included), like a crash of the whole machine,
-    instead of living on and holding the backup directory's locks against the rerun."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """The server is killed if prepare dies (kill -9 included), like a crash of the whole machine, instead of living
+    on and holding the backup directory's locks against the rerun: util-linux ``setpriv --pdeathsig KILL`` sets
+    that and execs the server (same pid). Not a ``preexec_fn``: Python code between fork and exec lost a SIGTERM
+    that reached prepare at that moment (seen: verify --restore ran to the end instead of stopping)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.debug("setpriv not found: the server would outlive a killed prepare")
+        return list(argv)
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 def _alive(proc: subprocess.Popen[bytes]) -> bool:
