@@ -445,7 +445,6 @@ class Backup:
         self.result.flavor, self.result.server_version = flavor, facts.version
         log.info("Using server version %s (%s)", facts.version, flavor)
         dirs = self._paths(facts)
-        datadir, home, logd, undo = dirs
         if cfg.target_dir is None and self.out is not None and hasattr(self.out, "isatty") and self.out.isatty():
             raise TargetError("refusing to write the binary stream to a terminal",
                               hint="pipe it (| innostream extract -C DIR) or redirect it to a file")
@@ -487,8 +486,7 @@ class Backup:
             ddl_blocked = time.monotonic()
         if seen_elsewhere(facts, dirs):  # a server in a container or chroot: prove these are its live files
             prove_live_datadir(self.session, fam, facts, dirs)
-        inventory = enumerate_files(facts, datadir, home, undo, server_tablespaces(self.session, facts, dirs),
-                                    selection=cfg.selection)
+        inventory = self._inventory(facts, dirs)
         total = sum(f.size for f in inventory.innodb)
         log.info("Found %d InnoDB files (%s bytes) and %d other files", len(inventory.innodb), total,
                  len(inventory.other))
@@ -517,7 +515,7 @@ class Backup:
         redo_writer = _RedoWriter(self.sink, fam.redo_copy_name,
                                   Path(cfg.tmpdir or tempfile.gettempdir()) if spool else None)
         self.redo_writer = redo_writer
-        self.redo = fam.open_redo_copier(logd, redo_writer, poll_interval=cfg.poll_interval,
+        self.redo = fam.open_redo_copier(dirs.log_dir, redo_writer, poll_interval=cfg.poll_interval,
                                          advance=self.consumer.advance if self.consumer else None)
         redo_writer.start_pump()  # a stream: the redo copy goes into it interleaved with the data files
         self.redo.start()
@@ -527,7 +525,7 @@ class Backup:
             check_lsn(base, self.result.start_lsn)
             log.info("Incremental backup: pages newer than LSN %d (base: %s)", base.from_lsn, base.source)
             if tracking_since is not None:
-                self._use_page_tracking(datadir, tracking_since, base.from_lsn)
+                self._use_page_tracking(dirs.datadir, tracking_since, base.from_lsn)
 
         self.pool = Workers(cfg.parallel, copier.copy)
         if cfg.throttle:
@@ -624,15 +622,19 @@ class Backup:
         log.info("Transaction log of lsn (%d) to (%d) was copied.", res.start_lsn, res.end_lsn)
         return res
 
+    def _inventory(self, facts: ServerFacts, dirs: SourceDirs) -> Inventory:
+        """What the backup copies, listed now (at the start, and again under the DDL block at the end)."""
+        assert self.session is not None
+        return enumerate_files(facts, dirs.datadir, dirs.data_home, dirs.undo_dir,
+                               server_tablespaces(self.session, facts, dirs), selection=self.config.selection)
+
     def _settle_ddl(self, tracker: DdlTracker, copier: FileCopier, facts: ServerFacts, dirs: SourceDirs) -> Inventory:
         """Under the DDL block, after the InnoDB copy: list the files again, copy what DDL created or changed during
         the copy, record what it dropped (innostream.ddl_track); returns the inventory as it is now."""
         assert self.session is not None
         assert self.sink is not None
         assert self.progress is not None
-        cfg = self.config
-        now = enumerate_files(facts, dirs.datadir, dirs.data_home, dirs.undo_dir,
-                              server_tablespaces(self.session, facts, dirs), selection=cfg.selection)
+        now = self._inventory(facts, dirs)
         plan = tracker.settle(now.innodb)
         for f in plan.copy:
             log.info("DDL during the backup: %s %s", "copying again" if f.name.endswith(NEW_SUFFIX) else "new",

@@ -299,13 +299,13 @@ def innostream_argv() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "innostream"]
 
 
-def ours_backup(server: Any, *, compress: bool, validate: bool = True) -> list[list[str]]:
+def ours_backup(server: Any, *, compress: bool, validate: bool = True, extra: Sequence[str] = ()) -> list[list[str]]:
     argv = [*innostream_argv(), "backup", "--stream", f"--socket={server.socket}", "--user=root",
             f"--datadir={server.datadir}"]
     argv += ["--compress=zstd", "--compress-level=1"] if compress else ["--compress=none"]
     if not validate:
         argv.append("--no-validate")
-    return [argv]
+    return [argv + list(extra)]
 
 
 #: The peer backup tool per server kind: the host's for 10.11, the sid chroot's own for 11.8 (a 10.11 mariadb-backup
@@ -316,11 +316,11 @@ PEER_BACKUP = {
 }
 
 
-def peer_backup(server: Any, *, compress: bool) -> list[list[str]]:
+def peer_backup(server: Any, *, compress: bool, parallel: int | None = None) -> list[list[str]]:
     tmp = server.workdir / "peer-tmp"
     tmp.mkdir(exist_ok=True)
     stages = [[PEER_BACKUP[server.kind], "--no-defaults", "--backup", "--stream=xbstream", f"--socket={server.socket}",
-               "--user=root", f"--target-dir={tmp}"]]
+               "--user=root", f"--target-dir={tmp}", *([f"--parallel={parallel}"] if parallel else [])]]
     if compress:
         stages.append(["zstd", "-1", "-T0", "-q", "-c"])
     return stages

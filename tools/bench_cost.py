@@ -29,8 +29,9 @@ from pathlib import Path
 from tools.bench import (
     DEFAULT_WORKDIR,
     PEER_BACKUP,
-    innostream_argv,
+    ours_backup,
     parse_size,
+    peer_backup,
     prepare_dataset,
     run_pipeline,
     sysbench_argv,
@@ -55,20 +56,11 @@ class Contender:
     windows: list[Window] = field(default_factory=list)
 
 
-def _stages(server, kind: str, tool: str, parallel: int | None, throttle: float | None) -> list[list[str]]:
+def _stages(server, tool: str, parallel: int, throttle: float | None = None) -> list[list[str]]:
     if tool == "peer":
-        tmp = server.workdir / "peer-tmp"
-        tmp.mkdir(exist_ok=True)
-        return [[PEER_BACKUP[kind], "--no-defaults", "--backup", "--stream=xbstream", f"--socket={server.socket}",
-                 "--user=root", f"--target-dir={tmp}", *([f"--parallel={parallel}"] if parallel else [])],
-                ["zstd", "-1", "-T0", "-q", "-c"]]
-    argv = [*innostream_argv(), "backup", "--stream", f"--socket={server.socket}", "--user=root",
-            f"--datadir={server.datadir}", "--no-fsync"]
-    if parallel:
-        argv += ["--parallel", str(parallel)]
-    if throttle:
-        argv += ["--throttle", str(throttle)]
-    return [argv]
+        return peer_backup(server, compress=True, parallel=parallel)
+    extra = ["--no-fsync", "--parallel", str(parallel), *(["--throttle", str(throttle)] if throttle else [])]
+    return ours_backup(server, compress=True, extra=extra)
 
 
 class _Sysbench(threading.Thread):
@@ -107,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     server, meta = prepare_dataset(args.kind, parse_size(args.size), args.workdir, args.keep)
     out = args.workdir / "cost"
     out.mkdir(parents=True, exist_ok=True)
-    contenders = [Contender("innostream --parallel 1", _stages(server, args.kind, "ours", 1, None)),
-                  Contender("mariadb-backup --parallel=1 + zstd -1 -T0", _stages(server, args.kind, "peer", 1, None)),
-                  Contender("innostream --parallel 2 (default)", _stages(server, args.kind, "ours", 2, None)),
-                  Contender("mariadb-backup --parallel=2 + zstd -1 -T0", _stages(server, args.kind, "peer", 2, None))]
+    contenders = [Contender("innostream --parallel 1", _stages(server, "ours", 1)),
+                  Contender("mariadb-backup --parallel=1 + zstd -1 -T0", _stages(server, "peer", 1)),
+                  Contender("innostream --parallel 2 (default)", _stages(server, "ours", 2)),
+                  Contender("mariadb-backup --parallel=2 + zstd -1 -T0", _stages(server, "peer", 2))]
     if args.throttle:
         contenders.append(Contender(f"innostream --throttle {args.throttle:g}",
-                                    _stages(server, args.kind, "ours", 2, args.throttle)))
+                                    _stages(server, "ours", 2, args.throttle)))
     baseline: list[Window] = []
     sb = _Sysbench(sysbench_argv(server, "oltp_read_write", f"--tables={meta['tables']}",
                                  f"--table-size={meta['rows']}", "--threads=2", "--time=0", "--report-interval=1",
