@@ -17,10 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from innostream.recovery.prepare import PrepareConfig, prepare_backup
-from innostream.recovery.restore import RestoreConfig, restore_backup
 
-from tools.sandbox import KINDS, Server, start_server, table_checksums
+from tests.restored import prepared_and_started
+from tools.sandbox import KINDS, Server, table_checksums
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,14 +74,8 @@ def test_backup_of_a_server_seeing_its_datadir_elsewhere(kind: str, chroot_datad
     assert "live redo" in res.stderr
     assert str(srv.datadir) in res.stderr
     srv.stop()
-    prepare_backup(PrepareConfig(backup, server_binary=srv.server_binary, use_memory="64M"))
-    datadir = tmp_path / "restored"
-    restore_backup(RestoreConfig(backup, datadir))
-    restored = start_server(kind, tmp_path / "run", datadir=datadir, initialize=False)
-    try:
+    with prepared_and_started(srv, backup, tmp_path) as restored:
         assert table_checksums(restored) == source
-    finally:
-        restored.stop()
 
 
 def _wait_for_new_checkpoint(srv: Server, old: int) -> None:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from innostream.ddl_track import NEW_SUFFIX, RECORD
-from innostream.recovery.prepare import PrepareConfig, prepare_backup
-from innostream.recovery.restore import RestoreConfig, restore_backup
 
-from tools.sandbox import Server, start_server, table_checksums
+from tests.restored import prepared_and_started
+from tools.sandbox import Server, table_checksums
 
 REPO = Path(__file__).resolve().parents[1]
 DB, DB2, GONE = "ddl", "ddl_new", "ddl_gone"
@@ -141,20 +140,14 @@ def test_ddl_runs_during_the_copy_and_the_backup_equals_the_source(kind: str, mo
         assert (backup / new).is_file()
 
     srv.stop()
-    prepare_backup(PrepareConfig(backup, server_binary=srv.server_binary, use_memory="64M"))
-    assert not list(backup.rglob(f"*{NEW_SUFFIX}"))
-    assert not (backup / DB / "t_drop.ibd").exists()
-    datadir = tmp_path / "restored"
-    restore_backup(RestoreConfig(backup, datadir))
-    restored = start_server(kind, tmp_path / "run", datadir=datadir, initialize=False)
-    try:
+    with prepared_and_started(srv, backup, tmp_path) as restored:
+        assert not list(backup.rglob(f"*{NEW_SUFFIX}"))
+        assert not (backup / DB / "t_drop.ibd").exists()
         assert _state(restored) == source
         assert set(source[DB]) == {"t_big", "t_new", "t_ren2", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep",
                                    "t_part"}
         assert not restored.query("SELECT 1 FROM information_schema.schemata WHERE schema_name=%s", (GONE,))
         _check_tables(restored)
-    finally:
-        restored.stop()
 
 
 def test_redo_logging_disabled_during_a_reduced_lock_copy_fails_the_backup(fresh_server, tmp_path: Path) -> None:

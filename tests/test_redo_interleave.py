@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from innostream.recovery.prepare import PrepareConfig, prepare_backup
-from innostream.recovery.restore import RestoreConfig, restore_backup
 
+from tests.restored import prepared_and_started
 from tools.load import BankLoad
-from tools.sandbox import start_server
 
 REPO = Path(__file__).resolve().parents[1]
 LEFT_RE = re.compile(r"Redo spool: (\d+) of (\d+) bytes of redo were left for the end of the stream")
@@ -69,15 +67,9 @@ def test_redo_streams_while_data_is_copied(kind: str, fresh_server, tmp_path: Pa
                          capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     assert ext.returncode == 0, ext.stderr[-3000:]
     srv.stop()
-    prepare_backup(PrepareConfig(backup, server_binary=srv.server_binary, use_memory="64M"))
-    datadir = tmp_path / "restored"
-    restore_backup(RestoreConfig(backup, datadir))
-    restored = start_server(kind, tmp_path / "run", datadir=datadir, initialize=False)
-    try:
+    with prepared_and_started(srv, backup, tmp_path) as restored:
         conn = restored.connect()
         try:
             assert bank.check(conn) >= 50
         finally:
             conn.close()
-    finally:
-        restored.stop()
