@@ -523,7 +523,8 @@ class Backup:
         log.info("Log copying started at checkpoint LSN %d", self.result.start_lsn)
         if base is not None:
             check_lsn(base, self.result.start_lsn)
-            log.info("Incremental backup: pages newer than LSN %d (base: %s)", base.from_lsn, base.source)
+            log.info("Incremental backup: pages newer than LSN %d (base: %s%s)", base.from_lsn, base.source,
+                     ", its start checkpoint" if base.to_lsn and base.from_lsn != base.to_lsn else "")
             if tracking_since is not None:
                 self._use_page_tracking(dirs.datadir, tracking_since, base.from_lsn)
 
@@ -591,7 +592,8 @@ class Backup:
                                ended=datetime.now(), argv=cfg.argv,
                                stream_format=None if cfg.target_dir is not None else cfg.stream_format,
                                compressed=cfg.compress, server_uuid=server_uuid, from_lsn=res.from_lsn,
-                               source_uuid=source_uuid, partial=cfg.selection is not None)
+                               source_uuid=source_uuid, partial=cfg.selection is not None,
+                               start_lsn=res.start_lsn)
         if cfg.selection is not None:  # what a partial backup holds, for prepare and for the user
             self.sink.add_bytes(PARTIAL_RECORD, cfg.selection.record([f.name for f in (*inventory.innodb,
                                                                                      *inventory.other)]))

@@ -49,6 +49,24 @@ class IncrementalBase:
     server_version: str | None = None
     server_uuid: str | None = None
     page_size: int | None = None
+    to_lsn: int = 0  # the base's own to_lsn (its end checkpoint); 0 for --incremental-lsn
+
+
+def _from_lsn(flavor: str | None, to_lsn: int, start_lsn: object, source: str) -> int:
+    """Where the incremental's pages start. MariaDB (and any base without ``start_lsn``): the base's to_lsn, as
+    the tools do, because each link's redo is applied in turn at prepare. MySQL: the base's start checkpoint, so
+    the deltas also hold every page changed while the base was copied; a MySQL chain is then prepared by laying
+    the deltas over each other and recovering once with the last link's redo (docs/PREPARE.md), since MySQL has
+    no redo-only recovery to apply each link's redo with."""
+    if flavor == "mysql":
+        if isinstance(start_lsn, str) and start_lsn.isdigit():
+            start_lsn = int(start_lsn)
+        if isinstance(start_lsn, int) and 0 < start_lsn <= to_lsn:
+            return start_lsn
+        log.warning("The incremental base %s has no start_lsn (made by another tool or an older innostream): "
+                    "pages newer than its to_lsn %d are copied; innostream cannot prepare such a MySQL chain",
+                    source, to_lsn)
+    return to_lsn
 
 
 def parse_lsn(text: str | int) -> int:
@@ -131,9 +149,10 @@ def _from_files(source: str, files: dict[str, bytes]) -> IncrementalBase:
     size = cnf.get("innodb_page_size", "")
     # MySQL: backup-my.cnf has server_uuid (PXB and innostream); innostream's xtrabackup_info too.
     uuid = info.get("server_uuid") or cnf.get("server_uuid") or None
-    return IncrementalBase(from_lsn=cp.to_lsn, source=source, backup_type=cp.backup_type,
-                           flavor=_flavor_of(version), server_version=version, server_uuid=uuid,
-                           page_size=int(size) if size.isdigit() else None)
+    flavor = _flavor_of(version)
+    return IncrementalBase(from_lsn=_from_lsn(flavor, cp.to_lsn, dict(cp.extra).get("start_lsn"), source),
+                           source=source, backup_type=cp.backup_type, flavor=flavor, server_version=version,
+                           server_uuid=uuid, page_size=int(size) if size.isdigit() else None, to_lsn=cp.to_lsn)
 
 
 def _flavor_of(version: str | None) -> str | None:
@@ -237,9 +256,11 @@ def _from_trailer(location: str, header: dict[str, Any], trailer: dict[str, Any]
         raise _incomplete(location, "its trailer has no to_lsn")
     version = trailer.get("server_version") or header.get("server_version")
     page_size = trailer.get("page_size")
-    return IncrementalBase(from_lsn=to_lsn, source=location,
+    flavor = str(trailer.get("flavor") or header.get("flavor") or "") or _flavor_of(version)
+    return IncrementalBase(from_lsn=_from_lsn(flavor, to_lsn, trailer.get("start_lsn"), location),
+                           source=location, to_lsn=to_lsn,
                            backup_type=str(trailer.get("backup_type") or meta.BACKUP_TYPE_FULL),
-                           flavor=str(trailer.get("flavor") or header.get("flavor") or "") or _flavor_of(version),
+                           flavor=flavor,
                            server_version=str(version) if version else None,
                            server_uuid=str(trailer.get("server_uuid") or "") or None,
                            page_size=page_size if isinstance(page_size, int) else None)
@@ -262,16 +283,17 @@ def check_server(base: IncrementalBase, *, flavor: str, version: str, page_size:
         raise IncrementalBaseError(f"the incremental base {base.source} is from server_uuid {base.server_uuid}; "
                                    f"this server is {server_uuid}", hint="use a base taken from this server")
     if base.backup_type in (meta.BACKUP_TYPE_LOG_APPLIED, meta.BACKUP_TYPE_FULL_PREPARED):
-        log.info("The incremental base %s is prepared (%s); its to_lsn %d still marks its end", base.source,
-                 base.backup_type, base.from_lsn)
+        log.info("The incremental base %s is prepared (%s); its LSNs still mark where it was taken", base.source,
+                 base.backup_type)
 
 
 def check_lsn(base: IncrementalBase, checkpoint_lsn: int) -> None:
     """Refuse a base newer than the server's checkpoint: it is not from this server's past (another server, or
     this one restored from an older backup since), and its deltas would silently miss changes."""
-    if base.from_lsn > checkpoint_lsn:
+    end = max(base.from_lsn, base.to_lsn)
+    if end > checkpoint_lsn:
         what = (f"LSN {base.from_lsn} is" if base.source == "--incremental-lsn"
-                else f"base {base.source} ends at LSN {base.from_lsn},")
+                else f"base {base.source} ends at LSN {end},")
         raise IncrementalBaseError(f"the incremental {what} after this server's checkpoint {checkpoint_lsn}: "
                                    "it is not from this server's past",
                                    hint="use a base taken from this server (after a restore: a new full backup)")

@@ -21,7 +21,7 @@ def build_metadata(facts: ServerFacts, *, my_cnf: bytes, to_lsn: int, last_lsn: 
                    binlog: meta.BinlogInfo | None, lock_seconds: float, started: datetime, ended: datetime,
                    argv: Sequence[str], stream_format: str | None, compressed: bool,
                    server_uuid: str, from_lsn: int = 0, source_uuid: str | None = None,
-                   partial: bool = False) -> dict[str, bytes]:
+                   partial: bool = False, start_lsn: int = 0) -> dict[str, bytes]:
     """The metadata files, in the order they are written (checkpoints last: the commit point).
 
     Args:
@@ -34,6 +34,9 @@ def build_metadata(facts: ServerFacts, *, my_cnf: bytes, to_lsn: int, last_lsn: 
         from_lsn: an incremental backup's base LSN (0: a full backup).
         source_uuid: the server's ``@@server_uuid`` (MySQL), written as ``server_uuid`` so a later incremental
             can check that its base comes from the same server.
+        start_lsn: the checkpoint the redo copy starts at. MySQL backups record it in xtrabackup_checkpoints
+            (``start_lsn``, a key the tools' readers skip): the next incremental copies the pages newer than it,
+            which is what lets a MySQL chain be prepared by laying the deltas over each other (docs/PREPARE.md).
     """
     flavor = facts.flavor
     files: dict[str, bytes] = {}
@@ -72,6 +75,7 @@ def build_metadata(facts: ServerFacts, *, my_cnf: bytes, to_lsn: int, last_lsn: 
         to_lsn=to_lsn,
         last_lsn=last_lsn,
         flushed_lsn=flushed_lsn if flavor == Flavor.MYSQL else 0,
+        extra=(("start_lsn", str(start_lsn)),) if flavor == Flavor.MYSQL and start_lsn else (),
     )
     files[meta.XTRABACKUP_CHECKPOINTS] = meta.build_checkpoints(checkpoints, flavor)
     return files

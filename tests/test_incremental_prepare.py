@@ -5,7 +5,7 @@ bank invariant, and hold exactly what a full backup taken right after the last i
 
 MariaDB 10.11: our own incrementals (interop: mariadb-backup prepares our chain); a broken chain is refused with
 exit 7 and BASE unchanged; the step form (--apply-log-only); a kill -9 in the middle. MariaDB 11.8: incrementals
-made by real mariadb-backup on our base. MySQL 9.7: refused (no provable redo-only recovery, docs/PREPARE.md).
+made by real mariadb-backup on our base. MySQL 9.7: tests/test_incremental_prepare_mysql.py.
 """
 
 from __future__ import annotations
@@ -273,19 +273,3 @@ def test_mariadb11_chain_of_mariadb_backup_incrementals(tmp_path: Path) -> None:
     assert ours.contents == ref.contents
     tool = verify(prepare_tool(chain, tmp_path, srv), "mariadb11", tmp_path / "run-tool", direct=True)
     assert tool.contents == ours.contents
-
-
-@pytest.mark.mysql
-def test_mysql_chain_refused_base_unchanged(mysql9: Server, tmp_path: Path) -> None:
-    """MySQL writes pages past the redo even with innodb_force_recovery (docs/PREPARE.md): refused up front."""
-    our_backup(mysql9, tmp_path / "base")
-    mysql9.execute("CREATE TABLE IF NOT EXISTS sample.chain_probe (id INT PRIMARY KEY) ENGINE=InnoDB")
-    mysql9.execute("REPLACE INTO sample.chain_probe VALUES (1)")
-    our_backup(mysql9, tmp_path / "inc1", tmp_path / "base")
-    mysql9.execute("DROP TABLE sample.chain_probe")
-    before = _digest(tmp_path / "base")
-    res = run([*INNOSTREAM, "prepare", "--target-dir", str(tmp_path / "base"), "--incremental-dir",
-               str(tmp_path / "inc1"), "--server-binary", str(mysql9.server_binary)])
-    assert res.returncode == 7, res.stderr
-    assert "MySQL backup is not supported" in res.stderr
-    assert _digest(tmp_path / "base") == before

@@ -48,9 +48,9 @@ def must(res: subprocess.CompletedProcess[str], what: str) -> subprocess.Complet
     return res
 
 
-def our_backup(srv: Server, target: Path, basedir: Path | None = None) -> None:
+def our_backup(srv: Server, target: Path, basedir: Path | None = None, extra: list[str] | None = None) -> None:
     argv = [*INNOSTREAM, "backup", "--socket", str(srv.socket), "--user", "root", "--datadir", str(srv.datadir),
-            "--target-dir", str(target), "--no-fsync"]
+            "--target-dir", str(target), "--no-fsync", *(extra or [])]
     if basedir is not None:
         argv += ["--incremental-basedir", str(basedir)]
     must(run(argv), f"innostream backup -> {target}")
@@ -91,6 +91,28 @@ def ddl_step(srv: Server, step: int) -> None:
         conn.close()
 
 
+def checkpoint_lsn(srv: Server) -> int:
+    name = "Innodb_redo_log_checkpoint_lsn" if srv.flavor == "mysql" else "Innodb_lsn_last_checkpoint"
+    return int(srv.query(f"SHOW GLOBAL STATUS LIKE '{name}'")[0][1])
+
+
+def wait_checkpoint_past(srv: Server, lsn: int, timeout: float = 60.0) -> None:
+    """Until the server's checkpoint passes ``lsn``: each backup then starts at a new checkpoint, so the chain's
+    LSNs tell its links apart and the deltas carry pages (MySQL checkpoints lag far behind under the load)."""
+    deadline = time.monotonic() + timeout
+    while checkpoint_lsn(srv) <= lsn:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the checkpoint did not pass LSN {lsn} in {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _to_lsn(backup: Path) -> int:
+    for line in (backup / "xtrabackup_checkpoints").read_text().splitlines():
+        if line.startswith("to_lsn"):
+            return int(line.split("=")[1])
+    raise RuntimeError(f"{backup}: no to_lsn")
+
+
 @dataclass
 class Chain:
     base: Path
@@ -101,15 +123,15 @@ class Chain:
 
 
 def build_chain(srv: Server, root: Path, incrementals: int, maker: str = "ours", transfers: int = 400,
-                seed: int = 1) -> Chain:
+                seed: int = 1, base_extra: list[str] | None = None) -> Chain:
     """Base (ours) + ``incrementals`` incrementals (``maker``: "ours" or "tool" = mariadb-backup) + a reference
-    full backup (ours) after the last one, with the bank load and DDL as the module docstring says."""
+    full backup (ours) after the last one, with the bank load and DDL as the module docstring says.
+    ``base_extra``: more options for the base backup (e.g. ``--throttle``, so the checkpoint moves during it)."""
     root.mkdir(parents=True, exist_ok=True)
     inc_backup = our_backup if maker == "ours" else tool_backup
-    if srv.flavor == "mariadb":
-        # Flush eagerly so checkpoints (each backup's to_lsn) move and deltas carry pages, not only redo.
-        srv.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
-        srv.execute("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001")
+    # Flush eagerly so checkpoints (each backup's LSNs) move and deltas carry pages, not only redo.
+    srv.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+    srv.execute("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001")
     load = BankLoad(srv, threads=2, max_transfers=None, max_seconds=600, seed=seed)
     load.setup()
     ddl_step(srv, 0)
@@ -117,11 +139,12 @@ def build_chain(srv: Server, root: Path, incrementals: int, maker: str = "ours",
     load.start()
     try:
         load.wait_for(transfers // 4, timeout=120)
-        our_backup(srv, chain.base)
+        our_backup(srv, chain.base, extra=base_extra)
         prev = chain.base
         for k in range(1, incrementals + 1):
             load.wait_for(load.committed + transfers // 4, timeout=120)
             ddl_step(srv, k)
+            wait_checkpoint_past(srv, _to_lsn(prev))
             if k == incrementals:
                 chain.bank_transfers = load.stop().committed
             inc = root / f"inc{k}"

@@ -44,8 +44,9 @@ def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, t
     innostream prepare --target-dir /tmp/b --server-binary tools/server-wrappers/mysqld-sid
     innostream prepare --target-dir /backups/full --incremental-dir /backups/inc1 --incremental-dir /backups/inc2
 
-    An incremental chain is checked whole (LSN continuity, same server) before anything is written; every link
-    but the last is recovered redo-only and proven so (docs/PREPARE.md, "Incremental chains").
+    An incremental chain is checked whole (LSN continuity, same server) before anything is written. MariaDB:
+    every link but the last is recovered redo-only and proven so; MySQL: the deltas are laid over the base in
+    order and one recovery runs with the last link's redo (docs/PREPARE.md, "Incremental chains").
     """
     if incremental_dirs or apply_log_only:
         if export:
@@ -56,7 +57,8 @@ def prepare_cmd(target_dir: Path, server_binary: Path | None, use_memory: str, t
     else:
         result = prepare_backup(PrepareConfig(target_dir.resolve(), server_binary, use_memory, timeout,
                                               server_options, fsync=fsync, export=export))
-    state = "already prepared" if result.already_prepared else "prepared"
+    state = ("incrementals laid, not recovered yet: finish with a prepare without --apply-log-only"
+             if result.pending else "already prepared" if result.already_prepared else "prepared")
     click.echo(f"innostream: {target_dir}: {state} ({result.flavor}, last_lsn {result.last_lsn})", err=True)
 
 

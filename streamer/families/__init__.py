@@ -39,6 +39,10 @@ class Family(Protocol):
     server_binaries: tuple[str, ...]
     #: Commits are stopped with FLUSH TABLES WITH READ LOCK even when no non-InnoDB table needs it.
     read_lock_blocks_commits: bool
+    #: How an incremental chain is prepared: False, each link's redo in turn (redo-only recoveries); True, the
+    #: deltas laid over each other and one recovery with the last link's redo (incrementals start at their base's
+    #: start checkpoint). docs/PREPARE.md, "Incremental chains".
+    chain_by_overlay: bool
 
     # --- backup ---------------------------------------------------------------------------------------------------
 

@@ -162,6 +162,8 @@ class MariaDB:
     redo_copy_name: str = REDO_FILE
     server_binaries: tuple[str, ...] = ("mariadbd", "mysqld")
     read_lock_blocks_commits: bool = False  # BACKUP STAGE BLOCK_COMMIT stops commits
+    # Each link's redo in turn, as mariadb-backup does (its incrementals start at the base's to_lsn).
+    chain_by_overlay: bool = False
 
     # --- backup ---------------------------------------------------------------------------------------------------
 

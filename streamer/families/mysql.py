@@ -106,6 +106,8 @@ class MySQL:
     # Commits need not stop: log_status is one consistent read and the redo copy is cut at its LSN. FLUSH TABLES
     # WITH READ LOCK is taken only for non-InnoDB tables.
     read_lock_blocks_commits: bool = False
+    # No redo-only recovery (see redo_only_options): a chain's deltas are laid over each other instead.
+    chain_by_overlay: bool = True
 
     # --- backup ---------------------------------------------------------------------------------------------------
 

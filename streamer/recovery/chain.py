@@ -9,6 +9,12 @@ the end of the link's redo (every redo change is on the pages) and no page of an
 that end (nothing else was written). Only then are the next deltas laid on. The last link gets a normal prepare.
 The argument is in docs/PREPARE.md ("Incremental chains").
 
+MySQL has no redo-only recovery we can prove (its startup writes pages past the redo), so a MySQL chain is made the
+other way round (``Family.chain_by_overlay``): a MySQL incremental copies the pages newer than its base's START
+checkpoint (not its to_lsn), so the deltas laid over each other in order, later winning, give pages that a normal
+crash recovery from the last link's checkpoint makes consistent: BASE becomes, link by link, a full backup taken at
+that link, and only the last link's redo is ever applied, once.
+
 Before anything is written the whole chain is checked (types, flavour, page size, LSN continuity, every delta's
 structure). While a link is applied, a journal file in BASE names it and the phase; a rerun after a crash redoes
 the link (delta pages are written as they are, so laying them again is idempotent) or reruns its recovery (applying
@@ -23,9 +29,10 @@ import shutil
 import struct
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from innostream.ddl_track import RECORD
 from innostream.errors import Interrupted, PrepareError
 from innostream.families import Family, family
 from innostream.fileio import pwrite_all
@@ -51,6 +58,7 @@ from innostream.recovery.prepare import (
     _start_and_recover,
     apply_ddl_side_files,
     find_server_binary,
+    prepare_backup,
 )
 from innostream.recovery.server import ServerExited, run_dir, running_server
 from innostream.signals import sigterm_raises
@@ -155,6 +163,12 @@ def _uuid(bd: BackupDir) -> str:
     return bd.info.get("server_uuid", "")
 
 
+def start_lsn(cp: Checkpoints) -> int:
+    """The checkpoint a backup's redo copy starts at, when it says (innostream MySQL backups); else 0."""
+    value = dict(cp.extra).get("start_lsn", "")
+    return int(value) if value.isdigit() else 0
+
+
 def check_chain(base: BackupDir, incs: Sequence[Path]) -> list[Link]:
     """Read every incremental and check the chain continues BASE link by link; nothing is written.
 
@@ -165,6 +179,7 @@ def check_chain(base: BackupDir, incs: Sequence[Path]) -> list[Link]:
     links: list[Link] = []
     prev = base
     seen: set[Path] = set()
+    overlay = family(base.flavor).chain_by_overlay
     for path in incs:
         if path.resolve() in seen:
             raise PrepareError(f"{path} is given twice", hint="name each incremental once, oldest first")
@@ -180,14 +195,21 @@ def check_chain(base: BackupDir, incs: Sequence[Path]) -> list[Link]:
             raise PrepareError(f"{path} has innodb_page_size {_page_size(bd)}, the base {_page_size(base)}")
         if _uuid(bd) and _uuid(base) and _uuid(bd) != _uuid(base):
             raise PrepareError(f"{path} was taken from server {_uuid(bd)}, the base from {_uuid(base)}")
-        want = prev.checkpoints.to_lsn
+        what = "BASE" if prev is base else str(prev.path)
+        # MySQL (overlay): an incremental starts at the previous backup's start checkpoint; MariaDB at its to_lsn.
+        want, field = (start_lsn(prev.checkpoints), "start_lsn") if overlay else (prev.checkpoints.to_lsn, "to_lsn")
+        if not want:
+            raise PrepareError(f"{what} has no start_lsn in xtrabackup_checkpoints (made by another tool or an "
+                               "older innostream): innostream cannot prepare a MySQL chain on it; nothing was "
+                               "changed", hint="prepare the chain with the tool that made it, or restore a full "
+                                               "backup")
         if cp.from_lsn != want:
-            what = "BASE" if prev is base else str(prev.path)
             order = ("it is a later incremental: one is missing before it" if cp.from_lsn > want else
-                     "it starts before the end of the previous link: out of order, repeated, or of another base")
-            raise PrepareError(f"broken chain: {path} starts at LSN {cp.from_lsn} (from_lsn) but {what} ends at "
-                               f"{want} (to_lsn); {order}; nothing was changed",
-                               hint="give the incrementals of this base, oldest first, with none left out")
+                     "it starts before the previous link: out of order, repeated, or of another base")
+            raise PrepareError(f"broken chain: {path} starts at LSN {cp.from_lsn} (from_lsn) but {what} "
+                               f"{'starts' if overlay else 'ends'} at {want} ({field}); {order}; nothing was "
+                               "changed", hint="give the incrementals of this base, oldest first, with none left "
+                                               "out")
         if cp.last_lsn < prev.checkpoints.last_lsn:
             # from_lsn alone cannot order links: to_lsn is the server's checkpoint, which may not move between
             # backups (then every link has the same from_lsn and to_lsn). A link's redo must end after the previous.
@@ -493,6 +515,8 @@ def prepare_chain(config: PrepareConfig, incremental_dirs: Sequence[Path], apply
         return result
     if cp.backup_type not in (BACKUP_TYPE_FULL, BACKUP_TYPE_LOG_APPLIED):
         raise PrepareError(f"cannot prepare a backup of type {cp.backup_type!r}", file=str(base.checkpoints_file))
+    if fam.chain_by_overlay:
+        return _prepare_by_overlay(config, base, incremental_dirs, apply_log_only, result, started)
     journal = read_journal(base.path)
     if journal is not None and (journal.phase == "base") != (cp.backup_type == BACKUP_TYPE_FULL):
         journal = None  # the link it names finished (its checkpoints were written); only the journal was left
@@ -558,5 +582,69 @@ def prepare_chain(config: PrepareConfig, incremental_dirs: Sequence[Path], apply
     return result
 
 
+def _prepare_by_overlay(config: PrepareConfig, base: BackupDir, incremental_dirs: Sequence[Path],
+                        apply_log_only: bool, result: PrepareResult, started: float) -> PrepareResult:
+    """A MySQL chain: each link's files laid on BASE in order (BASE's checkpoints then say it is a full backup
+    taken at that link), then one normal prepare with the last link's redo, unless ``apply_log_only``.
+
+    A rerun after a crash skips the links BASE's checkpoints show laid and lays again the one the journal names
+    (later pages win, so laying a link again over a partly laid one gives the same files)."""
+    fam = family(base.flavor)
+    cp = base.checkpoints
+    if cp.backup_type != BACKUP_TYPE_FULL:
+        raise PrepareError(f"{base.path} is {cp.backup_type}: a MySQL base takes its incrementals before any "
+                           "recovery has run on it", file=str(base.checkpoints_file),
+                           hint="start again from a copy of the original base")
+    incs = list(incremental_dirs)
+    for j in range(len(incs) - 1, -1, -1):
+        done = read_backup_dir(incs[j]).checkpoints
+        if done.backup_type == BACKUP_TYPE_INCREMENTAL and start_lsn(cp) and (
+            done.to_lsn, done.last_lsn, start_lsn(done)
+        ) == (cp.to_lsn, cp.last_lsn, start_lsn(cp)):
+            log.info("prepare: %s and the links before it are laid on %s already; continuing after it", incs[j],
+                     base.path)
+            incs = incs[j + 1:]
+            break
+    journal = read_journal(base.path)
+    first = read_backup_dir(incs[0]).checkpoints if incs else None
+    if journal is not None and (first is None or not journal.names(first)):
+        raise PrepareError(f"an earlier prepare of {base.path} stopped while laying {journal.link} "
+                           f"(LSN {journal.from_lsn}..{journal.to_lsn}): run prepare again with that incremental "
+                           "first", file=str(base.path / CHAIN_JOURNAL),
+                           hint=f"prepare --target-dir {base.path} --incremental-dir {journal.link} ...")
+    links = check_chain(base, incs)
+    _binary, line = find_server_binary(base, config.server_binary)  # before anything is written
+    result.server_version = line
+    log.info("prepare: %s chain in %s: %d incremental(s) laid over the base, then one recovery with the last "
+             "link's redo, with %s", base.flavor, base.path, len(links), line)
+    if links and journal is None:
+        # The base's own DDL record first (its end state), and never again: later links replace its files.
+        apply_ddl_side_files(base.path)
+        (base.path / RECORD).unlink(missing_ok=True)
+    for link in links:
+        lcp = link.bd.checkpoints
+        resumed = journal is not None and journal.names(lcp)
+        _write_journal(base.path, Journal(str(link.bd.path), lcp.from_lsn, lcp.to_lsn, lcp.last_lsn, "deltas",
+                                          not apply_log_only), config.fsync)
+        if resumed:
+            log.info("prepare: laying %s again after an interruption", link.bd.path)
+        lay_incremental(base, link, fam, config.fsync)
+        base.write_checkpoints(replace(lcp, backup_type=BACKUP_TYPE_FULL, from_lsn=0), fsync=config.fsync)
+        (base.path / CHAIN_JOURNAL).unlink(missing_ok=True)
+        base = read_backup_dir(base.path)
+        log.info("prepare: %s laid; %s is now a full backup at LSN %d..%d", link.bd.path, base.path,
+                 start_lsn(lcp), lcp.last_lsn)
+    if apply_log_only:
+        result.pending = True
+        result.last_lsn = base.checkpoints.last_lsn
+        result.seconds = time.monotonic() - started
+        log.info("prepare: MySQL: no recovery yet; the redo of the last link is applied once, by the last step "
+                 "(without --apply-log-only)")
+        return result
+    final = prepare_backup(config)
+    final.seconds = time.monotonic() - started
+    return final
+
+
 __all__ = ["Journal", "apply_delta", "check_chain", "incremental_deltas", "newest_page", "prepare_chain",
-           "read_journal"]
+           "read_journal", "start_lsn"]

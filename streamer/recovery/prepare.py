@@ -64,6 +64,8 @@ class PrepareResult:
     server_version: str = ""
     seconds: float = 0.0
     log_lines: list[str] = field(default_factory=list)
+    #: Incrementals were laid but no recovery ran (MySQL chain, ``--apply-log-only``): more may follow.
+    pending: bool = False
 
 
 # --- the server binary --------------------------------------------------------------------------------------------
