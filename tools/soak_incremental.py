@@ -107,7 +107,8 @@ def wait_checkpoint_past(srv: Server, lsn: int, timeout: float = 60.0) -> None:
 
 
 def _to_lsn(backup: Path) -> int:
-    for line in (backup / "xtrabackup_checkpoints").read_text().splitlines():
+    name = "xtrabackup_checkpoints" if (backup / "xtrabackup_checkpoints").exists() else "mariadb_backup_checkpoints"
+    for line in (backup / name).read_text().splitlines():
         if line.startswith("to_lsn"):
             return int(line.split("=")[1])
     raise RuntimeError(f"{backup}: no to_lsn")
