@@ -10,7 +10,6 @@ made by real mariadb-backup on our base. MySQL 9.7: tests/test_incremental_prepa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -29,12 +28,15 @@ from tools.soak_incremental import (
     Chain,
     Verdict,
     build_chain,
+    child_pids,
     ddl_step,
     our_backup,
+    prepare_cmd,
     prepare_ours,
     prepare_reference,
     prepare_tool,
     run,
+    tree_digest,
     verify,
 )
 
@@ -73,14 +75,9 @@ class _Binary:
         self.backup_tool = built.tool
 
 
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
 
 def _prepare(target: Path, built: Built, *args: str) -> subprocess.CompletedProcess[str]:
-    return run([*INNOSTREAM, "prepare", "--target-dir", str(target), "--server-binary", str(built.binary),
-                "--no-fsync", *args])
+    return prepare_cmd(target, built.binary, *args)
 
 
 @pytest.mark.mariadb
@@ -119,7 +116,7 @@ def test_broken_chain_refused_base_unchanged(mariadb_chain: Built, tmp_path: Pat
     if case == "incremental-as-base":
         shutil.rmtree(base)
         shutil.copytree(inc1, base)
-    before = _digest(base)
+    before = tree_digest(base)
     res = _prepare(base, mariadb_chain, *[a for inc in incs for a in ("--incremental-dir", str(inc))])
     assert res.returncode == 7, res.stderr
     errors = [line for line in res.stderr.splitlines() if "error" in line]
@@ -127,7 +124,7 @@ def test_broken_chain_refused_base_unchanged(mariadb_chain: Built, tmp_path: Pat
     want = {"missing-middle": "broken chain", "swapped": "broken chain", "repeated": "given twice",
             "other-base": "broken chain", "incremental-as-base": "is an incremental backup"}[case]
     assert want in errors[0]
-    assert _digest(base) == before
+    assert tree_digest(base) == before
 
 
 @pytest.mark.mariadb
@@ -138,12 +135,12 @@ def test_damaged_delta_refused_base_unchanged(mariadb_chain: Built, tmp_path: Pa
     shutil.copytree(chain.incs[0], inc1)
     delta = inc1 / "bank" / "ledger.ibd.delta"
     os.truncate(delta, delta.stat().st_size - 100)
-    before = _digest(base)
+    before = tree_digest(base)
     res = _prepare(base, mariadb_chain, "--incremental-dir", str(inc1), "--incremental-dir", str(chain.incs[1]))
     assert res.returncode == 7, res.stderr
     assert "damaged incremental" in res.stderr
     assert "ledger.ibd.delta" in res.stderr
-    assert _digest(base) == before
+    assert tree_digest(base) == before
 
 
 @pytest.mark.mariadb
@@ -179,11 +176,11 @@ def test_step_by_step_apply_log_only(mariadb_chain: Built, tmp_path: Path) -> No
     res = _prepare(base, mariadb_chain, "--apply-log-only", "--incremental-dir", str(inc1))
     assert res.returncode == 0, res.stderr
     # the same step again, or a step skipped back to: refused, nothing changed
-    before = _digest(base)
+    before = tree_digest(base)
     res = _prepare(base, mariadb_chain, "--apply-log-only", "--incremental-dir", str(inc1))
     assert res.returncode == 7, res.stderr
     assert "broken chain" in res.stderr, res.stderr
-    assert _digest(base) == before
+    assert tree_digest(base) == before
     res = _prepare(base, mariadb_chain, "--incremental-dir", str(inc2))
     assert res.returncode == 0, res.stderr
     assert "backup_type = full-prepared" in (base / "xtrabackup_checkpoints").read_text()
@@ -198,12 +195,6 @@ def test_step_by_step_apply_log_only(mariadb_chain: Built, tmp_path: Path) -> No
     assert res.returncode == 7, res.stderr
     assert "already fully prepared" in res.stderr, res.stderr
 
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
 @pytest.mark.mariadb
@@ -224,7 +215,7 @@ def test_kill_9_mid_chain_then_rerun(mariadb_chain: Built, tmp_path: Path) -> No
     while time.monotonic() < deadline and proc.poll() is None:
         text = journal.read_text() if journal.exists() else ""
         if f"link = {chain.incs[0]}" in text and "phase = recover" in text:
-            server = next(iter(_children(proc.pid)), None)
+            server = next(iter(child_pids(proc.pid)), None)
             if server is not None:
                 break
         time.sleep(0.05)

@@ -6,7 +6,6 @@ TABLE and the bank invariant, and hold exactly what a full backup taken right af
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -26,11 +25,14 @@ from tools.soak_incremental import (
     Chain,
     Verdict,
     build_chain,
+    child_pids,
     ddl_step,
     our_backup,
+    prepare_cmd,
     prepare_ours,
     prepare_reference,
     run,
+    tree_digest,
     verify,
 )
 
@@ -67,14 +69,9 @@ class _Binary:
         self.server_binary = built.binary
 
 
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
 
 def _prepare(target: Path, built: Built, *args: str) -> subprocess.CompletedProcess[str]:
-    return run([*INNOSTREAM, "prepare", "--target-dir", str(target), "--server-binary", str(built.binary),
-                "--no-fsync", *args])
+    return prepare_cmd(target, built.binary, *args)
 
 
 def _incs(*dirs: Path) -> list[str]:
@@ -111,7 +108,7 @@ def test_mysql_broken_chain_refused_base_unchanged(mysql_chain: Built, tmp_path:
         cp = base / "xtrabackup_checkpoints"
         cp.write_text("".join(line for line in cp.read_text().splitlines(keepends=True)
                               if not line.startswith("start_lsn")))
-    before = _digest(base)
+    before = tree_digest(base)
     res = _prepare(base, mysql_chain, *_incs(*incs))
     assert res.returncode == 7, res.stderr
     errors = [line for line in res.stderr.splitlines() if "error" in line]
@@ -119,14 +116,8 @@ def test_mysql_broken_chain_refused_base_unchanged(mysql_chain: Built, tmp_path:
     want = "has no start_lsn" if case == "no-start-lsn" else "broken chain"
     assert want in errors[0], errors[0]
     assert "nothing was changed" in errors[0]
-    assert _digest(base) == before
+    assert tree_digest(base) == before
 
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
 def test_mysql_step_by_step_then_kill_9_in_recovery(mysql_chain: Built, tmp_path: Path) -> None:
@@ -149,11 +140,11 @@ def test_mysql_step_by_step_then_kill_9_in_recovery(mysql_chain: Built, tmp_path
     assert res.returncode == 0, res.stderr
     assert "laid on" in res.stderr
     assert "already" in res.stderr
-    before = _digest(base)
+    before = tree_digest(base)
     res = _prepare(base, mysql_chain, "--apply-log-only", *_incs(inc3))
     assert res.returncode == 7, res.stderr
     assert "broken chain" in res.stderr
-    assert _digest(base) == before
+    assert tree_digest(base) == before
 
     argv = [*INNOSTREAM, "prepare", "--target-dir", str(base), "--server-binary", str(mysql_chain.binary),
             "--no-fsync", *_incs(inc2, inc3)]
@@ -162,7 +153,7 @@ def test_mysql_step_by_step_then_kill_9_in_recovery(mysql_chain: Built, tmp_path
     server = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        server = next(iter(_children(proc.pid)), None)
+        server = next(iter(child_pids(proc.pid)), None)
         if server is not None and (base / "#innodb_redo").is_dir():
             break
         time.sleep(0.05)
@@ -173,7 +164,10 @@ def test_mysql_step_by_step_then_kill_9_in_recovery(mysql_chain: Built, tmp_path
     deadline = time.monotonic() + 30
     while Path(f"/proc/{server}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not Path(f"/proc/{server}").exists(), "the recovery server outlived prepare"
+    if Path(f"/proc/{server}").exists():
+        status = Path(f"/proc/{server}/status").read_text()
+        cmd = Path(f"/proc/{server}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        raise AssertionError(f"the recovery server outlived prepare: {cmd}\n{status}")
     res = run(argv)
     assert res.returncode == 0, res.stderr
     assert "backup_type = full-prepared" in (base / "xtrabackup_checkpoints").read_text()

@@ -17,6 +17,7 @@ CHECKSUM TABLE equals the reference full backup's (and, with --interop, ``mariad
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import shutil
@@ -46,6 +47,26 @@ def must(res: subprocess.CompletedProcess[str], what: str) -> subprocess.Complet
     if res.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
     return res
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path: to show a refused prepare changed nothing."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def child_pids(pid: int) -> list[int]:
+    """The child processes of ``pid`` (prepare's recovery server)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def prepare_cmd(target: Path, server_binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``innostream prepare --target-dir TARGET --server-binary ... --no-fsync ARGS``."""
+    return run([*INNOSTREAM, "prepare", "--target-dir", str(target), "--server-binary", str(server_binary),
+                "--no-fsync", *args])
 
 
 def our_backup(srv: Server, target: Path, basedir: Path | None = None, extra: list[str] | None = None) -> None:
