@@ -301,20 +301,31 @@ def _import_files(live: _Live, flavor: str, backup: Path, entry: ExportedTable, 
     files = size = 0
     cfgs = {_suffix(f, entry, ".cfg"): f for f in entry.cfg}
     for suffix, member in ours.items():
-        # The server names partition files with its own case (#p# / #P#): keep the backup's spelling.
-        stem = member.rpartition("/")[2][: -len(".ibd")]
-        part = stem[len(filename_encode(entry.table) or ""):]
-        size += _copy_in(backup / member, db_dir / f"{et}{part}.ibd", owner, fsync)
-        files += 1
-        if suffix in cfgs and (backup / cfgs[suffix]).is_file():
-            size += _copy_in(backup / cfgs[suffix], db_dir / f"{et}{part}.cfg", owner, fsync)
-            files += 1
+        n, b = _copy_tablespace(backup, member, cfgs.get(suffix), db_dir / f"{et}{_part(member, entry)}", owner,
+                                fsync)
+        files, size = files + n, size + b
     live.query(f"ALTER TABLE {quote(schema)}.{quote(table)} IMPORT TABLESPACE")
-    for suffix in ours:
+    for member in ours.values():
         # The server leaves the .cfg after a successful import; it has no use once imported.
-        stem = ours[suffix].rpartition("/")[2][: -len(".ibd")]
-        (db_dir / f"{et}{stem[len(filename_encode(entry.table) or ''):]}.cfg").unlink(missing_ok=True)
+        (db_dir / f"{et}{_part(member, entry)}.cfg").unlink(missing_ok=True)
     return files, size
+
+
+def _part(member: str, entry: ExportedTable) -> str:
+    """A partition's part of a member's file name (``#p#p0``; empty for a table); the server names partition
+    files with its own case (#p# / #P#): the backup's spelling is kept."""
+    stem = member.rpartition("/")[2][: -len(".ibd")]
+    return stem[len(filename_encode(entry.table) or ""):]
+
+
+def _copy_tablespace(backup: Path, member: str, cfg: str | None, dest_stem: Path, owner: tuple[int, int],
+                     fsync: bool) -> tuple[int, int]:
+    """Copy a member's ``.ibd`` and, if the export has one, its ``.cfg`` to ``dest_stem`` + suffix; returns
+    (files, bytes)."""
+    size = _copy_in(backup / member, dest_stem.with_name(dest_stem.name + ".ibd"), owner, fsync)
+    if cfg is not None and (backup / cfg).is_file():
+        return 2, size + _copy_in(backup / cfg, dest_stem.with_name(dest_stem.name + ".cfg"), owner, fsync)
+    return 1, size
 
 
 def _import_partitions_mariadb(live: _Live, backup: Path, entry: ExportedTable, schema: str, table: str,
@@ -340,11 +351,8 @@ def _import_partitions_mariadb(live: _Live, backup: Path, entry: ExportedTable, 
             stages.append((m.group(1), stage))
             live.query(f"ALTER TABLE {qs} REMOVE PARTITIONING")
             live.query(f"ALTER TABLE {qs} DISCARD TABLESPACE")
-            size += _copy_in(backup / member, db_dir / f"{es}.ibd", owner, fsync)
-            files += 1
-            if suffix in cfgs and (backup / cfgs[suffix]).is_file():
-                size += _copy_in(backup / cfgs[suffix], db_dir / f"{es}.cfg", owner, fsync)
-                files += 1
+            n, b = _copy_tablespace(backup, member, cfgs.get(suffix), db_dir / es, owner, fsync)
+            files, size = files + n, size + b
             live.query(f"ALTER TABLE {qs} IMPORT TABLESPACE")
             (db_dir / f"{es}.cfg").unlink(missing_ok=True)
         checkpoint_after_import(live)
