@@ -23,7 +23,10 @@ FORMAT_VERSION = 1
 
 FEATURE_ZSTD = 0x1  # required feature: frames may carry zstd payloads
 FEATURE_AEAD = fc.FEATURE_AEAD  # required feature: payloads and metadata are encrypted (docs/FORMAT.md §9)
-KNOWN_REQUIRED_FEATURES = FEATURE_ZSTD | FEATURE_AEAD
+#: required feature: an INDEX frame precedes the trailer and an end locator follows it (docs/FORMAT.md §10); required,
+#: not optional, because a reader that does not know it would refuse the 32 bytes after the trailer
+FEATURE_INDEX = 0x4
+KNOWN_REQUIRED_FEATURES = FEATURE_ZSTD | FEATURE_AEAD | FEATURE_INDEX
 
 FLAG_ZSTD = 0x1
 FLAG_AEAD = fc.FLAG_AEAD  # the payload is AES-256-GCM ciphertext + 16-byte tag
@@ -33,8 +36,10 @@ FRAME_FILE_BEGIN = 0x01
 FRAME_DATA = 0x02
 FRAME_FILE_END = 0x03
 FRAME_TRAILER = 0x04
+FRAME_INDEX = 0x05  # the member index (formats/archive_index.py), right before the trailer
 FRAME_OPTIONAL_BIT = 0x80  # types with this bit may be skipped by readers that do not know them
-FRAME_NAMES = {FRAME_FILE_BEGIN: "FILE_BEGIN", FRAME_DATA: "DATA", FRAME_FILE_END: "FILE_END", FRAME_TRAILER: "TRAILER"}
+FRAME_NAMES = {FRAME_FILE_BEGIN: "FILE_BEGIN", FRAME_DATA: "DATA", FRAME_FILE_END: "FILE_END", FRAME_TRAILER: "TRAILER",
+               FRAME_INDEX: "INDEX"}
 
 # Caps, checked on a verified header before anything is allocated (docs/FORMAT.md §2).
 CHUNK_SIZE = 1 << 20  # writers cut DATA at multiples of this absolute offset

@@ -22,6 +22,7 @@ import lzma
 import zlib
 from array import array
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -50,7 +51,7 @@ from innostream.formats.fil0fil import (
     FIL_PAGE_PAGE_COMPRESSED_ENCRYPTED,
     FIL_PAGE_TYPE,
 )
-from innostream.formats.fsp0fsp import SpaceInfo
+from innostream.formats.fsp0fsp import FSP_FLAGS_FCRC32_MASK_MARKER, SpaceInfo
 
 __all__ = [
     "ZERO_PAGE",
@@ -65,6 +66,7 @@ __all__ = [
     "page_zip_calc_checksum",
     "stamp_page",
     "validate_pages",
+    "validate_pages_any_format",
 ]
 
 UT_HASH_RANDOM_MASK = 1463735687  # ut0rnd.h
@@ -606,3 +608,28 @@ def validate_pages(buf: bytes | bytearray | memoryview, info: SpaceInfo, first_p
         if reason is not None:
             bad.append((page_no, reason))
     return bad
+
+
+def validate_pages_any_format(buf: bytes | bytearray | memoryview, info: SpaceInfo,
+                              first_page_no: int) -> list[tuple[int, str]]:
+    """``validate_pages`` for a MariaDB tablespace whose page 0 is all zero, so its format is unknown.
+
+    MariaDB writes page 0 of a new tablespace lazily (docs/PAGES.md), so its other pages can reach the file first;
+    ``info`` is then only what an all-zero page 0 says (flags 0: crc32/innodb, 16K). The server writes such a page
+    either in full_crc32 (``innodb_checksum_algorithm`` full_crc32, the default since 10.5) or crc32/innodb: a page
+    fails only if it is valid in neither.
+    """
+    bad = validate_pages(buf, info, first_page_no)
+    if not bad:
+        return bad
+    ssize = (info.logical_page_size >> 9).bit_length() - 1  # page size 512 << ssize
+    fcrc32 = replace(info, flags=FSP_FLAGS_FCRC32_MASK_MARKER | ssize, full_crc32=True)
+    mv = memoryview(buf).cast("B")
+    ps = info.physical_page_size
+    kept = []
+    for page_no, reason in bad:
+        off = (page_no - first_page_no) * ps
+        if (again := page_is_corrupted(mv[off : off + ps], fcrc32, page_no)) is not None:
+            kept.append((page_no, f"page 0 is all zero, so the format is unknown; as a crc32/innodb page: {reason}; "
+                                  f"as a full_crc32 page: {again}"))
+    return kept

@@ -33,7 +33,7 @@ from innostream.errors import Interrupted, SourceError
 from innostream.flavor import Flavor
 from innostream.formats.errors import Corrupt, FormatError
 from innostream.formats.fil0fil import BE64, FIL_PAGE_LSN, UNIV_PAGE_SIZE_MAX
-from innostream.formats.fsp0fsp import SpaceInfo, space_info
+from innostream.formats.fsp0fsp import XDES_ARR_OFFSET, SpaceInfo, space_info
 from innostream.formats.xtrabackup_delta import DeltaMeta, build_cluster_header, build_meta, cluster_capacity
 from innostream.log import log
 from innostream.throttle import Throttle
@@ -69,10 +69,31 @@ class SourceFile:
     space: SpaceInfo | None = None  # known already (later ibdata files have no page 0)
 
 
-def _validate(buf: memoryview, info: SpaceInfo, first_page_no: int, system: bool) -> list[tuple[int, str]]:
-    from innostream.formats.buf0checksum import validate_pages
+@dataclass
+class _Space:
+    """How one file's pages are checked: the format page 0 gives. ``pending``: page 0 of this (MariaDB, new)
+    tablespace was all zero when the copy began, so its format is not known; the server may write it at any moment
+    (docs/PAGES.md, "all-zero page 0")."""
 
-    bad = validate_pages(buf, info, first_page_no)
+    info: SpaceInfo
+    pending: bool = False
+
+
+class _FormatKnown(Exception):
+    """Page 0 of a pending tablespace was written during a re-read: check the chunk again in its real format."""
+
+
+def _format_name(info: SpaceInfo) -> str:
+    """The format pages were checked in, for the error line (a wrong format once looked like corruption)."""
+    kind = "full_crc32" if info.full_crc32 else "ROW_FORMAT=COMPRESSED" if info.zip_size else "crc32/innodb"
+    return f"{kind}, flags {info.flags:#x}"
+
+
+def _validate(buf: memoryview, info: SpaceInfo, first_page_no: int, system: bool,
+              any_format: bool = False) -> list[tuple[int, str]]:
+    from innostream.formats.buf0checksum import validate_pages, validate_pages_any_format
+
+    bad = (validate_pages_any_format if any_format else validate_pages)(buf, info, first_page_no)
     if bad and system and info.space_id == 0:
         ext = info.extent_size
         bad = [(p, r) for p, r in bad if not ext <= p < 3 * ext]
@@ -186,7 +207,7 @@ class FileCopier:
         self.sink.end_file(file_id, offset)
         return offset
 
-    def _space_info(self, fd: int, src: SourceFile, *, zero_checked: bool = False) -> SpaceInfo | None:
+    def _space_info(self, fd: int, src: SourceFile, *, zero_checked: bool = False) -> _Space | None:
         """Read page 0 (re-reading it if it is caught mid-write); None for an empty file. An all-zero page 0 goes
         to :meth:`_zero_page0` (once)."""
         last: FormatError | None = None
@@ -203,20 +224,23 @@ class FileCopier:
                 if len(head) >= ps and head.count(0, 0, ps) == ps and not zero_checked and src.first_page_no == 0:
                     return self._zero_page0(fd, src, info)
                 if len(head) >= ps and not _validate(memoryview(head)[:ps], info, 0, src.system):
-                    return info
+                    return _Space(info)
                 last = Corrupt("page 0 fails validation")
             time.sleep(self.retry_sleep)
         assert last is not None
         raise Corrupt(f"cannot read the tablespace header: {last.message}", file=str(src.path), page=0,
                       hint="is this an InnoDB file of this server?")
 
-    def _zero_page0(self, fd: int, src: SourceFile, info: SpaceInfo) -> SpaceInfo | None:
+    def _zero_page0(self, fd: int, src: SourceFile, info: SpaceInfo) -> _Space | None:
         """Page 0 is all zero, which InnoDB refuses ("Header page consists of zero bytes"); see docs/PAGES.md.
 
         A file with no data at all on MariaDB is a tablespace the server created and has not flushed yet (it writes
         page 0 lazily; a page older than our start checkpoint would have been flushed, so the redo copy rebuilds
         it at prepare): warn, at once. Otherwise (a later page holds data, or MySQL, which writes page 0 when it
         creates a file) page 0 is re-read like a torn page and, if it stays zero, the backup fails.
+
+        The first case returns a *pending* :class:`_Space`: ``info`` is only what an all-zero page says (flags 0:
+        crc32/innodb, 16K), not the tablespace's format; see :meth:`_learn_format`.
         """
         ps = info.physical_page_size
         data_page: int | None = None
@@ -230,7 +254,7 @@ class FileCopier:
             log.warning("%s: every page is zero: a tablespace the server created and has not flushed yet (MariaDB "
                         "writes page 0 lazily; the redo copy rebuilds it at prepare). If it is not new, it is "
                         "damaged", src.path)
-            return info
+            return _Space(info, pending=True)
         for _ in range(self.retries):
             time.sleep(self.retry_sleep)
             self._check_cancel()
@@ -243,11 +267,14 @@ class FileCopier:
                       "bytes\")", file=str(src.path), page=0,
                       hint="the tablespace is damaged; restore it from an older backup or rebuild the table")
 
-    def _read_pages(self, fd: int, src: SourceFile, info: SpaceInfo, offset: int, size: int) -> memoryview | None:
+    def _read_pages(self, fd: int, src: SourceFile, space: _Space, offset: int, size: int) -> memoryview | None:
         """Read whole pages at ``offset`` and validate them; torn pages are re-read, corrupt ones fail. None at the
         end of the file."""
-        ps = info.physical_page_size
         self._check_cancel()
+        if space.pending:
+            self._learn_format(fd, src, space, offset)
+        info = space.info
+        ps = info.physical_page_size
         data = self._pread(fd, size, offset, src)
         npages = len(data) // ps
         if npages == 0:
@@ -257,29 +284,36 @@ class FileCopier:
             return None
         first = src.first_page_no + offset // ps
         view = memoryview(data)[: npages * ps]
-        bad = _validate(view, info, first, src.system)
+        bad = self._check(view, space, first, src)
         if bad:
             buf = bytearray(view)
-            for page_no, reason in bad:
-                self._reread(fd, src, info, buf, first, page_no, reason)
+            try:
+                for page_no, reason in bad:
+                    self._reread(fd, src, space, buf, first, page_no, reason)
+            except _FormatKnown:  # page 0 was written meanwhile: the whole chunk again, in the real format
+                return self._read_pages(fd, src, space, offset, size)
             view = memoryview(buf)
         if self.progress is not None:
             self.progress.add(len(view))
         return view
 
-    def _chunks(self, fd: int, src: SourceFile, info: SpaceInfo) -> Iterator[tuple[int, memoryview]]:
-        """Yield ``(file offset, whole validated pages)`` chunk by chunk."""
-        chunk = self.chunk_size // info.physical_page_size * info.physical_page_size
+    def _chunks(self, fd: int, src: SourceFile, space: _Space) -> Iterator[tuple[int, memoryview]]:
+        """Yield ``(file offset, whole validated pages)`` chunk by chunk. While the format is pending, chunks are
+        whole multiples of the largest page size, so that they cut whole pages whatever page 0 turns out to say."""
         offset = 0
-        while (view := self._read_pages(fd, src, info, offset, chunk)) is not None:
+        while True:
+            unit = UNIV_PAGE_SIZE_MAX if space.pending else space.info.physical_page_size
+            view = self._read_pages(fd, src, space, offset, self.chunk_size // unit * unit)
+            if view is None:
+                return
             yield offset, view
             offset += len(view)
 
-    def _tracked_chunks(self, fd: int, src: SourceFile, info: SpaceInfo,
+    def _tracked_chunks(self, fd: int, src: SourceFile, space: _Space,
                         page_nos: Sequence[int]) -> Iterator[tuple[int, memoryview]]:
         """Like :meth:`_chunks`, for only the pages page tracking listed (runs of consecutive pages read at once;
         numbers relative to the space, so a later ibdata file takes those in its range)."""
-        ps = info.physical_page_size
+        ps = space.info.physical_page_size
         max_run = max(1, self.chunk_size // ps)
         runs: list[list[int]] = []
         for no in page_nos:
@@ -291,21 +325,21 @@ class FileCopier:
             else:
                 runs.append([rel, 1])
         for start, n in runs:
-            view = self._read_pages(fd, src, info, start * ps, n * ps)
+            view = self._read_pages(fd, src, space, start * ps, n * ps)
             if view is None:  # past the end of this file (the next ibdata file, or not extended yet)
                 continue
             yield start * ps, view
 
-    def _copy_innodb(self, fd: int, src: SourceFile) -> int:
-        info = src.space or self._space_info(fd, src)
+    def _copy_innodb(self, fd: int, src: SourceFile, space: _Space | None = None) -> int:
+        space = space or (_Space(src.space) if src.space else self._space_info(fd, src))
         file_id = self.sink.begin_file(src.name)
-        if info is None:
+        if space is None:
             log.warning("%s is empty; copied as an empty file", src.path)
             self.sink.end_file(file_id, 0)
             return 0
-        zero = bytes(self.chunk_size // info.physical_page_size * info.physical_page_size)
+        zero = bytes(self.chunk_size)
         end = 0
-        for offset, view in self._chunks(fd, src, info):
+        for offset, view in self._chunks(fd, src, space):
             if view != zero[: len(view)]:  # all-zero chunks stay holes / gaps
                 self.sink.write(file_id, offset, view)
             end = offset + len(view)
@@ -315,8 +349,9 @@ class FileCopier:
     def _copy_delta(self, fd: int, src: SourceFile, lsn: int) -> int:
         """Write ``<name>.delta`` with the pages newer than ``lsn`` (page numbers relative to the file, as both
         reference tools write them), then ``<name>.meta``; return the bytes written."""
-        info = src.space or self._space_info(fd, src)
-        if info is None or (src.first_page_no == 0 and not src.system and _page0_zero(fd, info)):
+        space = _Space(src.space) if src.space else self._space_info(fd, src)
+        if space is None or space.pending or (src.first_page_no == 0 and not src.system
+                                              and _page0_zero(fd, space.info)):
             # Empty, or a MariaDB tablespace created and not flushed yet (page 0 is written lazily): no page says
             # its id or LSN. It goes whole, as in a full backup (the redo copy rebuilds it at prepare), named
             # ``<t>.new`` as both reference tools name a tablespace created during the backup: prepare puts it in
@@ -324,11 +359,12 @@ class FileCopier:
             name = src.name[: -len(".ibd")] + NEW_SUFFIX if src.name.endswith(".ibd") else src.name
             log.info("%s: no valid page 0 yet (a new tablespace); copied whole as %s", src.path, name)
             return self._copy_innodb(fd, SourceFile(src.path, name, src.kind, src.size, src.first_page_no,
-                                                    src.system, info or src.space))
+                                                    src.system, src.space), space)
+        info = space.info
         ps = info.physical_page_size
         out = _DeltaFile(self.sink, src.name + DELTA_SUFFIX, ps, self.spool_dir)
-        chunks = (self._chunks(fd, src, info) if self.tracked is None
-                  else self._tracked_chunks(fd, src, info, self.tracked.get(info.space_id, ())))
+        chunks = (self._chunks(fd, src, space) if self.tracked is None
+                  else self._tracked_chunks(fd, src, space, self.tracked.get(info.space_id, ())))
         try:
             for offset, view in chunks:
                 page_base = offset // ps
@@ -348,9 +384,31 @@ class FileCopier:
         log.debug("%s: %d pages newer than LSN %d", src.path, out.pages, lsn)
         return size + len(meta)
 
-    def _reread(self, fd: int, src: SourceFile, info: SpaceInfo, buf: bytearray, first: int, page_no: int,
+    def _check(self, view: memoryview, space: _Space, first: int, src: SourceFile) -> list[tuple[int, str]]:
+        """The pages of ``view`` the server would refuse; while the format is pending, those valid in neither
+        format a new MariaDB tablespace can be in (``validate_pages_any_format``)."""
+        return _validate(view, space.info, first, src.system, any_format=space.pending)
+
+    def _learn_format(self, fd: int, src: SourceFile, space: _Space, offset: int) -> bool:
+        """A pending tablespace: if the server has written page 0 since, take its format from it (page 0 checked,
+        re-read if torn) for every page from now on; True if it did. The copy keeps what it read before."""
+        head = self._pread(fd, XDES_ARR_OFFSET, 0, src)  # FIL + FSP header
+        if head.count(0) == len(head):
+            return False
+        known = self._space_info(fd, src, zero_checked=True)
+        if known is None:  # the file was emptied: leave it to the end-of-file handling
+            return False
+        space.info, space.pending = known.info, False
+        log.info("%s: page 0 was written during the copy (%s); pages from offset %d on are checked in that format%s",
+                 src.path, _format_name(known.info), offset,
+                 "" if offset == 0 else "; the copy keeps the all-zero page 0 read before (the redo copy rebuilds it)")
+        return True
+
+    def _reread(self, fd: int, src: SourceFile, space: _Space, buf: bytearray, first: int, page_no: int,
                 reason: str) -> None:
-        """Re-read one failing page until it validates; fail the backup after ``retries`` attempts."""
+        """Re-read one failing page until it validates; fail the backup after ``retries`` attempts. Raises
+        :class:`_FormatKnown` if page 0 of a pending tablespace was written meanwhile."""
+        info = space.info
         ps = info.physical_page_size
         index = page_no - first
         file_offset = (page_no - src.first_page_no) * ps
@@ -359,14 +417,16 @@ class FileCopier:
                      reason)
             time.sleep(self.retry_sleep)
             self._check_cancel()
+            if space.pending and self._learn_format(fd, src, space, file_offset):
+                raise _FormatKnown
             if hasattr(os, "posix_fadvise"):
-                # The server writes with O_DIRECT; a buffered read racing such a write can leave a torn copy in the
-                # page cache that every later read returns (seen: page 0 torn through all re-reads). Dropping the
-                # range makes the re-read come from the device.
+                # Drop the range so the re-read comes from the device, not from a page-cache copy left by a buffered
+                # read racing the server's O_DIRECT write (cheap insurance: never seen; the "page 0 torn through
+                # all re-reads" it was added for was the pending-format mix-up, docs/PAGES.md).
                 os.posix_fadvise(fd, file_offset, ps, os.POSIX_FADV_DONTNEED)
             page = self._pread(fd, ps, file_offset, src)
             if len(page) == ps:
-                still = _validate(memoryview(page), info, page_no, src.system)
+                still = self._check(memoryview(page), space, page_no, src)
                 if not still:
                     buf[index * ps : (index + 1) * ps] = page
                     with self._stats_lock:
@@ -375,8 +435,10 @@ class FileCopier:
                     return
                 reason = still[0][1]
         lsn = BE64.unpack_from(buf, index * ps + FIL_PAGE_LSN)[0]
-        raise Corrupt(f"page failed validation after {self.retries} re-reads: {reason}", file=str(src.path),
-                      page=page_no, lsn=lsn, hint="the file seems to be corrupted; check the server's error log")
+        checked = "" if space.pending else f" (checked as {_format_name(info)}, from page 0)"
+        raise Corrupt(f"page failed validation after {self.retries} re-reads: {reason}{checked}",
+                      file=str(src.path), page=page_no, lsn=lsn,
+                      hint="the file seems to be corrupted; check the server's error log")
 
 
 def _page0_zero(fd: int, info: SpaceInfo) -> bool:

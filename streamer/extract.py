@@ -23,6 +23,7 @@ from innostream.archive import (
     ObserverFactory,
 )
 from innostream.archive.detect import read_any
+from innostream.archive.seekable import IndexedArchive, RangeSource
 from innostream.archive.types import DEFAULT_MAX_SIZE, SizeLimits
 from innostream.datadir import is_system_continuation, is_tablespace
 from innostream.flavor import Flavor
@@ -114,9 +115,12 @@ _PARTITION = re.compile(r"#[pP]#[^/]*(?=\.[^./]+$)")
 def extract(
     inp: BinaryIO, target: Path, *, parallel: int = 2, fsync: bool = True, fmt: str = "auto", dialect: str = "auto",
     max_size: int = DEFAULT_MAX_SIZE, key: bytes | None = None, include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] = (), source: RangeSource | None = None,
 ) -> ArchiveSummary:
     """Extract ``inp`` under ``target``; metadata files last, after the trailer verified.
+
+    ``source``: the same archive read by ranges (a file, an object); with ``include``/``exclude`` and an indexed
+    archive, only the chosen members' frames are read (docs/FORMAT.md §10), else ``inp`` front to back.
 
     ``max_size`` bounds every member's declared size and, with it, the holes the archive may declare
     (:class:`innostream.archive.types.SizeLimits`).
@@ -126,6 +130,15 @@ def extract(
         TargetError: a file exists already, an unsafe path, a write failure.
     """
     progress = _Progress("extracted")
+    if source is not None and (include or exclude) and fmt in ("auto", "innostream"):
+        from innostream.archive.seekable import open_indexed
+
+        indexed = open_indexed(source, key=key)
+        if indexed is not None:
+            return _extract_indexed(source, indexed, target, parallel=parallel, fsync=fsync, max_size=max_size,
+                                    key=key, include=include, exclude=exclude, progress=progress)
+        log.info("%s has no index (an xbstream, or an archive written without one): reading all of it",
+                 source.name)
 
     member_filter: MemberFilter | None = None
 
@@ -147,6 +160,37 @@ def extract(
         return summary
     log.info("extracted %d files, %d bytes from %s into %s", len(summary.files), sum(f.size for f in summary.files),
              summary.format, target)
+    return summary
+
+
+def _extract_indexed(source: RangeSource, indexed: IndexedArchive, target: Path, *, parallel: int, fsync: bool,
+                     max_size: int, key: bytes | None, include: Sequence[str], exclude: Sequence[str],
+                     progress: _Progress) -> ArchiveSummary:
+    """Fetch and extract only the chosen members of an indexed archive (each verified as in one pass)."""
+    from innostream.archive.reader import ArchiveReader
+    from innostream.archive.seekable import MemberFrames
+
+    chosen = [m for m in indexed.members if MemberFilter(NullSink(), include, exclude).keeps(m.name)]
+    left_out = len(indexed.members) - len(chosen)
+    frames = MemberFrames(source, indexed, chosen, inflight=max(4, parallel))
+    made: list[MemberFilter] = []
+
+    def target_dir() -> Sink:  # called once the key opened the archive: a wrong key leaves no directory behind
+        out = TargetDir(target, fsync=fsync)
+        out.discard_unfinished = key is not None
+        made.append(MemberFilter(out, include, exclude))
+        made[0].left_out = left_out
+        return made[0]
+
+    try:
+        summary = ArchiveReader(None, target_dir, parallel=parallel, on_file_done=progress,  # type: ignore[arg-type]
+                                limits=SizeLimits(max_size), key=key, frames=frames).read()
+    finally:
+        frames.close()
+    log.info("extracted %d of %d files (%d bytes of data written; %d files of user tables left out) from %s into "
+             "%s, reading %d of its %d bytes in %d requests", len(made[0].kept), len(indexed.members),
+             made[0].bytes_written, left_out, source.name, target, source.bytes_read, source.size,
+             source.requests)
     return summary
 
 
@@ -220,14 +264,21 @@ class PageValidator:
         self.data_after_page0 = self.zero_page0 and self.buf.count(0) != len(self.buf)
         return True
 
+    def _lazy_page0(self) -> bool:
+        """Page 0 all zero where the server may not have written it yet: a MariaDB file-per-table tablespace (never
+        the system or undo tablespaces, whose page 0 exists from the start, nor MySQL, which writes it at once)."""
+        return self.zero_page0 and self.flavor == Flavor.MARIADB and self.name.endswith(".ibd")
+
     def _flush(self, final: bool) -> None:
-        from innostream.formats.buf0checksum import validate_pages
+        from innostream.formats.buf0checksum import validate_pages, validate_pages_any_format
 
         ps = self.page_size
         whole = (len(self.buf) // ps) * ps
         if whole:
             first = self.page_start // ps
-            self.bad.extend(validate_pages(memoryview(self.buf)[:whole], self.info, first))
+            # MariaDB page 0 all zero: the format is unknown (page 0 is written lazily; docs/PAGES.md)
+            check = validate_pages_any_format if self._lazy_page0() else validate_pages
+            self.bad.extend(check(memoryview(self.buf)[:whole], self.info, first))
             self.pages += whole // ps
             del self.buf[:whole]
             self.page_start += whole
@@ -277,8 +328,12 @@ class PageValidator:
         if size > end_known:  # whole zero pages past the data are valid: only complete the partial page
             self.buf.extend(bytes(min((-len(self.buf)) % self.page_size, size - end_known)))
         self._flush(True)
-        if self.zero_page0 and (self.data_after_page0 or self.flavor == Flavor.MYSQL):
+        if self.zero_page0 and not self._lazy_page0():
             self.bad.insert(0, (0, "page 0 is all zero (InnoDB refuses it: \"Header page consists of zero bytes\")"))
+        elif self.zero_page0 and self.data_after_page0:
+            self.note = ("page 0 is all zero but later pages hold data: a new tablespace whose page 0 the server wrote "
+                         "only after the backup had copied it (MariaDB writes it lazily; the backup's redo rebuilds "
+                         "it), or a damaged one; verify --restore tells which")
         elif self.zero_page0:
             self.note = "every page is zero: a tablespace the server had not flushed yet (MariaDB), or damaged"
 

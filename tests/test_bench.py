@@ -197,6 +197,51 @@ def test_failed_series_gets_no_ratio() -> None:
     assert bench.compute_ratios(series) == []
 
 
+def test_feature_costs_and_encryption_target() -> None:
+    series = [
+        _series(bench.FEATURES_BACKUP, "innostream", 10.0, 100 * bench.MiB, 800),
+        _series(bench.FEATURES_BACKUP, "innostream --lock-ddl=full", 9.0, 100 * bench.MiB, 800),
+        _series(bench.FEATURES_BACKUP, "innostream encrypted", 10.5, 110 * bench.MiB, 801),
+        _series(bench.FEATURES_BACKUP, "tar | zstd -1", 5.0, 20 * bench.MiB, 790, ok=False),
+        _series(bench.FEATURES_EXTRACT, "innostream", 4.0, 60 * bench.MiB, 2000),
+        _series(bench.FEATURES_EXTRACT, "innostream encrypted", 4.8, 60 * bench.MiB, 2000),
+        _series("backup zstd-1", "innostream --lock-ddl=full", 1.0, 1, 1),  # not a feature test: no cost row
+    ]
+    costs = {(c["test"], c["tool"]): c for c in bench.feature_costs(series)}
+    assert set(costs) == {(bench.FEATURES_BACKUP, "innostream --lock-ddl=full"),
+                          (bench.FEATURES_BACKUP, "innostream encrypted"),
+                          (bench.FEATURES_EXTRACT, "innostream encrypted")}  # the failed tar row has none
+    assert costs[(bench.FEATURES_BACKUP, "innostream encrypted")]["wall"] == pytest.approx(1.05)
+    assert costs[(bench.FEATURES_BACKUP, "innostream encrypted")]["rss"] == pytest.approx(1.1)
+    targets = {t["target"]: t for t in bench.compute_targets({"series": series})}
+    assert targets["backup zstd-1: encryption adds < 10% wall"]["met"] == "yes"
+    assert targets["extract zstd-1: encryption adds < 10% wall"]["met"] == "**no**"  # +20 %
+    env = {"date": "now", "cores": 2, "cpu": "cpu", "memory": bench.GiB, "kernel": "k", "python": "3.11",
+           "loadavg_start": (1.0, 1.0, 1.0), "innostream": "0.1", "mariadb-backup": "mb", "zstd": "z",
+           "sysbench": "s"}
+    kind = {"kind": "mariadb10", "version": "10.11", "series": series,
+            "dataset": {"tables": 4, "rows": 10, "data_bytes": bench.GiB, "table_bytes": bench.GiB}}
+    text = bench.render({"environment": env, "runs": 3, "command": "c", "kinds": [kind]})
+    assert f"| {bench.FEATURES_BACKUP} | innostream --lock-ddl=full | -10% | -10% | +0% |" in text
+    assert f"| {bench.FEATURES_EXTRACT} | innostream encrypted | +20% | +20% | +0% |" in text
+    assert f"| {bench.FEATURES_BACKUP} | tar \\| zstd -1 | **no** |" in text  # a pipe in a cell is escaped
+
+
+def test_alternate_rotates_the_order_each_round() -> None:
+    order: list[str] = []
+
+    def runner(name: str):
+        def run(i: int) -> bench.PipelineResult:
+            order.append(name)
+            return bench.PipelineResult(wall=1.0, procs=[], tree_rss_peak=0, out_bytes=0)
+        return run
+
+    contenders = [(bench.Series("t", name, name), runner(name)) for name in "ABC"]
+    bench.alternate(4, contenders)
+    assert "".join(order) == "ABC" "BCA" "CAB" "ABC"
+    assert all(len(s.runs) == 4 for s, _ in contenders)
+
+
 def test_write_doc_keeps_hand_written_text(tmp_path: Path) -> None:
     doc = tmp_path / "B.md"
     bench.write_doc(doc, "first table")
@@ -317,6 +362,21 @@ def test_whole_benchmark_on_a_tiny_dataset(tmp_path: Path) -> None:
         series[("extract zstd-1", "mariadb-backup")]["out_bytes"], rel=0.02)
     assert {r["test"] for r in kind["ratios"]} == {"backup zstd-1", "extract zstd-1", "backup uncompressed",
                                                    "extract uncompressed"}
+    features = {(t, tool): s for (t, tool), s in series.items() if t.startswith("features ")}
+    assert {tool for t, tool in features if t == bench.FEATURES_BACKUP} == {
+        "innostream", "innostream --lock-ddl=full", f"innostream --throttle {bench.FEATURE_THROTTLE}",
+        "innostream --no-fsync", "innostream encrypted", "mariadb-backup --parallel=2", "tar | zstd -1",
+        "floor: read the datadir"}
+    assert {tool for t, tool in features if t == bench.FEATURES_EXTRACT} == {
+        "innostream", "innostream fsync", "innostream encrypted", "mariadb-backup --parallel=2",
+        "zstd -d | tar -x"}
+    for (t, tool), s in features.items():
+        assert s["ok"], (t, tool, s["returncodes"])
+    # the same data comes out whatever the row (backups of one idle server; the redo copied may differ a little)
+    plain = features[(bench.FEATURES_EXTRACT, "innostream")]["out_bytes"]
+    for tool in ("innostream fsync", "innostream encrypted", "mariadb-backup --parallel=2"):
+        assert features[(bench.FEATURES_EXTRACT, tool)]["out_bytes"] == pytest.approx(plain, rel=0.02), tool
+    assert any("encryption adds" in t["target"] for t in kind["targets"])
     assert kind["validation"]["pages"] > 0
     load = {r["tool"]: r for r in kind["load"]}
     assert load["innostream"]["ok"]

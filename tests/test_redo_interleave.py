@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,21 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 LEFT_RE = re.compile(r"Redo spool: (\d+) of (\d+) bytes of redo were left for the end of the stream")
 
 
-def _flush_dirty_pages(srv) -> None:
-    """Let the server write the filler's pages before the backup. (Right after this bulk load a MariaDB 10.11 backup
-    sometimes failed on page 0 of the filler: valid CRC-32C, trailer LSN not the header's, through every re-read;
-    open, see the issue notes. This test is about the redo stream, so it starts from written pages.)"""
-    (pct,) = srv.query("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")[0]
-    srv.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
-    try:
-        deadline = time.monotonic() + 120
-        while int(srv.query("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'")[0][1]) > 16:
-            assert time.monotonic() < deadline, "the server did not write its dirty pages"
-            time.sleep(0.2)
-    finally:
-        srv.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {float(pct)}")
-
-
 @pytest.mark.parametrize("kind", ["mariadb10", "mysql9"])
 def test_redo_streams_while_data_is_copied(kind: str, fresh_server, tmp_path: Path) -> None:
     srv = fresh_server(kind, sample=True)
@@ -45,7 +29,8 @@ def test_redo_streams_while_data_is_copied(kind: str, fresh_server, tmp_path: Pa
                         "CREATE TABLE filler.f (id INT AUTO_INCREMENT PRIMARY KEY, v VARBINARY(1000))",
                         "INSERT INTO filler.f (v) VALUES (RANDOM_BYTES(900))",
                         *["INSERT INTO filler.f (v) SELECT RANDOM_BYTES(900) FROM filler.f"] * 14])
-    _flush_dirty_pages(srv)
+    # No wait for the bulk load's pages to be written: on MariaDB the filler's page 0 is often still unwritten when
+    # the copy starts and written during it (tests/test_page_zero_bulk.py; this once failed the backup).
     bank = BankLoad(srv, max_transfers=None, max_seconds=600, pad=900)
     bank.setup()
     archive, log_path = tmp_path / "backup.zst", tmp_path / "backup.log"

@@ -14,7 +14,10 @@ drift in the machine's load hits both sides alike:
   -T0``; and uncompressed (``--compress none`` vs plain xbstream);
 * extract: ``innostream extract -C DIR`` vs ``zstd -d | mbstream -x -C DIR``;
 * page validation cost (ours with and without it);
-* encryption cost: ours zstd-1 with and without ``--encrypt-key-file`` (backup) / ``--decrypt-key-file`` (extract),
+* feature costs: ours zstd-1 at its defaults against itself with one feature changed (``--lock-ddl=full``,
+  ``--throttle`` at a rate it never reaches, ``--no-fsync``, ``--encrypt-key-file``; extract with fsync and with
+  ``--decrypt-key-file``), beside ``mariadb-backup --parallel=2``, the same work done naively (``tar | zstd -1``,
+  ``zstd -d | tar -x``) and the machine's floor for a backup (every datadir file read once, nothing else), all
   alternated;
 * a backup while ``sysbench oltp_write_only`` writes: redo lag of our log copier from its ``>> log scanned up to``
   lines against the server LSN sampled every 0.25 s.
@@ -66,6 +69,12 @@ TARGET_SIZE_SLACK = 0.05
 TARGET_RSS = 256 * MiB
 TARGET_VALIDATION_SHARE = 0.10
 TARGET_ENCRYPTION_EXTRA = 0.10  # AES-256-GCM may add at most this share of wall to a zstd-1 backup or extract
+#: The feature-cost rows (:func:`bench_features`): their test names, and the ``--throttle`` rate (MB/s) they use, far
+#: above what this machine reads, so the row shows what the token bucket costs on the hot path, not a slower backup
+#: (tools/bench_cost.py measures what a binding rate spares the server).
+FEATURES_BACKUP = "features backup zstd-1"
+FEATURES_EXTRACT = "features extract zstd-1"
+FEATURE_THROTTLE = 10_000
 #: A copier lagging more than this share of the redo capacity "barely" keeps up: our own margin, not the team's.
 TARGET_LAG_SHARE = 0.5
 
@@ -326,14 +335,31 @@ def peer_backup(server: Any, *, compress: bool, parallel: int | None = None) -> 
     return stages
 
 
-def ours_extract(target: Path) -> list[list[str]]:
-    # --no-fsync: mbstream never syncs; the cost of our default durability is measured by tools/bench_fsync.py
-    return [[*innostream_argv(), "extract", "--no-fsync", "-C", str(target)]]
+def ours_extract(target: Path, *, fsync: bool = False, extra: Sequence[str] = ()) -> list[list[str]]:
+    # --no-fsync: mbstream never syncs; the cost of our default durability is a feature-cost row
+    return [[*innostream_argv(), "extract", *([] if fsync else ["--no-fsync"]), "-C", str(target), *extra]]
 
 
 def peer_extract(target: Path, *, compressed: bool) -> list[list[str]]:
     stages = [["zstd", "-d", "-q", "-c"]] if compressed else []
     return [*stages, ["mbstream", "-x", "-C", str(target)]]
+
+
+def floor_backup(server: Any) -> list[list[str]]:
+    """The machine's floor for a backup: every datadir file read once (cold, like the backups), nothing else."""
+    return [["sh", "-c", 'find "$1" -type f -exec cat {} + >/dev/null', "floor", str(server.datadir)]]
+
+
+def naive_backup(server: Any) -> list[list[str]]:
+    """The same work without a backup tool: every datadir file read once and compressed on all cores, nothing
+    parsed, no redo, no locks, holes read as zeros (tar's exit 1, a file changed while read, is not a failure)."""
+    return [["sh", "-c", 'tar -C "$1" -cf - . ; test $? -le 1', "tar", str(server.datadir)],
+            ["zstd", "-1", "-T0", "-q", "-c"]]
+
+
+def naive_extract(target: Path) -> list[list[str]]:
+    """The same work without a backup tool: decompress and write the files, nothing verified."""
+    return [["zstd", "-d", "-q", "-c"], ["tar", "-x", "-C", str(target)]]
 
 
 def show(stages: Sequence[Sequence[str]], stdin: str | None = None, stdout: str | None = None) -> str:
@@ -511,9 +537,11 @@ def alternate(
     runs: int,
     contenders: list[tuple[Series, Callable[[int], PipelineResult]]],
 ) -> None:
-    """Run the contenders in turn, A B A B ..., ``runs`` times each; a failed run is kept and logged."""
+    """Run the contenders in turn, ``runs`` times each, the order rotated by one each round (A B, B A, A B ...; with
+    more contenders none is always first or always right after the same one); a failed run is kept and logged."""
     for i in range(runs):
-        for series, run in contenders:
+        k = i % len(contenders) if contenders else 0
+        for series, run in contenders[k:] + contenders[:k]:
             res = run(i)
             series.runs.append(res)
             state = "ok" if res.ok else f"FAILED {[p.returncode for p in res.procs]} (see {res.stderr_paths})"
@@ -589,35 +617,53 @@ def _extract_runner(stages: list[list[str]], archive: Path, target: Path,
     return run
 
 
-def bench_encryption(server: Any, out: Path, runs: int, cache: str, with_extract: bool) -> list[Series]:
-    """Ours, zstd-1, plain and encrypted (AES-256-GCM), alternated: backup, then extract of each archive."""
+def bench_features(server: Any, out: Path, runs: int, cache: str, with_extract: bool,
+                   with_peer: bool) -> list[Series]:
+    """What each feature on the hot path costs: ours zstd-1 at its defaults, then with one thing changed, beside the
+    peer at ``--parallel=2``, the same work done by tar and zstd, and the machine's floor (reading the datadir); the
+    backups alternated, then the extracts of their archives."""
     key = out / "bench.key"
     key.write_text(os.urandom(32).hex() + "\n")
     key.chmod(0o600)
-    tools = {"innostream": [], "innostream encrypted": [f"--encrypt-key-file={key}"]}
-    files = {tool: out / f"{tool.replace(' ', '-')}.isa" for tool in tools}
-    contenders = []
-    for tool, extra in tools.items():
-        st = ours_backup(server, compress=True)
-        st[0] += extra
-        s = Series("encryption backup zstd-1", tool, show(st, stdout=files[tool].name))
-        contenders.append((s, _backup_runner(st, files[tool], out / "logs" / "encryption-backup" /
-                                             tool.replace(" ", "-"), server, cache)))
+    backups = {
+        "innostream": [],  # --lock-ddl=reduced, the archive fsync'ed: the defaults
+        "innostream --lock-ddl=full": ["--lock-ddl=full"],
+        f"innostream --throttle {FEATURE_THROTTLE}": ["--throttle", str(FEATURE_THROTTLE)],
+        "innostream --no-fsync": ["--no-fsync"],
+        "innostream encrypted": [f"--encrypt-key-file={key}"],
+    }
+    stages = {tool: ours_backup(server, compress=True, extra=extra) for tool, extra in backups.items()}
+    peer = "mariadb-backup --parallel=2"
+    if with_peer:
+        stages[peer] = peer_backup(server, compress=True, parallel=2)
+    stages["tar | zstd -1"] = naive_backup(server)
+    stages["floor: read the datadir"] = floor_backup(server)
+    files = {tool: out / f"features-{_slug(tool)}.out" for tool in stages}
+    contenders = [(Series(FEATURES_BACKUP, tool, show(st, stdout=files[tool].name)),
+                   _backup_runner(st, files[tool], out / "logs" / FEATURES_BACKUP / _slug(tool), server, cache))
+                  for tool, st in stages.items()]
     alternate(runs, contenders)
     series = [s for s, _ in contenders]
     if not with_extract:
         return series
-    extracts = []
-    for tool, archive in files.items():
-        target = out / f"extract-{tool.replace(' ', '-')}"
-        stages = ours_extract(target)
-        if tool != "innostream":
-            stages[0] += [f"--decrypt-key-file={key}"]
-        s = Series("encryption extract zstd-1", tool, show(stages, stdin=archive.name))
-        extracts.append((s, _extract_runner(stages, archive, target, out / "logs" / "encryption-extract" /
-                                            tool.replace(" ", "-"))))
-    alternate(runs, extracts)
-    return series + [s for s, _ in extracts]
+    target = out / "features-extract"
+    extracts = {  # tool: (stages, the archive it reads); innostream rows --no-fsync like the other extract rows
+        "innostream": (ours_extract(target), files["innostream"]),
+        "innostream fsync": (ours_extract(target, fsync=True), files["innostream"]),
+        "innostream encrypted": (ours_extract(target, extra=[f"--decrypt-key-file={key}"]),
+                                 files["innostream encrypted"]),
+        **({peer: (peer_extract(target, compressed=True), files[peer])} if with_peer else {}),
+        "zstd -d | tar -x": (naive_extract(target), files["tar | zstd -1"]),
+    }
+    contenders = [(Series(FEATURES_EXTRACT, tool, show(st, stdin=archive.name)),
+                   _extract_runner(st, archive, target, out / "logs" / FEATURES_EXTRACT / _slug(tool)))
+                  for tool, (st, archive) in extracts.items()]
+    alternate(runs, contenders)
+    return series + [s for s, _ in contenders]
+
+
+def _slug(tool: str) -> str:
+    return re.sub(r"[^A-Za-z0-9=.-]+", "-", tool).strip("-")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -914,8 +960,8 @@ def render(results: dict[str, Any]) -> str:
             *([f"Peer: `{kind['peer_version']}`.", ""] if kind.get("peer_version") else []),
             f"Dataset: sysbench {meta['tables']} tables x {meta['rows']} rows = {human(meta['table_bytes'])} of "
             f"tablespaces, {human(meta['data_bytes'])} of files in the datadir (with redo and system files); "
-            f"median of {results['runs']} runs per cell, tools alternated A B A B; datadir page cache "
-            f"{results.get('cache', '?')} before each backup run.",
+            f"median of {results['runs']} runs per cell, tools alternated, the order rotated each round; datadir "
+            f"page cache {results.get('cache', '?')} before each backup run.",
             "",
             "| test | tool | ok | wall s (median) | wall min–max | CPU s | other CPU s | peak RSS (sum) | tree RSS "
             "| output |",
@@ -923,7 +969,7 @@ def render(results: dict[str, Any]) -> str:
         ]
         for s in kind["series"]:
             lines.append(
-                f"| {s['test']} | {s['tool']} | {'yes' if s['ok'] else '**no**'} | {_fmt(s['wall'])} | "
+                f"| {s['test']} | {_cell(s['tool'])} | {'yes' if s['ok'] else '**no**'} | {_fmt(s['wall'])} | "
                 f"{_fmt(s['wall_min'])}–{_fmt(s['wall_max'])} | {_fmt(s['cpu'])} | {_fmt(s.get('other_cpu'))} | "
                 f"{human(s['rss_sum'])} | "
                 f"{human(s['tree_rss_peak'])} | {human(s['out_bytes'])} |")
@@ -933,6 +979,13 @@ def render(results: dict[str, Any]) -> str:
                       "| test | wall | CPU | peak RSS | output bytes |", "|---|---:|---:|---:|---:|"]
             lines += [f"| {r['test']} | {_fmt(r['wall'])} | {_fmt(r['cpu'])} | {_fmt(r['rss'])} | "
                       f"{_fmt(r['bytes'], '.3f')} |" for r in ratios]
+        costs = feature_costs(kind["series"])
+        if costs:
+            lines += ["", "Feature costs: each row against ours at its defaults in the same test (the `innostream` "
+                      "row; extract rows `--no-fsync` unless named fsync), medians; +10% wall = 10% slower:", "",
+                      "| test | row | wall | CPU | peak RSS |", "|---|---|---:|---:|---:|"]
+            lines += [f"| {c['test']} | {_cell(c['tool'])} | {_pct(c['wall'])} | {_pct(c['cpu'])} | {_pct(c['rss'])} |"
+                      for c in costs]
         v = kind.get("validation")
         if v:
             share = f", {v['share']:.1%} of the {v['share_of']} zstd-1 backup's median wall" if "share" in v else ""
@@ -976,6 +1029,28 @@ def render(results: dict[str, Any]) -> str:
         if kind.get("notes"):
             lines += [f"* {n}" for n in kind["notes"]] + [""]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (a pipeline's name holds pipes)."""
+    return text.replace("|", "\\|")
+
+
+def _pct(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio - 1:+.0%}"
+
+
+def feature_costs(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each feature-cost row against the ``innostream`` row (the defaults) of its test: wall, CPU and RSS ratios."""
+    base = {s["test"]: s for s in series if s["test"].startswith("features ") and s["tool"] == "innostream"}
+    out = []
+    for s in series:
+        ref = base.get(s["test"])
+        if ref is None or s is ref or not s["ok"] or not ref["ok"]:
+            continue
+        out.append({"test": s["test"], "tool": s["tool"], "wall": _ratio(s["wall"], ref["wall"]),
+                    "cpu": _ratio(s["cpu"], ref["cpu"]), "rss": _ratio(s["rss_sum"], ref["rss_sum"])})
+    return out
 
 
 def compute_ratios(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1022,12 +1097,12 @@ def compute_targets(kind: dict[str, Any]) -> list[dict[str, str]]:
         rows.append({"target": f"page validation < {TARGET_VALIDATION_SHARE:.0%} of backup time",
                      "measured": f"{v['share']:.1%} (validate_pages alone vs {v['share_of']} backup wall)",
                      "met": yes(v["share"] < TARGET_VALIDATION_SHARE)})
-    enc = {(s["test"], s["tool"]): s for s in kind["series"] if s["test"].startswith("encryption ") and s["ok"]}
-    for test in ("encryption backup zstd-1", "encryption extract zstd-1"):
+    enc = {(s["test"], s["tool"]): s for s in kind["series"] if s["test"].startswith("features ") and s["ok"]}
+    for test in (FEATURES_BACKUP, FEATURES_EXTRACT):
         plain, sealed = enc.get((test, "innostream")), enc.get((test, "innostream encrypted"))
         if plain and sealed and plain["wall"]:
             extra = sealed["wall"] / plain["wall"] - 1
-            rows.append({"target": f"{test.removeprefix('encryption ')}: encryption adds < "
+            rows.append({"target": f"{test.removeprefix('features ')}: encryption adds < "
                                    f"{TARGET_ENCRYPTION_EXTRA:.0%} wall",
                          "measured": f"{extra:+.1%} wall, peak RSS {human(sealed['rss_sum'])} vs "
                                      f"{human(plain['rss_sum'])}",
@@ -1105,8 +1180,8 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
                     series += bench_extract(archives, out, args.runs, compress)
             if args.quick:
                 break
-        if "encryption" not in args.skip and with_ours_b:
-            series += bench_encryption(server, out, args.runs, args.cache, with_ours_x)
+        if "features" not in args.skip and with_ours_b:
+            series += bench_features(server, out, args.runs, args.cache, with_ours_x, with_peer)
         validation = None
         if "validation" not in args.skip:
             if with_ours_b and have_ours["no_validate"]:
@@ -1149,7 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="reuse a dataset already loaded in the work dir")
     parser.add_argument("--load-time", type=int, default=900,
                         help="cap in seconds on the sysbench write load, which stops when the backup ends")
-    parser.add_argument("--skip", default="", help="comma-separated: backup,extract,encryption,validation,load")
+    parser.add_argument("--skip", default="", help="comma-separated: backup,extract,features,validation,load")
     parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
                         help="datadir files out of (default) or in the page cache before each backup run")
     parser.add_argument("--keep-output", action="store_true",
@@ -1160,7 +1235,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
     parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                         help="measure nothing: re-render the table (and the doc) from an earlier results file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--seek", action="store_true",
+                        help="only the seekable index on a local object store (tools/bench_seek.py, --size in MiB "
+                             "there; pass its options after --)")
+    args, rest = parser.parse_known_args(argv)
+    if args.seek:
+        from tools.bench_seek import main as seek_main
+
+        return seek_main([a for a in rest if a != "--"])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.render:
         results = json.loads(args.render.read_text())
         for kind in results["kinds"]:

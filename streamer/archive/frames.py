@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import xxhash
-from innostream.archive.types import read_exact
+from innostream.archive.index import FrameMap
+from innostream.archive.types import FileResult, read_exact
 from innostream.formats import archive as fa
 from innostream.formats import archive_crypt as fc
+from innostream.formats import archive_index as fi
 from innostream.formats.errors import (
     BadMagic,
     ChecksumMismatch,
@@ -90,6 +92,11 @@ class FrameReader:
         self.seq = 0
         self.stored_bytes = 0
         self.last_header: bytes | None = None
+        #: FEATURE_INDEX: the INDEX frame once read, and where every frame began (to check the index against)
+        self.indexed = bool(self.header.required_features & fa.FEATURE_INDEX)
+        self.index_frame: Frame | None = None
+        self.frame_map: FrameMap | None = FrameMap() if self.indexed else None
+        self.locator: fi.Locator | None = None
         # hints for naming a damaged field; maintained by the consumer
         self.next_file_id = 1
         self.open_ids: set[int] = set()
@@ -141,20 +148,57 @@ class FrameReader:
                              what=f"the payload of frame {self.seq}")
         if fa.xxh3(payload) != h.payload_xxh3:
             raise ChecksumMismatch(f"payload checksum mismatch in frame {self.seq}", where=self._at(pos))
+        frame = Frame(h, payload, pos)
+        self._place(frame)
         self.pos = pos + fa.FRAME_HEADER_SIZE + h.stored_len
         self.seq += 1
         self.last_header = first
         if h.type != fa.FRAME_TRAILER:
             self.digest.update(first)
             self.stored_bytes += h.stored_len
-        return Frame(h, payload, pos)
+        return frame
+
+    def _place(self, frame: Frame) -> None:
+        """The index's place in the sequence: only with FEATURE_INDEX, once, right before the trailer."""
+        h = frame.header
+        if self.frame_map is not None:
+            self.frame_map.add(frame.pos, h.file_id)
+        if h.type == fa.FRAME_INDEX:
+            if not self.indexed:
+                raise Corrupt("INDEX frame in an archive that did not declare an index", where=frame.where)
+            if self.index_frame is not None or h.file_id or h.offset:
+                raise Corrupt("a second INDEX frame, or one with a file_id or offset", where=frame.where)
+            self.index_frame = frame
+        elif self.index_frame is not None and h.type != fa.FRAME_TRAILER:
+            raise Corrupt("a frame after the INDEX frame: the index must be right before the trailer",
+                          where=frame.where)
+        elif h.type == fa.FRAME_TRAILER and self.indexed and self.index_frame is None:
+            raise Corrupt("the archive declares an index but has no INDEX frame before its trailer", where=frame.where)
+
+    def finish_members(self, results: list[FileResult]) -> dict[str, Any]:
+        """The frames ran out before a trailer: only a reader of chosen members (archive/seekable.py) ends so."""
+        raise Truncated(f"archive ends after frame {self.seq - 1} without a trailer", offset=self.pos)
+
+    def reposition(self, inp: BinaryIO, pos: int, seq: int) -> None:
+        """Continue at archive offset ``pos`` with frame ``seq``, reading from ``inp`` (a reader that seeks)."""
+        self._inp, self.pos, self.seq, self.last_header = inp, pos, seq, None
 
     def _at(self, pos: int) -> Where:
         """The place of the frame being parsed (built only for an error)."""
         return Where(offset=pos, frame=self.seq)
 
     def expect_eof(self) -> None:
-        """After the trailer: the input must end."""
+        """After the trailer: the end locator if the archive is indexed (it must point at the INDEX frame read),
+        then the end of the input."""
+        if self.indexed and self.index_frame is not None:
+            buf = read_exact(self._inp, fi.END_LOCATOR_SIZE, offset=self.pos, what="the end locator")
+            loc = fi.parse_locator(buf, self.pos + fi.END_LOCATOR_SIZE)
+            index = self.index_frame
+            if loc.index_offset != index.pos or loc.index_size != fa.FRAME_HEADER_SIZE + index.header.stored_len:
+                raise Corrupt(f"the end locator places the index at {loc.index_offset}, it is at {index.pos}",
+                              offset=self.pos)
+            self.locator = loc
+            self.pos += fi.END_LOCATOR_SIZE
         extra = self._inp.read(1)
         if extra:
             raise Corrupt("data after the trailer", offset=self.pos)

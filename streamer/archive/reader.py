@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from innostream.archive.codec import Codec, ZstdCodec
 from innostream.archive.crypt import key_required, open_codec
 from innostream.archive.frames import Frame, FrameReader
+from innostream.archive.index import check_index
 from innostream.archive.types import (
     MAX_OPEN_FILES,
     ArchiveSummary,
@@ -33,6 +34,7 @@ from innostream.archive.types import (
 from innostream.errors import UnsafePath
 from innostream.formats import archive as fa
 from innostream.formats.archive_crypt import AuthenticationFailed
+from innostream.formats.archive_index import parse_index
 from innostream.formats.errors import ChecksumMismatch, Corrupt
 from innostream.sink import Sink
 
@@ -128,8 +130,10 @@ class ArchiveReader:
         limits: SizeLimits | None = None,
         key: bytes | None = None,
         require_key: bool = True,
+        frames: FrameReader | None = None,
     ) -> None:
-        self._frames = FrameReader(inp, header_prefix=header_prefix)
+        # ``frames``: a reader of some members only (archive/seekable.py), instead of one pass over ``inp``
+        self._frames = frames if frames is not None else FrameReader(inp, header_prefix=header_prefix)
         self._limits = limits or SizeLimits()
         self._codec: Codec = codec or ZstdCodec()
         #: an encrypted archive read without its key (verify): structure only, nothing decoded
@@ -177,6 +181,7 @@ class ArchiveReader:
             fa.FRAME_FILE_BEGIN: self._file_begin,
             fa.FRAME_DATA: self._data,
             fa.FRAME_FILE_END: self._file_end,
+            fa.FRAME_INDEX: self._index,
         }
         try:
             for frame in self._frames:
@@ -188,7 +193,9 @@ class ArchiveReader:
                     return self.summary
                 handlers.get(h.type, self._optional)(frame)
                 self._order.check()
-            raise AssertionError("unreachable")  # FrameReader raises Truncated at EOF
+            # a pipe's FrameReader raises Truncated at EOF; a reader of chosen members ends after their frames
+            self._end_of_members()
+            return self.summary
         except BaseException as exc:
             self._order.stop(exc)
             if self._pool is not None:
@@ -280,11 +287,30 @@ class ArchiveReader:
                                          "its contents were not authenticated")
         else:
             self._check_trailer(frame)
+            self._check_index()
         frames, summary = self._frames, self.summary
         frames.expect_eof()
         summary.archive_bytes = frames.pos
         summary.frames = frames.seq
         summary.stored_bytes = frames.stored_bytes
+        self._sink.close()
+
+    def _index(self, frame: Frame) -> None:
+        """The INDEX frame (docs/FORMAT.md §10) is checked against the stream once every file ended (the trailer)."""
+
+    def _check_index(self) -> None:
+        index = self._frames.index_frame
+        if index is None or self.sealed or self._frames.frame_map is None:
+            return
+        check_index(parse_index(self._codec.decode(index)), self.summary.files, self._frames.frame_map, index.pos,
+                    index.where)
+
+    def _end_of_members(self) -> None:
+        """The chosen members were all read (a reader that seeks): the frames reader checks them against its
+        verified index and trailer."""
+        self._flush_batch()
+        self._order.finish()
+        self.summary.trailer = self._frames.finish_members(self.summary.files)
         self._sink.close()
 
     def _optional(self, frame: Frame) -> None:

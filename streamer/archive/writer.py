@@ -7,6 +7,7 @@ thread. A bounded queue of in-flight frames gives back-pressure by blocking the 
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from typing import Any, BinaryIO
 
 import xxhash
 from innostream.archive.codec import Codec, FrameContext, PlainCodec, ZstdCodec
+from innostream.archive.index import IndexBuilder
 from innostream.archive.output import StreamOutput
 from innostream.archive.types import completed, hash_zeros
 from innostream.errors import Interrupted, TargetError
 from innostream.formats import archive as fa
+from innostream.formats import archive_index as fi
 from innostream.formats.errors import InnostreamError
 from innostream.zeros import nonzero_extents
 
@@ -30,6 +33,7 @@ SMALL_WRITE = 256 << 10  # writes below this are gathered into chunk-sized frame
 @dataclass
 class _WFile:
     name: str
+    mode: int = 0o640
     pos: int = 0
     frames: int = 0
     ended: bool = False
@@ -45,6 +49,9 @@ class ArchiveWriter:
     increase, gaps are holes. All-zero 4 KiB blocks are skipped by the writer itself. In-flight memory is bounded by
     ``max_inflight`` chunks of at most 1 MiB; callers block when it is full. ``codec`` says how payloads are stored;
     without one, zstd at ``level``, or as they are if not ``compress`` (the backup's ``--compress`` options).
+    ``index`` (the default) ends the archive with the member index and the end locator (docs/FORMAT.md §10), so a
+    reader of a file or an object can fetch only the members it wants; without it the archive is as version 1
+    readers before the index wrote it.
     """
 
     def __init__(
@@ -57,9 +64,13 @@ class ArchiveWriter:
         compress: bool = True,
         max_inflight: int | None = None,
         codec: Codec | None = None,
+        index: bool = True,
     ) -> None:
         self._out = StreamOutput.wrap(out)  # every byte written or an error (short writes, EINTR, EAGAIN)
         self._codec: Codec = codec or (ZstdCodec(level) if compress else PlainCodec())
+        if index:  # the header declares the index; a copy, so that the caller's codec is left as it was
+            self._codec = copy.copy(self._codec)
+            self._codec.features |= fa.FEATURE_INDEX
         self._lock = threading.Lock()
         self._files: dict[int, _WFile] = {}
         self._names: set[str] = set()
@@ -75,6 +86,7 @@ class ArchiveWriter:
             maxsize=max_inflight or 2 * max(1, threads) + 2)
         header = self._codec.stream_header(meta)
         self._digest.update(fa.digest_view(header, self._codec.features))
+        self._index = IndexBuilder(len(header)) if index else None
         try:
             self._out.write(header)
         except OSError as exc:
@@ -94,6 +106,8 @@ class ArchiveWriter:
                 header, payload = fut.result()
                 self._digest.update(header)
                 self._out.write(header, payload)
+                if self._index is not None:
+                    self._index.add(header, len(header) + len(payload))
                 self.frames += 1
                 self.stored_bytes += len(payload)
                 if self._queue.empty():  # idle: let a live reader (ssh) see what we have
@@ -146,7 +160,7 @@ class ArchiveWriter:
                 raise ValueError(f"file {name!r} is already in the archive")
             self._names.add(name)
             file_id = len(self._files) + 1
-            self._files[file_id] = _WFile(name)
+            self._files[file_id] = _WFile(name, mode & 0o7777)
             seq = self._seq
             self._seq += 1
             payload, flags = self._codec.encode(raw, FrameContext(fa.FRAME_FILE_BEGIN, seq, file_id, 0))
@@ -246,6 +260,10 @@ class ArchiveWriter:
         self._closed = False
         self._check()
         self._closed = True
+        try:
+            index_at = self._write_index()
+        except OSError as exc:
+            raise self._output_error(exc) from exc
         info = dict(trailer or {})
         info["files"] = [[f.name, f.pos, f.digest.hexdigest()] for f in self._files.values()]
         raw = fa.build_trailer(self.frames, len(self._files), self.raw_bytes, self.stored_bytes, self._digest.digest(),
@@ -256,10 +274,28 @@ class ArchiveWriter:
         header = fa.build_frame_header(fa.FRAME_TRAILER, flags, 0, self._seq, 0, len(raw), payload)
         try:
             self._out.write(header, payload)
+            if self._index is not None:
+                self._out.write(fi.build_locator(index_at, self._index.pos - index_at, len(header) + len(payload)))
             self._out.flush()
         except OSError as exc:
             raise self._output_error(exc) from exc
         self.frames += 1
+
+    def _write_index(self) -> int:
+        """The INDEX frame, right before the trailer (counted by it like any frame); return where it starts."""
+        if self._index is None:
+            return 0
+        raw = self._index.build([(f.name, f.mode, f.pos, f.digest.digest()) for f in self._files.values()])
+        payload, flags = self._codec.encode(raw, FrameContext(fa.FRAME_INDEX, self._seq, 0, 0))
+        header = fa.build_frame_header(fa.FRAME_INDEX, flags, 0, self._seq, 0, len(raw), payload)
+        at = self._index.pos
+        self._out.write(header, payload)
+        self._index.add(header, len(header) + len(payload))
+        self._seq += 1
+        self._digest.update(header)
+        self.frames += 1
+        self.stored_bytes += len(payload)
+        return at
 
     def abort(self) -> None:
         """Stop: drop queued frames, never write a trailer. Safe to call more than once."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from innostream import __version__
+from innostream.alloc import tune_malloc
 from innostream.errors import EXIT_INTERRUPTED, InnostreamError
 from innostream.log import setup_logging
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> Any:
     """
     args = list(argv) if argv is not None else sys.argv[1:]
     debug = "--debug" in args
+    tune_malloc()  # before the first MiB buffer: frames handed between threads must not be re-faulted each time
     try:
         return cli.main(args=args, prog_name="innostream", standalone_mode=False, obj={"argv": tuple(args)})
     except click.exceptions.Abort:

@@ -102,13 +102,23 @@ def extract_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, ta
                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
     """Extract an innostream archive or an xbstream (from a file or stdin) into TARGET."""
     key = _key(decrypt_key_file, decrypt_key_command)
-    inp = _open_input(archive)
+    from innostream.cli.storage import open_ranges
+
+    source = open_ranges(archive) if include or exclude else None  # a file or object: read the chosen members only
+    if source is not None and archive.startswith("s3://"):
+        from innostream.cli.storage import open_object_input
+
+        inp = open_object_input(archive, source)  # one HEAD; nothing is fetched unless the archive has no index
+    else:
+        inp = _open_input(archive)
     try:
         extract(inp, target, parallel=parallel, fsync=fsync, fmt=fmt, dialect=xbstream_dialect, max_size=max_size,
-                key=key, include=include, exclude=exclude)
+                key=key, include=include, exclude=exclude, source=source)
     finally:
         if inp is not sys.stdin.buffer:
             inp.close()
+        if source is not None:
+            source.close()
 
 
 @click.command("list")

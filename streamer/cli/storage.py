@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import click
-from innostream.storage import is_object_location, open_read, open_write
+from innostream.archive.seekable import RangeSource
+from innostream.storage import is_object_location, open_write
 from innostream.storage.s3 import DEFAULT_INFLIGHT, DEFAULT_PART, DEFAULT_RETRY_SECONDS, MIB, S3Options, S3Writer
 
 _META = "innostream.s3"
@@ -66,9 +67,37 @@ def options_from_context() -> S3Options:
     )
 
 
-def open_object_input(location: str) -> BinaryIO:
-    """A reader of ``s3://bucket/key`` with the command's options (closed by the caller)."""
-    return open_read(location, options_from_context())
+def open_object_input(location: str, src: RangeSource | None = None) -> BinaryIO:
+    """A reader of ``s3://bucket/key`` with the command's options (closed by the caller): ranged GETs of 8 MiB,
+    ``--parts-in-flight`` of them at once (memory about (that + 1) x 8 MiB), from the first read on; ``src``: the
+    object's ranges already opened (:func:`open_ranges`)."""
+    from innostream.archive.seekable import PrefetchStream
+    from innostream.storage import parse_location
+    from innostream.storage.s3 import S3Ranges
+
+    options = options_from_context()
+    if src is None:
+        src = S3Ranges(parse_location(location), options)
+    return PrefetchStream(src, [(0, src.size)], inflight=options.inflight)  # type: ignore[return-value]
+
+
+def open_ranges(location: str) -> RangeSource | None:
+    """The archive at ``location`` read by ranges (a regular file, an object), or None (stdin, a pipe)."""
+    if is_object_location(location):
+        from innostream.storage import parse_location
+        from innostream.storage.s3 import S3Ranges
+
+        return S3Ranges(parse_location(location), options_from_context())
+    from pathlib import Path
+
+    try:
+        if location == "-" or not Path(location).is_file():
+            return None
+    except OSError:
+        return None  # the sequential open says why
+    from innostream.archive.seekable import LocalFileSource
+
+    return LocalFileSource(location)
 
 
 def open_object_output(location: str, resume: bool = False) -> S3Writer:
@@ -158,23 +187,58 @@ def _describe_archive(head: bytes) -> str:
     return f"innostream {meta.get('flavor', '?')} {meta.get('server_version', '?')}"
 
 
+#: one ranged GET of an object's end: the end locator and the trailer of a backup of up to some thousand files
+LIST_TAIL = 256 << 10
+
+
+def _describe_tail(tail: bytes, size: int) -> tuple[str, str] | None:
+    """(state, "type from_lsn..to_lsn flavor version") from an indexed archive's end, or None if it has no index."""
+    from innostream.archive.seekable import read_tail
+    from innostream.formats.errors import InnostreamError
+
+    try:
+        info = read_tail(tail, size)
+    except InnostreamError as exc:
+        return "damaged", exc.message[:60]
+    if info is None:
+        return None
+    if info.trailer is None:
+        return "complete", "encrypted (give the key to extract or list it)"
+    t = info.trailer
+    kind = {"full-backuped": "full", "incremental": "incremental"}.get(str(t.get("backup_type")),
+                                                                       str(t.get("backup_type", "?")))
+    return "complete", (f"innostream {t.get('flavor', '?')} {t.get('server_version', '?')}  {kind} "
+                        f"{t.get('from_lsn', '?')}..{t.get('to_lsn', '?')}  {info.files} files")
+
+
 def list_prefix(location: str) -> None:
-    """``list s3://bucket/prefix/``: one line per object (time, size, what its header says, key) and per upload
-    not completed ("incomplete"); the header is read with two small ranged GETs per object."""
+    """``list s3://bucket/prefix/``: one line per object (time, size, complete/damaged, full or incremental, LSN
+    range, server, key), read from its end locator and trailer with one ranged GET; per upload not completed
+    ("incomplete"). An object without the index (older archives, xbstreams) is described by its header (two more
+    small GETs)."""
     import struct
 
     from innostream.formats.archive import STREAM_HEADER_SIZE
     from innostream.storage import ObjectLocation, parse_location
-    from innostream.storage.s3 import list_objects, list_uploads, read_range
+    from innostream.storage.s3 import list_objects, list_uploads, make_client, read_range
 
     loc = parse_location(location, prefix_ok=True)
     options = options_from_context()
+    client = make_client(options)
     for obj in list_objects(loc, options):
-        head = read_range(ObjectLocation(loc.bucket, obj.key), options, 0, STREAM_HEADER_SIZE) if obj.size else b""
-        if len(head) == STREAM_HEADER_SIZE and head.startswith(b"INNOSTRM"):
-            meta_len = struct.unpack_from("<I", head, 20)[0]
-            if 0 < meta_len <= 65536:
-                head += read_range(ObjectLocation(loc.bucket, obj.key), options, STREAM_HEADER_SIZE, meta_len)
-        click.echo(f"{obj.modified}  {obj.size:>14}  complete    {_describe_archive(head):32}  {obj.key}")
+        where = ObjectLocation(loc.bucket, obj.key)
+        described = None
+        if obj.size:
+            tail = read_range(where, options, -1, min(obj.size, LIST_TAIL), client=client)
+            described = _describe_tail(tail, obj.size)
+        if described is None:
+            head = read_range(where, options, 0, STREAM_HEADER_SIZE, client=client) if obj.size else b""
+            if len(head) == STREAM_HEADER_SIZE and head.startswith(b"INNOSTRM"):
+                meta_len = struct.unpack_from("<I", head, 20)[0]
+                if 0 < meta_len <= 65536:
+                    head += read_range(where, options, STREAM_HEADER_SIZE, meta_len, client=client)
+            described = ("complete", f"{_describe_archive(head)} (no index)")
+        state, what = described
+        click.echo(f"{obj.modified}  {obj.size:>14}  {state:10}  {what:60}  {obj.key}")
     for up in list_uploads(loc, options):
-        click.echo(f"{up.modified}  {up.size:>14}  incomplete  {'-':32}  {up.key}")
+        click.echo(f"{up.modified}  {up.size:>14}  {'incomplete':10}  {'-':60}  {up.key}")

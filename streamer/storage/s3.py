@@ -450,6 +450,52 @@ class S3Reader(io.RawIOBase):
         super().close()
 
 
+class S3Ranges:
+    """Byte ranges of one object by ranged GETs (the version first seen: ``If-Match`` its ETag), from several threads
+    at once: the :class:`~innostream.archive.seekable.RangeSource` of an object. Counts what it fetched."""
+
+    def __init__(self, location: ObjectLocation, options: S3Options, client: Any = None) -> None:
+        self.location = location
+        self.name = str(location)
+        self.options = options
+        self.client = client if client is not None else make_client(options)
+        self._reader = S3Reader(location, options, self.client)  # HEAD: size, ETag, the errors of a missing object
+        self.size = self._reader.size
+        self.etag = self._reader.etag
+        self.bytes_read = self.requests = 0
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` (a body cut short is fetched again, within the retry time)."""
+        if length <= 0:
+            return b""
+        if offset + length > self.size:
+            raise SourceError(f"object storage: {self.location} holds {self.size} bytes, a read wants "
+                              f"{offset}..{offset + length}")
+
+        def get() -> bytes:
+            body = self.client.get_object(Bucket=self.location.bucket, Key=self.location.key, IfMatch=self.etag,
+                                          Range=f"bytes={offset}-{offset + length - 1}")["Body"]
+            try:
+                data = bytes(body.read())
+            finally:
+                body.close()
+            if len(data) != length:
+                import botocore.exceptions
+
+                raise botocore.exceptions.IncompleteReadError(actual_bytes=len(data), expected_bytes=length)
+            return data
+
+        data = self._reader._call("read", get)
+        with self._lock:
+            self.bytes_read += length
+            self.requests += 1
+        return data
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 def open_stream(location: ObjectLocation, options: S3Options) -> io.BufferedReader:
     """:class:`S3Reader` with a 1 MiB buffer (what the archive readers expect of a file)."""
     return io.BufferedReader(S3Reader(location, options), buffer_size=MIB)
@@ -504,12 +550,14 @@ def list_uploads(location: ObjectLocation, options: S3Options) -> Iterator[Objec
                           hint=_hint(exc)) from None
 
 
-def read_range(location: ObjectLocation, options: S3Options, start: int, length: int) -> bytes:
-    """Bytes ``[start, start + length)`` of an object (fewer at its end): one ranged GET."""
-    client = make_client(options)
+def read_range(location: ObjectLocation, options: S3Options, start: int, length: int, *,
+               client: Any = None) -> bytes:
+    """Bytes ``[start, start + length)`` of an object (fewer at its end), or its last ``length`` bytes when
+    ``start`` is negative: one ranged GET."""
+    client = client if client is not None else make_client(options)
+    span = f"bytes=-{length}" if start < 0 else f"bytes={start}-{start + length - 1}"
     try:
-        body = _retry("read", lambda: client.get_object(Bucket=location.bucket, Key=location.key,
-                                                        Range=f"bytes={start}-{start + length - 1}"),
+        body = _retry("read", lambda: client.get_object(Bucket=location.bucket, Key=location.key, Range=span),
                       options.retry_seconds)["Body"]
         return bytes(body.read())
     except Exception as exc:
@@ -519,6 +567,7 @@ def read_range(location: ObjectLocation, options: S3Options, start: int, length:
 __all__ = [
     "ObjectInfo",
     "S3Options",
+    "S3Ranges",
     "S3Reader",
     "S3Writer",
     "list_objects",

@@ -95,7 +95,8 @@ def test_one_codec_object_writes_and_reads_with_the_frame_context():
     # every frame went through the codec (an encrypting codec seals names and sizes too), with the same identity
     # both ways
     assert sorted(codec.decoded) == sorted(codec.encoded)
-    assert {c[0] for c in codec.encoded} == {fa.FRAME_FILE_BEGIN, fa.FRAME_DATA, fa.FRAME_FILE_END, fa.FRAME_TRAILER}
+    assert {c[0] for c in codec.encoded} == {fa.FRAME_FILE_BEGIN, fa.FRAME_DATA, fa.FRAME_FILE_END, fa.FRAME_INDEX,
+                                             fa.FRAME_TRAILER}
     _, frames = split_frames(blob)
     assert len(codec.encoded) == len(frames)
     # the stored bytes are not the raw ones: without the codec the archive does not read
@@ -110,7 +111,8 @@ def test_level_and_compress_choose_the_default_codec():
     plain = _write(files, compress=False)
     assert plain == _write(files, codec=PlainCodec())
     head, frames = split_frames(plain)
-    assert fa.parse_stream_header(head[: fa.STREAM_HEADER_SIZE], head[fa.STREAM_HEADER_SIZE :]).required_features == 0
+    header = fa.parse_stream_header(head[: fa.STREAM_HEADER_SIZE], head[fa.STREAM_HEADER_SIZE :])
+    assert header.required_features == fa.FEATURE_INDEX  # no zstd, no encryption
     assert not any(fa.unpack_frame_header(f[: fa.FRAME_HEADER_SIZE]).flags for f in frames)
     # a plain codec still reads compressed frames: the reader takes whatever the stream holds
     assert read_archive(io.BytesIO(_write(files)), NullSink(), codec=PlainCodec()).raw_bytes > 0

@@ -200,7 +200,7 @@ def test_file_digest_and_frame_count_are_checked():
         (one_file("a", b"x") + one_file("a", b"y", file_id=2, seq=3), Corrupt, "duplicate file"),
         (one_file("a", b"x", file_id=2), Corrupt, "FILE_BEGIN with file_id 2, expected 1"),
         ([frame(fa.FRAME_DATA, 1, 0, b"x")], Corrupt, "DATA for file_id 1, which is not open"),
-        ([frame(0x05, 0, 0, b"")], UnsupportedVersion, "frame type 0x5 is unknown"),
+        ([frame(0x06, 0, 0, b"")], UnsupportedVersion, "frame type 0x6 is unknown"),
         ([frame(fa.FRAME_FILE_BEGIN, 1, 0, b"\0\0\0\0\xff\x0fab")], Corrupt, "name length"),
         ([frame(fa.FRAME_FILE_BEGIN, 1, 0, fa.build_file_begin("a", 0)),
           frame(fa.FRAME_DATA, 1, 1, b"xxxx", offset=100), frame(fa.FRAME_DATA, 1, 2, b"yy", offset=102)],

@@ -67,7 +67,7 @@ def test_stream_header_errors():
     with pytest.raises(UnsupportedVersion, match="version 2"):
         fa.parse_stream_header_fixed(blob[:8] + b"\x02\x00" + blob[10:32])
     with pytest.raises(UnsupportedVersion, match="unknown features"):
-        fa.parse_stream_header_fixed(blob[:12] + b"\x05\x00\x00\x00" + blob[16:32])  # bit 2: unknown
+        fa.parse_stream_header_fixed(blob[:12] + b"\x09\x00\x00\x00" + blob[16:32])  # bit 3: unknown
     with pytest.raises(Corrupt, match="exceeds the cap"):
         fa.parse_stream_header_fixed(blob[:20] + b"\xff\xff\xff\x00" + blob[24:32])
     bad = bytearray(blob)
@@ -121,7 +121,7 @@ def test_format_md_example_is_what_the_writer_writes():
     example = text[text.index("## 6. Example") : text.index("## 7.")]
     hexdump = "".join(line.replace(" ", "") for line in example.splitlines() if re.fullmatch(r"[0-9a-f ]+", line))
     out = io.BytesIO()
-    w = ArchiveWriter(out, meta={"flavor": "mariadb"}, compress=False)
+    w = ArchiveWriter(out, meta={"flavor": "mariadb"}, compress=False, index=False)  # §10 shows the index
     f = w.begin_file("a")
     w.write(f, 0, b"x" * 4096 + bytes(4096))
     w.end_file(f, 8192)
