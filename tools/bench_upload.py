@@ -14,7 +14,8 @@ On the sysbench dataset of ``tools.bench`` (MariaDB 10.11), alternated, the page
   compressed backup into object storage without a local copy (xbcloud is Percona's and not in Debian; no AWS CLI
   here either).
 
-Each object is deleted after its run. Reported: median wall, CPU of the pipeline, peak RSS (the sum over the
+Each object is deleted after its run. Reported: median wall, CPU of the pipeline, the machine's CPU outside it
+(the database server and, for the uploads, the object store on the same 2 cores), peak RSS (the sum over the
 pipeline's processes, and the largest one), the ratio to our file backup. The table goes to stdout and, between
 the ``bench-upload`` markers, into docs/BENCHMARKS.md.
 """
@@ -104,14 +105,15 @@ def render(series: list[Series], meta: dict[str, Any], env: dict[str, Any], para
              f"for both tools; local SeaweedFS (`weed mini`) on the same machine. Measured {env.get('date', '')} on "
              f"{env.get('cores', '?')} cores (load average at the start {env.get('loadavg_start', ('?',))[0]}).",
              "",
-             "| backup | ok | wall s (median) | min-max | vs ours > file | CPU s | peak RSS (sum) | largest process |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| backup | ok | wall s (median) | min-max | vs ours > file | CPU s | other CPU s | peak RSS (sum) | "
+             "largest process |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in series:
         walls = [r.wall for r in s.runs]
         biggest = statistics.median(max(p.maxrss for p in r.procs) for r in s.runs) if s.runs else 0
         name = s.tool.replace("|", "\\|")
         lines.append(f"| {name} | {'yes' if s.ok else 'NO'} | {s.med('wall'):.2f} | {min(walls):.2f}-"
-                     f"{max(walls):.2f} | {s.med('wall') / ref:.2f}x | {s.med('cpu'):.1f} | "
+                     f"{max(walls):.2f} | {s.med('wall') / ref:.2f}x | {s.med('cpu'):.1f} | {s.med('other_cpu'):.1f} | "
                      f"{human(s.med('rss_sum'))} | {human(biggest)} |")
     lines.append(END)
     return "\n".join(lines)
