@@ -482,6 +482,37 @@ def _recover_link(binary: Path, bd: BackupDir, config: PrepareConfig, fam: Famil
                               hint="run the same prepare command again: it resumes the link it was applying") from None
 
 
+def _still_to_apply(base: BackupDir, incs: list[Path], *, overlay: bool) -> list[Path]:
+    """The same command again after a crash: the links up to the one BASE's checkpoints describe are done; the
+    rest. Matched by to_lsn and last_lsn (and start_lsn for an overlay chain, whose BASE must record one). A
+    redo-per-link chain never skips the last link given: applying it twice is a step repeated, which
+    :func:`check_chain` refuses; laying an overlay link twice changes nothing, so there it is skipped too."""
+    cp = base.checkpoints
+
+    def key(c: Checkpoints) -> tuple[int, ...]:
+        return (c.to_lsn, c.last_lsn, start_lsn(c)) if overlay else (c.to_lsn, c.last_lsn)
+
+    if overlay and not start_lsn(cp):
+        return incs
+    for j in range(len(incs) - (1 if overlay else 2), -1, -1):
+        done = read_backup_dir(incs[j]).checkpoints
+        if done.backup_type == BACKUP_TYPE_INCREMENTAL and key(done) == key(cp):
+            log.info("prepare: %s and the links before it are %s already; continuing after it", incs[j],
+                     f"laid on {base.path}" if overlay else "applied")
+            return incs[j + 1:]
+    return incs
+
+
+def _journal_leads(base: BackupDir, journal: Journal, incs: Sequence[Path], doing: str) -> None:
+    """Refuse a rerun that does not start with the link an interrupted prepare was ``doing`` (its journal)."""
+    first = read_backup_dir(incs[0]).checkpoints if incs else None
+    if first is None or not journal.names(first):
+        raise PrepareError(f"an earlier prepare of {base.path} stopped while {doing} {journal.link} "
+                           f"(LSN {journal.from_lsn}..{journal.to_lsn}): run prepare again with that incremental "
+                           "first", file=str(base.path / CHAIN_JOURNAL),
+                           hint=f"prepare --target-dir {base.path} --incremental-dir {journal.link} ...")
+
+
 def prepare_chain(config: PrepareConfig, incremental_dirs: Sequence[Path], apply_log_only: bool) -> PrepareResult:
     """Apply BASE's redo and each incremental in turn; the last link gets a full prepare unless ``apply_log_only``.
 
@@ -522,22 +553,9 @@ def prepare_chain(config: PrepareConfig, incremental_dirs: Sequence[Path], apply
         journal = None  # the link it names finished (its checkpoints were written); only the journal was left
     incs = list(incremental_dirs)
     if cp.backup_type == BACKUP_TYPE_LOG_APPLIED:
-        # The same command again after a crash: the links up to the one BASE's checkpoints describe are done.
-        # (Not the last one given: applying the last link twice is a step repeated, refused below.)
-        for j in range(len(incs) - 2, -1, -1):
-            done = read_backup_dir(incs[j]).checkpoints
-            if done.backup_type == BACKUP_TYPE_INCREMENTAL and (done.to_lsn, done.last_lsn) == (
-                cp.to_lsn, cp.last_lsn
-            ):
-                log.info("prepare: %s and the links before it are applied already; continuing after it", incs[j])
-                incs = incs[j + 1:]
-                break
-    first = read_backup_dir(incs[0]).checkpoints if incs else None
-    if journal is not None and journal.phase != "base" and (first is None or not journal.names(first)):
-        raise PrepareError(f"an earlier prepare of {base.path} stopped while applying {journal.link} "
-                           f"(LSN {journal.from_lsn}..{journal.to_lsn}): run prepare again with that incremental "
-                           "first", file=str(base.path / CHAIN_JOURNAL),
-                           hint=f"prepare --target-dir {base.path} --incremental-dir {journal.link} ...")
+        incs = _still_to_apply(base, incs, overlay=False)
+    if journal is not None and journal.phase != "base":
+        _journal_leads(base, journal, incs, "applying")
     links = check_chain(base, incs)
     fam.redo_only_options()  # refuses a family whose redo-only pass is not proven before anything is written
     binary, line = find_server_binary(base, config.server_binary)
@@ -595,23 +613,10 @@ def _prepare_by_overlay(config: PrepareConfig, base: BackupDir, incremental_dirs
         raise PrepareError(f"{base.path} is {cp.backup_type}: a MySQL base takes its incrementals before any "
                            "recovery has run on it", file=str(base.checkpoints_file),
                            hint="start again from a copy of the original base")
-    incs = list(incremental_dirs)
-    for j in range(len(incs) - 1, -1, -1):
-        done = read_backup_dir(incs[j]).checkpoints
-        if done.backup_type == BACKUP_TYPE_INCREMENTAL and start_lsn(cp) and (
-            done.to_lsn, done.last_lsn, start_lsn(done)
-        ) == (cp.to_lsn, cp.last_lsn, start_lsn(cp)):
-            log.info("prepare: %s and the links before it are laid on %s already; continuing after it", incs[j],
-                     base.path)
-            incs = incs[j + 1:]
-            break
+    incs = _still_to_apply(base, list(incremental_dirs), overlay=True)
     journal = read_journal(base.path)
-    first = read_backup_dir(incs[0]).checkpoints if incs else None
-    if journal is not None and (first is None or not journal.names(first)):
-        raise PrepareError(f"an earlier prepare of {base.path} stopped while laying {journal.link} "
-                           f"(LSN {journal.from_lsn}..{journal.to_lsn}): run prepare again with that incremental "
-                           "first", file=str(base.path / CHAIN_JOURNAL),
-                           hint=f"prepare --target-dir {base.path} --incremental-dir {journal.link} ...")
+    if journal is not None:
+        _journal_leads(base, journal, incs, "laying")
     links = check_chain(base, incs)
     _binary, line = find_server_binary(base, config.server_binary)  # before anything is written
     result.server_version = line
