@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         store.stop()
         server.stop()
+        # A deleted object does not shrink SeaweedFS's volume files: drop the store with its GBs of volumes.
+        shutil.rmtree(out / "weed", ignore_errors=True)
     table = render(series, meta, environment(), args.parallel)
     print(table)
     if not args.no_doc and args.doc.exists():
