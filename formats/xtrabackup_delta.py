@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from construct import Array, Bytes, Int32ub, Struct
-from innostream.formats.errors import BadMagic, Corrupt, Truncated
+from innostream.formats.errors import BadMagic, Corrupt, FormatError, Truncated
+from innostream.formats.fsp0fsp import SpaceInfo, guess_flavor, space_info
 from innostream.formats.xtrabackup_meta import parse_key_values
 
 #: write_filt.cc: header magic of a cluster that is followed by another one.
@@ -217,3 +218,21 @@ def build_meta(meta: DeltaMeta, flavor: str) -> bytes:
         return (f"page_size = {meta.page_size}\nzip_size = {meta.zip_size}\nspace_id = {meta.space_id}\n"
                 f"space_flags = {flags}\n").encode()
     raise ValueError(f"unknown flavor {flavor!r}")
+
+
+def delta_space_infos(meta: DeltaMeta, flavor: str | None, page0: bytes | None) -> list[SpaceInfo]:
+    """What to validate a delta's pages as: page 0 if the delta carries it, else what the .meta says (MySQL's has
+    the flags; MariaDB's only the sizes, so both of its checksum formats are returned, and a page valid in either
+    is valid). Without ``flavor``, a .meta with ``space_flags`` is MySQL's (PXB 8.0 writes it, mariadb-backup not)."""
+    fl = flavor or ("mysql" if meta.space_flags is not None else "mariadb")
+    if page0 is not None:
+        try:
+            return [space_info(page0, guess_flavor(page0) or fl)]
+        except FormatError:
+            pass
+    ps = meta.physical_page_size
+    logical = meta.page_size if not meta.zip_size else max(meta.page_size, 16384)
+    flags = meta.space_flags or 0
+    return [SpaceInfo(space_id=meta.space_id or 0, flags=flags, flavor=fl, logical_page_size=logical,
+                      physical_page_size=ps, full_crc32=full, page_compressed=False, encrypted=False)
+            for full in ((False,) if fl == "mysql" else (True, False))]

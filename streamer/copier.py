@@ -347,8 +347,8 @@ class FileCopier:
         return end
 
     def _copy_delta(self, fd: int, src: SourceFile, lsn: int) -> int:
-        """Write ``<name>.delta`` with the pages newer than ``lsn`` (page numbers relative to the file, as both
-        reference tools write them), then ``<name>.meta``; return the bytes written."""
+        """Write ``<name>.meta``, then ``<name>.delta`` with the pages newer than ``lsn`` (page numbers relative to
+        the file, as both reference tools write them); return the bytes written."""
         space = _Space(src.space) if src.space else self._space_info(fd, src)
         if space is None or space.pending or (src.first_page_no == 0 and not src.system
                                               and _page0_zero(fd, space.info)):
@@ -362,6 +362,13 @@ class FileCopier:
                                                     src.system, src.space), space)
         info = space.info
         ps = info.physical_page_size
+        # The .meta first, as both reference tools write it (wf_incremental_init): a reader of the stream then knows
+        # the page size and format before the delta's pages arrive (``verify`` checks them as they pass).
+        meta = build_meta(DeltaMeta(page_size=ps, zip_size=info.zip_size, space_id=info.space_id,
+                                    space_flags=info.flags), self.flavor)
+        meta_id = self.sink.begin_file(src.name + META_SUFFIX)
+        self.sink.write(meta_id, 0, meta)
+        self.sink.end_file(meta_id, len(meta))
         out = _DeltaFile(self.sink, src.name + DELTA_SUFFIX, ps, self.spool_dir)
         chunks = (self._chunks(fd, src, space) if self.tracked is None
                   else self._tracked_chunks(fd, src, space, self.tracked.get(info.space_id, ())))
@@ -376,11 +383,6 @@ class FileCopier:
             out.close()
         with self._stats_lock:
             self.delta_pages += out.pages
-        meta = build_meta(DeltaMeta(page_size=ps, zip_size=info.zip_size, space_id=info.space_id,
-                                    space_flags=info.flags), self.flavor)
-        meta_id = self.sink.begin_file(src.name + META_SUFFIX)
-        self.sink.write(meta_id, 0, meta)
-        self.sink.end_file(meta_id, len(meta))
         log.debug("%s: %d pages newer than LSN %d", src.path, out.pages, lsn)
         return size + len(meta)
 

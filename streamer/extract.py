@@ -213,7 +213,7 @@ def list_archive(inp: BinaryIO, *, fmt: str = "auto", dialect: str = "auto",
                     limits=SizeLimits(max_size), key=key)
 
 
-__all__ = ["PageValidation", "PageValidator", "extract", "list_archive", "verify"]
+__all__ = ["DeltaValidator", "PageValidation", "PageValidator", "extract", "list_archive", "verify"]
 
 
 # ==================================================================================================================
@@ -241,6 +241,7 @@ class PageValidator:
         self.note: str | None = None
         self.zero_page0 = False
         self.data_after_page0 = False
+        self.error: str | None = None  # the file's structure is broken (never for a whole tablespace)
 
     def _setup(self) -> bool:
         from innostream.formats.fsp0fsp import space_info
@@ -338,6 +339,140 @@ class PageValidator:
             self.note = "every page is zero: a tablespace the server had not flushed yet (MariaDB), or damaged"
 
 
+class DeltaValidator:
+    """Sees one ``.delta`` in file order and checks it as it passes: its cluster structure (``formats.
+    xtrabackup_delta``) and every page image in it, validated as the backup validates pages.
+
+    The page size and format come from the ``.meta`` (``meta()``, asked at the first byte: both reference tools and
+    innostream write the .meta before its .delta), or from page 0 when the delta carries it. Memory: one page.
+    """
+
+    def __init__(self, name: str, flavor: str | None, meta: Callable[[], bytes | None]) -> None:
+        self.name = name
+        self.flavor = flavor
+        self._meta = meta
+        self.page_size = 0
+        self.infos: list[Any] = []
+        self.buf = bytearray()
+        self.pos = 0  # file offset of buf[0]
+        self.cluster: list[int] = []  # page numbers of the current cluster still to come
+        self.last = False  # the current cluster is the last (XTRA)
+        self.done = False  # the last cluster is complete
+        self.seen: set[int] = set()
+        self.bad: list[tuple[int, str]] = []
+        self.pages = 0
+        self.note: str | None = None
+        self.error: str | None = None
+        self.meta_info: Any = None  # the parsed .meta
+
+    def _setup(self) -> bool:
+        from innostream.formats.xtrabackup_delta import parse_meta
+
+        raw = self._meta()
+        if raw is None:
+            self.note = ("no page validation: its .meta did not come before it (an archive written by innostream "
+                         "before 2026-12 puts it after; the pages are checked at prepare)")
+            return False
+        try:
+            meta = parse_meta(raw, file=self.name[: -len(".delta")] + ".meta")
+        except InnostreamError as exc:
+            self.error = str(exc)
+            return False
+        self.meta_info = meta
+        self.page_size = meta.physical_page_size
+        return True
+
+    def _page(self, page: bytes, offset: int) -> None:
+        from innostream.formats.buf0checksum import validate_pages
+        from innostream.formats.xtrabackup_delta import cluster_capacity, delta_space_infos, parse_cluster_header
+
+        ps = self.page_size
+        if self.done:
+            self.error = f"data after the last cluster, at offset {offset}"
+            return
+        if not self.cluster and not self.last:  # a header page
+            try:
+                header = parse_cluster_header(page, ps, file=self.name, offset=offset)
+            except InnostreamError as exc:
+                self.error = str(exc)
+                return
+            if not header.last and len(header.page_nos) != cluster_capacity(ps):
+                self.error = (f"the cluster at offset {offset} holds {len(header.page_nos)} pages and is not the "
+                              "last, but not full")
+                return
+            self.cluster, self.last = list(header.page_nos), header.last
+            self.done = self.last and not self.cluster
+            return
+        no = self.cluster.pop(0)
+        if not self.infos:
+            self.infos = delta_space_infos(self.meta_info, self.flavor, page if no == 0 else None)
+        self.pages += 1
+        if no in self.seen:
+            self.bad.append((no, "listed twice in the delta"))
+        self.seen.add(no)
+        info = self.infos[0]
+        if info.space_id == 0 and info.extent_size <= no < 3 * info.extent_size:
+            pass  # ibdata1's doublewrite area: copies of other pages, never validated (as the backup)
+        else:
+            reasons = [validate_pages(page, i, no) for i in self.infos]
+            if all(reasons):
+                self.bad.append(reasons[0][0])
+        if not self.cluster and self.last:
+            self.done = True
+
+    def _drain(self) -> None:
+        ps = self.page_size
+        while len(self.buf) >= ps and self.error is None:
+            page = bytes(self.buf[:ps])
+            del self.buf[:ps]
+            self.pos += ps
+            self._page(page, self.pos - ps)
+
+    def feed(self, offset: int, raw: bytes) -> None:
+        if self.note is not None or self.error is not None:
+            return
+        if not self.page_size and not self._setup():
+            return
+        end = self.pos + len(self.buf)
+        while offset > end:  # a hole: zeros, a page at a time (a header page's tail may be one)
+            n = min(offset - end, self.page_size)
+            self.buf.extend(bytes(n))
+            end += n
+            self._drain()
+        self.buf.extend(raw)
+        self._drain()
+
+    def finish(self, size: int) -> None:
+        if self.note is not None or self.error is not None:
+            return
+        if not self.page_size and not self._setup():
+            return
+        if size > self.pos + len(self.buf):
+            self.feed(size, b"")
+            if self.error is not None:
+                return
+        if self.buf:
+            self.error = f"ends inside a page: {len(self.buf)} bytes left of {self.page_size}"
+        elif not self.done:
+            self.error = "cut short: the last cluster (XTRA) is missing or incomplete"
+
+
+class _MetaCapture:
+    """Keeps a ``.meta`` member's bytes (a few dozen) for the :class:`DeltaValidator` of its delta."""
+
+    def __init__(self, store: dict[str, bytes], stem: str) -> None:
+        self.store, self.stem = store, stem
+        self.data = bytearray()
+
+    def feed(self, offset: int, raw: bytes) -> None:
+        if offset == len(self.data) and len(self.data) + len(raw) <= 4096:
+            self.data.extend(raw)
+
+    def finish(self, size: int) -> None:
+        if size == len(self.data):
+            self.store[self.stem] = bytes(self.data)
+
+
 class PageValidation:
     """Observer factory for ``verify``: one :class:`PageValidator` per tablespace, results kept for the report.
 
@@ -350,8 +485,9 @@ class PageValidation:
 
     def __init__(self, flavor: str | None = None) -> None:
         self.flavor = flavor
-        self.validators: list[PageValidator] = []
+        self.validators: list[PageValidator | DeltaValidator] = []
         self.detected: str | None = None  # the family the pages showed, when no one said
+        self.metas: dict[str, bytes] = {}  # an incremental's .meta members by tablespace name
 
     def resolve(self, page0: bytes) -> str | None:
         """The family of a tablespace from its page 0, remembered for the rest of the stream; None if unknown."""
@@ -362,9 +498,18 @@ class PageValidation:
             self.detected = guess
         return guess or self.detected
 
-    def __call__(self, name: str, meta: dict[str, Any]) -> PageValidator | None:
+    def __call__(self, name: str, meta: dict[str, Any]) -> PageValidator | DeltaValidator | _MetaCapture | None:
         flavor = self.flavor or meta.get("flavor")
-        if not is_tablespace(name) or (flavor is not None and flavor not in tuple(Flavor)):
+        if flavor is not None and flavor not in tuple(Flavor):
+            return None
+        stem, dot, suffix = name.rpartition(".")
+        if dot and suffix in ("delta", "meta") and is_tablespace(stem):
+            if suffix == "meta":
+                return _MetaCapture(self.metas, stem)
+            d = DeltaValidator(name, flavor or self.detected, lambda: self.metas.get(stem))
+            self.validators.append(d)
+            return d
+        if not is_tablespace(name):
             return None
         v = PageValidator(name, flavor, self.resolve if flavor is None else None)
         self.validators.append(v)

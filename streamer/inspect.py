@@ -27,7 +27,7 @@ from innostream.formats.buf0checksum import checksum_algorithm, page_is_corrupte
 from innostream.formats.errors import FormatError, InnostreamError
 from innostream.formats.fil0fil import BE16, BE64, FIL_PAGE_LSN, FIL_PAGE_TYPE, UNIV_PAGE_SIZE_MAX, page_type_name
 from innostream.formats.fsp0fsp import FLAVORS, PAGE_COMPRESSION_ALGORITHMS, SpaceInfo, guess_flavor, space_info
-from innostream.formats.xtrabackup_delta import DeltaMeta, iter_delta, parse_meta
+from innostream.formats.xtrabackup_delta import delta_space_infos, iter_delta, parse_meta
 from innostream.redo_inspect import inspect_redo
 
 READ_SIZE = 4 << 20  # bytes per read, a whole number of pages of any size
@@ -287,24 +287,6 @@ MAX_DELTA_BYTES = 8 << 30
 MAX_DELTA_LISTED = 200  # page numbers listed in the report; the count is exact
 
 
-def _delta_space(meta: DeltaMeta, flavor: str | None, page0: bytes | None) -> list[SpaceInfo]:
-    """What to validate the delta's pages as: page 0 if the delta has it, else what the .meta says (MySQL's has the
-    flags; MariaDB's only the sizes, so both checksum families are tried)."""
-    fl = flavor or ("mysql" if meta.space_flags is not None else "mariadb")
-    if page0 is not None:
-        with_flavor = guess_flavor(page0) or fl
-        try:
-            return [space_info(page0, with_flavor)]
-        except FormatError:
-            pass
-    ps = meta.physical_page_size
-    logical = meta.page_size if not meta.zip_size else max(meta.page_size, 16384)
-    flags = meta.space_flags or 0
-    return [SpaceInfo(space_id=meta.space_id or 0, flags=flags, flavor=fl, logical_page_size=logical,
-                      physical_page_size=ps, full_crc32=full, page_compressed=False, encrypted=False)
-            for full in ((False,) if fl == "mysql" else (True, False))]
-
-
 def inspect_delta(path: Path, flavor: str | None = None) -> dict[str, Any]:
     """One ``.delta`` and its ``.meta`` (either path may be given): sizes, space id, clusters, the page numbers it
     carries, their LSN range, and every page validated as the backup validates pages."""
@@ -327,7 +309,7 @@ def inspect_delta(path: Path, flavor: str | None = None) -> dict[str, Any]:
         out["error"] = exc.strerror if isinstance(exc, OSError) else str(exc)
         return out
     page0 = next((bytes(img) for no, img in pages if no == 0), None)
-    infos = _delta_space(meta, flavor, page0)
+    infos = delta_space_infos(meta, flavor, page0)
     out["validated_as"] = f"{infos[0].flavor}, " + ("page 0" if page0 is not None else "the .meta")
     out["clusters"] = max(1, -(-len(pages) // (ps // 4 - 1)))
     out["pages"] = len(pages)

@@ -14,7 +14,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -35,27 +34,6 @@ SCHEMA = "incb"
 def _config(srv, **kw) -> BackupConfig:
     return BackupConfig(connection=ConnectionOptions(socket=str(srv.socket), user="root", password=""),
                         datadir=Path(srv.datadir), **kw)
-
-
-def _status(srv, name: str) -> int:
-    return int(srv.query(f"SHOW GLOBAL STATUS LIKE '{name}'")[0][1])
-
-
-def _flush_dirty(srv, timeout: float = 60.0) -> None:
-    """Have the server write its dirty pages, so the changes are on disk (and in the delta) rather than only in
-    redo, and wait for the checkpoint to pass the LSN of now."""
-    mysql = srv.flavor == "mysql"
-    lsn = _status(srv, "Innodb_redo_log_current_lsn" if mysql else "Innodb_lsn_current")
-    old = srv.query("SELECT @@innodb_max_dirty_pages_pct")[0][0]
-    srv.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
-    try:
-        deadline = time.monotonic() + timeout
-        while (_status(srv, "Innodb_buffer_pool_pages_dirty") > 0
-               or _status(srv, "Innodb_redo_log_checkpoint_lsn" if mysql else "Innodb_lsn_last_checkpoint") < lsn):
-            assert time.monotonic() < deadline, "dirty pages were not flushed"
-            time.sleep(0.2)
-    finally:
-        srv.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {old}")
 
 
 def _tablespaces(tree: Path) -> set[str]:
@@ -153,7 +131,7 @@ def schema(server):
         f"CREATE TABLE {SCHEMA}.untouched (id INT PRIMARY KEY) ENGINE=InnoDB",
         f"INSERT INTO {SCHEMA}.untouched VALUES (1)",
     ])
-    _flush_dirty(server)
+    server.flush_dirty()
     yield server
     server.execute(f"DROP DATABASE IF EXISTS {SCHEMA}")
 
@@ -167,7 +145,7 @@ def test_incremental_to_dir_delta_contents(schema, tmp_path):
                         f"DROP TABLE {SCHEMA}.dropped",
                         f"CREATE TABLE {SCHEMA}.created (id INT PRIMARY KEY) ENGINE=InnoDB",
                         f"INSERT INTO {SCHEMA}.created VALUES (1), (2)"])
-    _flush_dirty(srv)
+    srv.flush_dirty()
     res = run_backup(_config(srv, target_dir=inc, incremental_basedir=str(base)))
     check_incremental_metadata(inc, _from_lsn_of(base_res, srv), res, srv)
     # Every tablespace of the server: as .delta + .meta, or whole as .new (MariaDB, page 0 not written yet).
@@ -203,7 +181,7 @@ def test_incremental_streams_and_archive_base(mariadb11, tmp_path):
     with open(full, "wb") as out:
         base_res = run_backup(_config(srv), out)
     srv.execute("UPDATE sample.t_plain SET amount = amount + 1 WHERE id < 30")
-    _flush_dirty(srv)
+    srv.flush_dirty()
     results = {}
     for fmt in ("innostream", "xbstream"):
         archive = tmp_path / f"inc.{fmt}"
@@ -257,7 +235,7 @@ def test_mariadb_backup_prepares_our_incremental(kind, request, tmp_path):
                             f"CREATE TABLE {SCHEMA}i.created (id INT PRIMARY KEY)",
                             f"INSERT INTO {SCHEMA}i.created VALUES (7)",
                             "UPDATE sample.t_plain SET amount = amount + 1 WHERE id <= 40"])
-        _flush_dirty(srv)
+        srv.flush_dirty()
         srv.execute_script([f"CREATE TABLE {SCHEMA}i.created_late (id INT PRIMARY KEY)",
                             f"INSERT INTO {SCHEMA}i.created_late VALUES (42)"])
         run_backup(_config(srv, target_dir=inc, incremental_basedir=str(base)))
@@ -380,7 +358,7 @@ def test_mysql_page_tracking(mysql9, tmp_path, caplog):
     try:
         since = int(srv.query("SELECT mysqlbackup_page_track_set(1)")[0][0])
         srv.execute("UPDATE sample.t_plain SET amount = amount + 1 WHERE id < 20")
-        _flush_dirty(srv)  # the base's checkpoint is past the start of the tracking
+        srv.flush_dirty()  # the base's checkpoint is past the start of the tracking
         base = tmp_path / "base"
         base_res = run_backup(_config(srv, target_dir=base, page_tracking=True))
         assert since <= base_res.to_lsn
@@ -388,7 +366,7 @@ def test_mysql_page_tracking(mysql9, tmp_path, caplog):
                             f"CREATE DATABASE IF NOT EXISTS {SCHEMA}",
                             f"CREATE TABLE {SCHEMA}.tracked_new (id INT PRIMARY KEY, v VARCHAR(100))",
                             f"INSERT INTO {SCHEMA}.tracked_new VALUES (1, 'a'), (2, 'b')"])
-        _flush_dirty(srv)
+        srv.flush_dirty()
         tracked, scanned = tmp_path / "tracked", tmp_path / "scanned"
         res = run_backup(_config(srv, target_dir=tracked, incremental_basedir=str(base), page_tracking=True))
         assert res.page_tracking

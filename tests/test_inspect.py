@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -139,23 +138,6 @@ def _server_space_ids(srv: Server) -> dict[Path, int]:
     return out
 
 
-def _flush_dirty_pages(srv: Server, timeout: float = 60.0) -> None:
-    """Make the server write its dirty pages. A new .ibd's page 0 stays all zero on disk until it is flushed
-    (MariaDB writes it lazily), and such a file has no space id to compare yet."""
-    old = srv.query("SELECT @@innodb_max_dirty_pages_pct")[0][0]
-    srv.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            dirty = int(srv.query("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'")[0][1])
-            if dirty == 0:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"{srv.kind}: {dirty} dirty pages left after {timeout}s")
-    finally:
-        srv.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {float(old)}")
-
-
 def test_inspect_live_datadir(server: Server) -> None:
     """Every tablespace of a running server is valid, and each space id is the one information_schema shows."""
     server.execute("CREATE DATABASE IF NOT EXISTS inspect_t")
@@ -165,7 +147,7 @@ def test_inspect_live_datadir(server: Server) -> None:
     if server.flavor == "mariadb":
         server.execute("CREATE TABLE IF NOT EXISTS inspect_t.pc (id INT PRIMARY KEY, v TEXT) PAGE_COMPRESSED=1")
         server.execute("REPLACE INTO inspect_t.pc VALUES (1, REPEAT('x', 5000))")
-    _flush_dirty_pages(server)
+    server.flush_dirty()
     expected = _server_space_ids(server)
     result = inspect_path(server.datadir)
     assert result["kind"] == "datadir"

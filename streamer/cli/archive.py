@@ -218,8 +218,14 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
     bad = [(v.name, page_no, why) for v in pages.validators for page_no, why in v.bad]
     for name, page_no, why in bad[:20]:
         log.error("corrupt page: %s page %d: %s", name, page_no, why)
+    broken = [(v.name, v.error) for v in pages.validators if v.error]
+    for name, why in broken[:20]:
+        log.error("corrupt file: %s: %s", name, why)
     for w in summary.warnings:
         log.warning("%s", w)
+    if broken:
+        name, why = broken[0]
+        raise Corrupt(f"{len(broken)} corrupt file(s), first: {why}", file=name)
     if bad:
         name, page_no, why = bad[0]
         raise Corrupt(f"{len(bad)} corrupt page(s), first: {why}", file=name, page=page_no)
