@@ -100,8 +100,7 @@ class BackupConfig:
     compress_level: int = 1
     compress_threads: int = 2
     lock: bool = True
-    #: "full": DDL blocked for the whole backup; "reduced": only at the end (innostream.ddl_track); None: reduced,
-    #: but full for an incremental (its .delta files cannot be replaced by whole copies yet)
+    #: "full": DDL blocked for the whole backup; "reduced" (None): only at the end (innostream.ddl_track)
     lock_ddl: str | None = None
     #: ``--throttle``: bytes per second the data copy may read (None: as fast as it can); never the redo copy
     throttle: float | None = None
@@ -432,11 +431,6 @@ class Backup:
         started = datetime.now()
         # The base first: a wrong one is refused before the server is touched.
         base = resolve_base(cfg.incremental_basedir, cfg.incremental_lsn, cfg.s3_options, cfg.base_key)
-        if base is not None and cfg.lock_ddl == "reduced":
-            # A table rebuilt during the copy comes whole under --lock-ddl=reduced; laying that on a chain is not
-            # defined yet, so refuse rather than write an incremental prepare may get wrong.
-            raise SourceError("--lock-ddl=reduced does not work with an incremental backup yet",
-                              hint="leave --lock-ddl out (an incremental blocks DDL for the whole copy)")
         args = resolve_options(cfg.connection)
         self.session = Session(args, "main")
         facts = self.facts = read_server_facts(self.session)
@@ -476,9 +470,8 @@ class Backup:
                 log.info("Page tracking on since LSN %d", tracking_since)
         self.locks = fam.backup_locks(self.session, enabled=cfg.lock)
         # --lock-ddl=reduced (the default): DDL runs on during the InnoDB copy and is settled at the end
-        # (innostream.ddl_track). An incremental keeps the full block: its .delta files cannot be replaced by whole
-        # copies yet.
-        reduced = cfg.lock and base is None and cfg.lock_ddl in (None, "reduced")
+        # (innostream.ddl_track); in an incremental too, whose settled files come whole.
+        reduced = cfg.lock and cfg.lock_ddl in (None, "reduced")
         if reduced:
             self.locks.begin()
         else:  # locks before the inventory: the list of files cannot change once DDL is blocked
@@ -637,7 +630,8 @@ class Backup:
         assert self.sink is not None
         assert self.progress is not None
         now = self._inventory(facts, dirs)
-        plan = tracker.settle(now.innodb)
+        incremental = copier.incremental_lsn is not None
+        plan = tracker.settle(now.innodb, incremental=incremental)
         for f in plan.copy:
             log.info("DDL during the backup: %s %s", "copying again" if f.name.endswith(NEW_SUFFIX) else "new",
                      f.name.removesuffix(NEW_SUFFIX))
@@ -645,9 +639,17 @@ class Backup:
             log.info("DDL during the backup: %s was dropped or renamed", name)
         copier.on_vanished = None  # DDL is blocked now: a file that disappears is an error again
         self.progress.add_total(sum(f.size for f in plan.copy), len(plan.copy))
-        self._copy_all(plan.copy)
+        since, copier.incremental_lsn = copier.incremental_lsn, None  # an incremental's settled files: whole
+        try:
+            self._copy_all(plan.copy)
+        finally:
+            copier.incremental_lsn = since
         if plan:
             self.sink.add_bytes(DDL_RECORD, plan.record())
+            if incremental:
+                log.warning("DDL ran during this incremental: %d files come whole with the record %s; prepare "
+                            "this chain with innostream (mariadb-backup --prepare does not read the record)",
+                            len(plan.copy) + len(plan.deleted), DDL_RECORD)
         self.result.ddl_settled = len(plan.copy) + len(plan.deleted)
         return now
 

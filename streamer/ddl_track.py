@@ -12,6 +12,9 @@ the files any more), the datadir is listed again and compared:
   INDEX) is copied whole again as ``NAME.innostream-new``;
 * a file gone (DROP, RENAME's old name) is recorded as deleted.
 
+In an incremental backup the copies are whole too (not deltas), every one named ``NAME.innostream-new``, and
+``prepare`` lays the record on the base after the incremental's deltas (``recovery.chain.lay_incremental``).
+
 :data:`RECORD` lists what ``prepare`` must replace and delete before the server's recovery runs; the copy of each
 changed file is newer than any redo that touches it, and recovery skips redo older than a page. Every other change
 to a file (any DML, MariaDB index builds: all fully logged) is in the redo copy, as in a backup under the full
@@ -104,15 +107,21 @@ class DdlTracker:
         with self._lock:
             self._vanished.add(src.name)
 
-    def settle(self, files_now: Sequence[SourceFile]) -> Settlement:
-        """Compare with the InnoDB files listed again under the DDL block."""
+    def settle(self, files_now: Sequence[SourceFile], *, incremental: bool = False) -> Settlement:
+        """Compare with the InnoDB files listed again under the DDL block. In an ``incremental`` backup a new name
+        is recorded as replaced too (copied whole as ``NAME`` + :data:`NEW_SUFFIX`): prepare lays it on the base
+        after the deltas, and a whole ``.ibd`` in an incremental would read as a file to copy as it is."""
         out = Settlement()
         indexes_now = index_ids(self.session, self.flavor)
         names_now = set()
         for f in files_now:
             names_now.add(f.name)
             if f.name not in self.before:
-                out.copy.append(f)
+                if incremental:
+                    out.copy.append(replace(f, name=f.name + NEW_SUFFIX))
+                    out.replaced.append(f.name)
+                else:
+                    out.copy.append(f)
                 continue
             was, now = self.before[f.name], identity(f.path)
             changed = f.name in self._vanished or was is None or now != was

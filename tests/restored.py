@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from innostream.recovery.chain import prepare_chain
 from innostream.recovery.prepare import PrepareConfig, prepare_backup
 from innostream.recovery.restore import RestoreConfig, restore_backup
 
@@ -13,10 +14,16 @@ from tools.sandbox import Server, start_server
 
 
 @contextmanager
-def prepared_and_started(srv: Server, backup: Path, workdir: Path) -> Iterator[Server]:
-    """Prepare ``backup`` with ``srv``'s server binary, restore it into ``workdir/restored`` and yield a server of
-    ``srv``'s kind running on it (``workdir/run``), stopped on exit. ``srv`` must be stopped or another instance."""
-    prepare_backup(PrepareConfig(backup, server_binary=srv.server_binary, use_memory="64M"))
+def prepared_and_started(srv: Server, backup: Path, workdir: Path,
+                         incrementals: Sequence[Path] = ()) -> Iterator[Server]:
+    """Prepare ``backup`` (with ``incrementals`` laid on it, oldest first) with ``srv``'s server binary, restore it
+    into ``workdir/restored`` and yield a server of ``srv``'s kind running on it (``workdir/run``), stopped on exit.
+    ``srv`` must be stopped or another instance."""
+    config = PrepareConfig(backup, server_binary=srv.server_binary, use_memory="64M")
+    if incrementals:
+        prepare_chain(config, list(incrementals), apply_log_only=False)
+    else:
+        prepare_backup(config)
     datadir = workdir / "restored"
     restore_backup(RestoreConfig(backup, datadir))
     restored = start_server(srv.kind, workdir / "run", datadir=datadir, initialize=False)

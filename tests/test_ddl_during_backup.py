@@ -150,6 +150,58 @@ def test_ddl_runs_during_the_copy_and_the_backup_equals_the_source(kind: str, mo
         _check_tables(restored)
 
 
+@pytest.mark.parametrize("kind", ["mariadb10", "mysql9"])
+def test_ddl_during_an_incremental_copy(kind: str, fresh_server, tmp_path: Path) -> None:
+    """An incremental takes the reduced lock too: the same DDL runs during its (throttled) copy, the files it
+    created or changed come whole as ``NAME.innostream-new`` with the record, and the chain prepared by
+    innostream equals the source."""
+    srv = fresh_server(kind)
+    _load(srv)
+    srv.flush_dirty()
+    base, inc = tmp_path / "base", tmp_path / "inc"
+    run = [sys.executable, "-m", "innostream", "backup", "--socket", str(srv.socket), "--user", "root"]
+    subprocess.run([*run, "--target-dir", str(base)], check=True, capture_output=True, cwd=REPO)
+    srv.execute_script(["UPDATE t_keep SET v = 'between the backups' WHERE id < 50"], database=DB)
+    log_path = tmp_path / "inc.log"
+    with open(log_path, "wb") as err:
+        proc = subprocess.Popen([*run, "--target-dir", str(inc), "--incremental-basedir", str(base),
+                                 "--throttle", "6", "--parallel", "1"], stderr=err, cwd=REPO)
+        try:
+            _wait_for(log_path, "Incremental backup: pages newer than", proc)
+            srv.execute_script(DDL, database=DB)  # would wait for the whole copy under --lock-ddl=full
+            assert proc.poll() is None, "the incremental ended before the DDL did: the test proves nothing"
+            assert "DDL was blocked" not in log_path.read_text(errors="replace")
+            source = _state(srv)
+            assert proc.wait(timeout=600) == 0, log_path.read_text(errors="replace")[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log_path.read_text(errors="replace")
+    assert "the end of the backup: --lock-ddl=reduced" in text
+    assert "DDL ran during this incremental" in text
+
+    record = json.loads((inc / RECORD).read_text())
+    assert {f"{DB}/t_drop.ibd", f"{DB}/t_ren.ibd"} <= set(record["deleted"])
+    # New names come whole too in an incremental (never as a plain .ibd), like the rebuilt ones.
+    for name in (f"{DB}/t_force.ibd", f"{DB}/t_trunc.ibd", f"{DB}/t_new.ibd", f"{DB}/t_ren2.ibd", f"{DB2}/t.ibd"):
+        assert name in record["replaced"], name
+        assert (inc / (name + NEW_SUFFIX)).is_file(), name
+    assert not list(inc.rglob("*.ibd"))
+    assert (inc / DB / "t_keep.ibd.delta").is_file()
+
+    srv.stop()
+    with prepared_and_started(srv, base, tmp_path, incrementals=[inc]) as restored:
+        assert not list(base.rglob(f"*{NEW_SUFFIX}"))
+        assert not (base / DB / "t_drop.ibd").exists()
+        assert _state(restored) == source
+        assert set(source[DB]) == {"t_big", "t_new", "t_ren2", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep",
+                                   "t_part"}
+        assert not restored.query("SELECT 1 FROM information_schema.schemata WHERE schema_name=%s", (GONE,))
+        _check_tables(restored)
+    # The incremental is unchanged by the prepare (its whole copies were copied, not moved).
+    assert all((inc / (n + NEW_SUFFIX)).is_file() for n in record["replaced"])
+
+
 def test_redo_logging_disabled_during_a_reduced_lock_copy_fails_the_backup(fresh_server, tmp_path: Path) -> None:
     """Nothing blocks MySQL's ALTER INSTANCE DISABLE INNODB REDO_LOG while a --lock-ddl=reduced backup copies: the
     changes made meanwhile are in no redo, so the backup must fail, not complete."""

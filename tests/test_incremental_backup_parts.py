@@ -160,23 +160,3 @@ def test_inspect_describes_a_real_mariadb_backup_delta(tmp_path: Path) -> None:
     d = inspect_path(tmp_path / "t.ibd.delta")
     assert d["error"]
     assert not result_ok(d)
-
-
-def test_reduced_ddl_lock_is_refused_for_incrementals(tmp_path: Path) -> None:
-    """Not defined for a chain yet: refused before any server is touched (the socket does not exist)."""
-    import subprocess
-    import sys
-
-    from innostream.backup import BackupConfig, run_backup
-    from innostream.connection import ConnectionOptions
-    from innostream.errors import SourceError
-
-    with pytest.raises(SourceError, match="--lock-ddl=reduced does not work with an incremental"):
-        run_backup(BackupConfig(connection=ConnectionOptions(socket=str(tmp_path / "none.sock")),
-                                target_dir=tmp_path / "t", incremental_lsn=5, lock_ddl="reduced"))
-    r = subprocess.run([str(Path(sys.executable).parent / "innostream"), "backup", "--socket",
-                        str(tmp_path / "none.sock"), "--target-dir", str(tmp_path / "t"), "--incremental-lsn", "5",
-                        "--lock-ddl", "reduced"], capture_output=True, text=True, check=False)
-    assert r.returncode == 2
-    assert "--lock-ddl=reduced does not work with --incremental" in r.stderr
-    assert not (tmp_path / "t").exists()

@@ -97,7 +97,7 @@ def _s3_options_if(location: str | None) -> Any:
 @click.option("-S", "--socket", help="Unix socket of the server.")
 @click.option("--lock-ddl", type=click.Choice(["full", "reduced"]), default=None,
               help="When DDL waits for the backup: reduced (default) = only at the end, where what DDL changed "
-              "during the copy is copied again; full = for the whole backup (always for an incremental). "
+              "during the copy is copied again; full = for the whole backup. "
               "docs/BACKUP.md")
 @click.option("--throttle", type=click.FloatRange(min=0.1), default=None, metavar="MB/S",
               help="Read data files at most this fast (10^6 bytes per second); the redo copy is never throttled.")
@@ -183,9 +183,6 @@ def backup_cmd(obj: dict[str, Any] | None, datadir: Path | None, target_dir: Pat
         log.warning("--format and --compress only apply to --stream; ignored")
     if incremental_basedir is not None and incremental_lsn is not None:
         raise click.UsageError("give --incremental-basedir or --incremental-lsn, not both")
-    if (incremental_basedir is not None or incremental_lsn is not None) and lock_ddl == "reduced":
-        raise click.UsageError("--lock-ddl=reduced does not work with --incremental-* yet; an incremental blocks DDL "
-                               "for the whole copy")
     encrypt_key = None
     if encrypt_key_file is not None or encrypt_key_command is not None:
         if not stream:

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from innostream.ddl_track import RECORD
+from innostream.ddl_track import NEW_SUFFIX, RECORD, read_record
 from innostream.errors import Interrupted, PrepareError
 from innostream.families import Family, family
 from innostream.fileio import pwrite_all
@@ -223,6 +223,12 @@ def check_chain(base: BackupDir, incs: Sequence[Path]) -> list[Link]:
         if cp.to_lsn < cp.from_lsn or (cp.last_lsn and cp.last_lsn < cp.to_lsn):
             raise PrepareError(f"{path}: xtrabackup_checkpoints has from_lsn {cp.from_lsn}, to_lsn {cp.to_lsn}, "
                                f"last_lsn {cp.last_lsn}: not a complete incremental", file=str(bd.checkpoints_file))
+        replaced, _deleted = read_record(path)
+        for name in replaced:  # DDL during the incremental (--lock-ddl=reduced): the whole copies must be there
+            if not (path / (name + NEW_SUFFIX)).is_file():
+                raise PrepareError(f"incomplete incremental: {path / RECORD} names {name}, but "
+                                   f"{name + NEW_SUFFIX} is missing; nothing was changed",
+                                   hint="extract or take the incremental again")
         links.append(Link(bd, tuple(incremental_deltas(path))))
         prev = bd
     return links
@@ -361,6 +367,15 @@ def lay_incremental(base: BackupDir, link: Link, fam: Family, fsync: bool) -> No
     for rel in news:
         _copy_file(inc / rel, base.path / rel.with_suffix(".ibd"), fsync)
     patched |= {r.with_suffix(".ibd") for r in news}
+    # Our record of DDL during the incremental (--lock-ddl=reduced, innostream.ddl_track): files created or changed
+    # during its copy come whole, taken under the DDL block at its end, so they win over the deltas; names gone
+    # are dropped. Copied, not moved: the incremental stays as it was, and a rerun does the same.
+    replaced, deleted = read_record(inc)
+    for name in deleted:
+        (base.path / name).unlink(missing_ok=True)
+    for name in replaced:
+        _copy_file(inc / (name + NEW_SUFFIX), base.path / name, fsync)
+    patched |= {Path(n) for n in replaced}
     removed = 0
     for rel in list(_walk(base.path)):
         if rel.name in _METADATA or rel.name.endswith((".delta", ".meta", ".innostream-tmp")):
@@ -378,13 +393,15 @@ def lay_incremental(base: BackupDir, link: Link, fam: Family, fsync: bool) -> No
             folder.rmdir()  # a database dropped since
     copied = 0
     for rel in inc_files:
-        if rel.name in _METADATA or rel.suffix in (".delta", ".meta", ".new", ".del"):
+        if (rel.name in _METADATA or rel.suffix in (".delta", ".meta", ".new", ".del")
+                or rel.name.endswith(NEW_SUFFIX) or rel == Path(RECORD)):
             continue
         _copy_file(inc / rel, base.path / rel, fsync)
         copied += 1
     fam.unstage_redo(base.path)
     log.info("prepare: laid %s on the base: %d delta pages in %d files, %d whole tablespaces, %d other files "
-             "copied, %d removed", inc, pages, len(link.deltas), len(news), copied, removed)
+             "copied, %d removed", inc, pages, len(link.deltas), len(news) + len(replaced), copied,
+             removed + len(deleted))
 
 
 # --- the redo-only pass and its proof -----------------------------------------------------------------------------
