@@ -213,7 +213,7 @@ def list_archive(inp: BinaryIO, *, fmt: str = "auto", dialect: str = "auto",
                     limits=SizeLimits(max_size), key=key)
 
 
-__all__ = ["DeltaValidator", "PageValidation", "PageValidator", "extract", "list_archive", "verify"]
+__all__ = ["DELTA_META_LATE", "DeltaValidator", "PageValidation", "PageValidator", "extract", "list_archive", "verify"]
 
 
 # ==================================================================================================================
@@ -339,6 +339,11 @@ class PageValidator:
             self.note = "every page is zero: a tablespace the server had not flushed yet (MariaDB), or damaged"
 
 
+#: A delta whose .meta had not arrived: an archive written by innostream before 2026-12 put the .meta after it.
+DELTA_META_LATE = ("no page validation: the .meta did not come before the .delta (an archive written by innostream "
+                   "before 2026-12 puts it after; prepare still checks the delta's structure)")
+
+
 class DeltaValidator:
     """Sees one ``.delta`` in file order and checks it as it passes: its cluster structure (``formats.
     xtrabackup_delta``) and every page image in it, validated as the backup validates pages.
@@ -370,8 +375,7 @@ class DeltaValidator:
 
         raw = self._meta()
         if raw is None:
-            self.note = ("no page validation: its .meta did not come before it (an archive written by innostream "
-                         "before 2026-12 puts it after; the pages are checked at prepare)")
+            self.note = DELTA_META_LATE
             return False
         try:
             meta = parse_meta(raw, file=self.name[: -len(".delta")] + ".meta")

@@ -11,7 +11,7 @@ import click
 from innostream.archive.types import DEFAULT_MAX_SIZE, tar_escape
 from innostream.archive.xbstream import DIALECTS
 from innostream.cli.storage import s3_options
-from innostream.extract import PageValidation, extract, list_archive, verify
+from innostream.extract import DELTA_META_LATE, PageValidation, extract, list_archive, verify
 from innostream.flavor import Flavor
 from innostream.formats.errors import Corrupt
 from innostream.log import log
@@ -212,9 +212,12 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
         if inp is not sys.stdin.buffer:
             inp.close()
     checked = sum(v.pages for v in pages.validators)
+    late_meta = [v.name for v in pages.validators if v.note == DELTA_META_LATE]
     for v in pages.validators:
-        if v.note:
+        if v.note and v.note != DELTA_META_LATE:
             log.warning("%s: %s", v.name, v.note)
+    if late_meta:  # one line for an older archive's every delta, not one per table
+        log.warning("%d .delta file(s), first %s: %s", len(late_meta), late_meta[0], DELTA_META_LATE)
     bad = [(v.name, page_no, why) for v in pages.validators for page_no, why in v.bad]
     for name, page_no, why in bad[:20]:
         log.error("corrupt page: %s page %d: %s", name, page_no, why)
