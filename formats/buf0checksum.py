@@ -615,21 +615,30 @@ def validate_pages_any_format(buf: bytes | bytearray | memoryview, info: SpaceIn
     """``validate_pages`` for a MariaDB tablespace whose page 0 is all zero, so its format is unknown.
 
     MariaDB writes page 0 of a new tablespace lazily (docs/PAGES.md), so its other pages can reach the file first;
-    ``info`` is then only what an all-zero page 0 says (flags 0: crc32/innodb, 16K). The server writes such a page
-    either in full_crc32 (``innodb_checksum_algorithm`` full_crc32, the default since 10.5) or crc32/innodb: a page
-    fails only if it is valid in neither.
+    ``info`` is then only a guess (``fsp0fsp.unwritten_space_info``: the server's page size, crc32/innodb). The
+    server writes such a page in full_crc32 (``innodb_checksum_algorithm`` full_crc32, the default since 10.5),
+    crc32/innodb, or, for ROW_FORMAT=COMPRESSED, as compressed pages of 1K to 16K (never full_crc32): a page of
+    ``info``'s size fails only if it is valid in none of them (each of its compressed pieces valid, for the last).
     """
     bad = validate_pages(buf, info, first_page_no)
     if not bad:
         return bad
+    from innostream.formats.fsp0fsp import zip_space_info
+
     ssize = (info.logical_page_size >> 9).bit_length() - 1  # page size 512 << ssize
     fcrc32 = replace(info, flags=FSP_FLAGS_FCRC32_MASK_MARKER | ssize, full_crc32=True)
     mv = memoryview(buf).cast("B")
     ps = info.physical_page_size
+    zips = [zip_space_info(info, z) for z in (1024, 2048, 4096, 8192, 16384) if z <= min(ps, 16384)]
     kept = []
     for page_no, reason in bad:
         off = (page_no - first_page_no) * ps
-        if (again := page_is_corrupted(mv[off : off + ps], fcrc32, page_no)) is not None:
-            kept.append((page_no, f"page 0 is all zero, so the format is unknown; as a crc32/innodb page: {reason}; "
-                                  f"as a full_crc32 page: {again}"))
+        page = mv[off : off + ps]
+        if (again := page_is_corrupted(page, fcrc32, page_no)) is None:
+            continue
+        if any(not validate_pages(page, z, page_no * ps // z.physical_page_size) for z in zips):
+            continue
+        kept.append((page_no, f"page 0 is all zero, so the format is unknown; as a crc32/innodb page: {reason}; "
+                              f"as a full_crc32 page: {again}; nor as compressed pages of 1K to "
+                              f"{min(ps, 16384) >> 10}K"))
     return kept

@@ -11,7 +11,7 @@ layout (plus bit 16 = page_compressed) and, since 10.5, the ``full_crc32`` layou
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from construct import Int16ub, Int32ub, Int64ub, Struct
@@ -336,3 +336,26 @@ def parse_fsp_header(page0: bytes | memoryview) -> dict[str, Any]:
         raise Truncated(f"page 0 too short for the FSP header ({len(page0)} bytes)", page=0)
     parsed = FSP_HEADER.parse(bytes(page0[FSP_HEADER_OFFSET:XDES_ARR_OFFSET]))
     return {k: v for k, v in parsed.items() if not k.startswith("_")}
+
+
+def unwritten_space_info(logical_page_size: int, flavor: str = "mariadb") -> SpaceInfo:
+    """What to cut a tablespace into while its page 0 is still all zero (MariaDB writes it lazily): the server's
+    page size, crc32/innodb flags. Only a first guess: ``validate_pages_any_format`` also accepts the other
+    formats such a tablespace can turn out to have."""
+    ssize = (logical_page_size >> 9).bit_length() - 1  # page size 512 << ssize
+    if 512 << ssize != logical_page_size or not 4096 <= logical_page_size <= 65536:
+        raise ValueError(f"innodb_page_size {logical_page_size} is not a power of two from 4K to 64K")
+    flags = 0 if ssize == UNIV_PAGE_SSIZE_ORIG else ssize << FSP_FLAGS_POS_PAGE_SSIZE
+    return SpaceInfo(space_id=0, flags=flags, flavor=flavor, logical_page_size=logical_page_size,
+                     physical_page_size=logical_page_size, full_crc32=False, page_compressed=False, encrypted=False)
+
+
+def zip_space_info(info: SpaceInfo, zip_size: int) -> SpaceInfo:
+    """``info`` as a ROW_FORMAT=COMPRESSED tablespace of ``zip_size`` pages (post-Antelope, atomic blobs, the same
+    logical page size): how a MariaDB tablespace whose page 0 is unwritten may turn out."""
+    zssize = (zip_size >> 9).bit_length() - 1
+    if not UNIV_ZIP_SIZE_MIN <= zip_size <= min(info.logical_page_size, 16384) or 512 << zssize != zip_size:
+        raise ValueError(f"no ROW_FORMAT=COMPRESSED page size {zip_size} with {info.logical_page_size}-byte pages")
+    page_bits = info.flags & FSP_FLAGS_MASK_PAGE_SSIZE
+    flags = FSP_FLAGS_MASK_POST_ANTELOPE | zssize << FSP_FLAGS_POS_ZIP_SSIZE | FSP_FLAGS_MASK_ATOMIC_BLOBS | page_bits
+    return replace(info, flags=flags, physical_page_size=zip_size, full_crc32=False)

@@ -499,7 +499,8 @@ class Backup:
         self.progress = Progress(total, len(inventory.innodb))
         copier = self.copier = FileCopier(self.sink, flavor, cancel=self.cancel, progress=self.progress,
                             chunk_size=cfg.chunk_size, streaming=cfg.target_dir is None, target_label=label,
-                            incremental_lsn=base.from_lsn if base is not None else None, spool_dir=cfg.tmpdir)
+                            incremental_lsn=base.from_lsn if base is not None else None, spool_dir=cfg.tmpdir,
+                            page_size=page_size)
 
         # Redo: consumer first (its start point is the checkpoint at registration), then the copier thread.
         if fam.supports_redo_consumer(facts):
@@ -513,6 +514,7 @@ class Backup:
         redo_writer.start_pump()  # a stream: the redo copy goes into it interleaved with the data files
         self.redo.start()
         self.result.start_lsn = int(self.redo.start_lsn)
+        copier.start_lsn = self.result.start_lsn
         log.info("Log copying started at checkpoint LSN %d", self.result.start_lsn)
         if base is not None:
             check_lsn(base, self.result.start_lsn)

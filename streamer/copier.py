@@ -33,7 +33,7 @@ from innostream.errors import Interrupted, SourceError
 from innostream.flavor import Flavor
 from innostream.formats.errors import Corrupt, FormatError
 from innostream.formats.fil0fil import BE64, FIL_PAGE_LSN, UNIV_PAGE_SIZE_MAX
-from innostream.formats.fsp0fsp import XDES_ARR_OFFSET, SpaceInfo, space_info
+from innostream.formats.fsp0fsp import XDES_ARR_OFFSET, SpaceInfo, space_info, unwritten_space_info
 from innostream.formats.xtrabackup_delta import DeltaMeta, build_cluster_header, build_meta, cluster_capacity
 from innostream.log import log
 from innostream.throttle import Throttle
@@ -114,8 +114,14 @@ class FileCopier:
     def __init__(self, sink: Sink, flavor: Flavor, *, cancel: threading.Event, progress: Progress | None = None,
                  chunk_size: int = DEFAULT_CHUNK, retries: int = PAGE_RETRIES, retry_sleep: float = RETRY_SLEEP,
                  streaming: bool = False, target_label: str = "", incremental_lsn: int | None = None,
-                 spool_dir: Path | None = None, tracked: Mapping[int, Sequence[int]] | None = None) -> None:
+                 spool_dir: Path | None = None, tracked: Mapping[int, Sequence[int]] | None = None,
+                 page_size: int = 16384) -> None:
         self.sink = sink
+        #: the server's innodb_page_size: how a tablespace whose page 0 is not written yet is cut into pages
+        self.page_size = page_size
+        #: the checkpoint the redo copy starts at, once known: a MariaDB page written after it belongs to a
+        #: tablespace the redo copy can rebuild (see :meth:`_zero_page0`)
+        self.start_lsn: int | None = None
         self.flavor = flavor
         self.cancel = cancel
         self.progress = progress
@@ -239,28 +245,45 @@ class FileCopier:
         it at prepare): warn, at once. Otherwise (a later page holds data, or MySQL, which writes page 0 when it
         creates a file) page 0 is re-read like a torn page and, if it stays zero, the backup fails.
 
-        The first case returns a *pending* :class:`_Space`: ``info`` is only what an all-zero page says (flags 0:
-        crc32/innodb, 16K), not the tablespace's format; see :meth:`_learn_format`.
+        The first case returns a *pending* :class:`_Space`: ``info`` is only a guess (the server's page size,
+        crc32/innodb), not the tablespace's format; see :meth:`_learn_format`. So does a MariaDB file whose data
+        pages were written after the backup's start checkpoint (a tablespace created since, whose page 0 was not
+        flushed yet): pages are then accepted in any format the tablespace may have
+        (``validate_pages_any_format``). A data page older than the start checkpoint with page 0 zero is damage.
         """
         ps = info.physical_page_size
         data_page: int | None = None
+        data_lsn = 0
         offset = ps
         while data := self._pread(fd, self.chunk_size, offset, src):
             if data.count(0) != len(data):
-                data_page = (offset + next(i for i, b in enumerate(data) if b)) // ps
+                first = offset + next(i for i, b in enumerate(data) if b)
+                data_page = first // ps
+                # the FIL header of the page holding it (pages are 1K-aligned whatever the page size)
+                head = self._pread(fd, FIL_PAGE_LSN + 8, first // 1024 * 1024, src)
+                data_lsn = BE64.unpack_from(head, FIL_PAGE_LSN)[0] if len(head) == FIL_PAGE_LSN + 8 else 0
                 break
             offset += len(data)
-        if data_page is None and self.flavor != Flavor.MYSQL:
+        mariadb = self.flavor != Flavor.MYSQL
+        pending = _Space(unwritten_space_info(self.page_size, str(self.flavor)), pending=True) if mariadb else None
+        if data_page is None and pending is not None:
             log.warning("%s: every page is zero: a tablespace the server created and has not flushed yet (MariaDB "
                         "writes page 0 lazily; the redo copy rebuilds it at prepare). If it is not new, it is "
                         "damaged", src.path)
-            return _Space(info, pending=True)
+            return pending
         for _ in range(self.retries):
             time.sleep(self.retry_sleep)
             self._check_cancel()
             head = self._pread(fd, ps, 0, src)
             if head.count(0) != len(head):
                 return self._space_info(fd, src, zero_checked=True)
+        if pending is not None and self.start_lsn is not None and data_lsn >= self.start_lsn:
+            # Page 0 was modified first, when the file was created: had that been before our start checkpoint, it
+            # would be on disk. So the whole tablespace was created since, and the redo copy holds all of it.
+            log.warning("%s: page 0 is still zero but page %d was written after the backup started (LSN %d, start "
+                        "checkpoint %d): a tablespace created since (MariaDB writes page 0 lazily; the redo copy "
+                        "rebuilds it at prepare)", src.path, data_page, data_lsn, self.start_lsn)
+            return pending
         where = (f"but page {data_page} holds data" if data_page is not None
                  else "and so is every page (MySQL writes page 0 when it creates a file)")
         raise Corrupt(f"page 0 is all zero {where}; InnoDB refuses such a file (\"Header page consists of zero "

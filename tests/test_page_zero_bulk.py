@@ -23,7 +23,7 @@ import pytest
 from innostream.backup import backup_target
 from innostream.copier import FileCopier, SourceFile
 from innostream.extract import PageValidator
-from innostream.formats.buf0checksum import validate_pages
+from innostream.formats.buf0checksum import stamp_page, validate_pages
 from innostream.formats.errors import Corrupt
 from innostream.formats.fsp0fsp import space_info
 from innostream.throttle import Throttle
@@ -38,16 +38,16 @@ class ServerWrites(Throttle):
     """The copier pays every read here; once it has read to the end of the file (a read of 0 bytes: the scan that
     found every page zero), write ``pages`` into the file as the server's page cleaner would."""
 
-    def __init__(self, path: Path, pages: dict[int, bytes]) -> None:
+    def __init__(self, path: Path, pages: dict[int, bytes], page_size: int = PS) -> None:
         super().__init__(1 << 40)
-        self.path, self.pages, self.done = path, pages, False
+        self.path, self.pages, self.done, self.page_size = path, pages, False, page_size
 
     def take(self, n: int) -> None:
         if n == 0 and not self.done:
             self.done = True
             with open(self.path, "r+b") as f:
                 for no, page in self.pages.items():
-                    f.seek(no * PS)
+                    f.seek(no * self.page_size)
                     f.write(page)
         super().take(n)
 
@@ -136,3 +136,72 @@ def test_verify_of_a_copy_whose_page0_was_still_zero(damaged: bool) -> None:
         assert "as a full_crc32 page: full_crc32 checksum mismatch" in v.bad[0][1]
     else:
         assert v.bad == []
+
+
+def _fixture(name: str) -> tuple[bytes, int]:
+    """A real sample's pages and their physical size (fixtures/README.md)."""
+    data = gzip.decompress((Path(__file__).resolve().parents[1] / "fixtures/pages" / name).read_bytes())
+    return data, space_info(data, "mariadb").physical_page_size
+
+
+@pytest.mark.parametrize(("name", "server_page_size"), [
+    ("mariadb10-full_crc32-4k.pages.gz", 4096),  # a 4K server: not cut into 16K pages
+    ("mariadb10-compressed-kbs8.pages.gz", 16384),  # ROW_FORMAT=COMPRESSED: 8K pages inside each 16K
+    ("mariadb10-compressed-kbs4-4k.pages.gz", 4096),
+])
+def test_pages_of_other_sizes_written_while_page0_is_still_zero(tmp_path: Path, name: str,
+                                                                server_page_size: int) -> None:
+    """An unwritten page 0 says nothing about the page size: the server's innodb_page_size cuts the file, and a
+    compressed table's pages are accepted as compressed pages of any size."""
+    data, zs = _fixture(name)
+    info = space_info(data, "mariadb")
+    n = len(data) // zs
+    # Page 1, and copies of it renumbered to start at 32K: the start of a 16K page too, where a 16K guess would
+    # have to take a smaller page for a whole one.
+    m = 32768 // zs
+    written = {no: data[no * zs : (no + 1) * zs] for no in range(1, n)}
+    for no in (m, m + 1):
+        page = bytearray(data[zs : 2 * zs])
+        struct.pack_into(">I", page, 4, no)
+        stamp_page(page, info)
+        assert validate_pages(page, info, no) == []
+        written[no] = bytes(page)
+    size = 65536
+    src = tmp_path / "f.ibd"
+    src.write_bytes(bytes(size))
+    copier = FileCopier(backup_target(tmp_path / "out"), "mariadb", cancel=threading.Event(), chunk_size=1 << 16,
+                        retries=2, retry_sleep=0.01, page_size=server_page_size)
+    copier.throttle = ServerWrites(src, written, zs)
+    copier.copy(SourceFile(src, "filler/f.ibd", "innodb"))
+    assert copier.throttle.done
+    out = (tmp_path / "out/filler/f.ibd").read_bytes()
+    assert out[zs : n * zs] == data[zs:]
+    assert out[m * zs : (m + 2) * zs] == written[m] + written[m + 1]
+    # A damaged one of those pages still fails.
+    bad = bytearray(data[(n - 1) * zs : n * zs])
+    bad[300] ^= 0x10
+    src.write_bytes(bytes(size))
+    copier = FileCopier(backup_target(tmp_path / "out2"), "mariadb", cancel=threading.Event(), chunk_size=1 << 16,
+                        retries=2, retry_sleep=0.01, page_size=server_page_size)
+    copier.throttle = ServerWrites(src, {n - 1: bytes(bad)}, zs)
+    with pytest.raises(Corrupt, match="nor as compressed pages"):
+        copier.copy(SourceFile(src, "filler/f.ibd", "innodb"))
+
+
+@pytest.mark.parametrize("written", ["after", "before"])
+def test_data_already_there_with_page0_zero(tmp_path: Path, written: str) -> None:
+    """Page 0 zero while data pages are on disk when the copy opens the file: pages written after the backup's
+    start checkpoint belong to a tablespace created since (the redo copy rebuilds it), so the copy goes on; pages
+    older than it mean page 0 was lost: the backup fails, as before."""
+    src = tmp_path / "f.ibd"
+    src.write_bytes(bytes(PS) + PAGES[PS:] + bytes(4 * PS))
+    lsn = min(struct.unpack_from(">Q", PAGES, no * PS + 16)[0] for no in range(1, 4))
+    copier = FileCopier(backup_target(tmp_path / "out"), "mariadb", cancel=threading.Event(), chunk_size=1 << 16,
+                        retries=2, retry_sleep=0.01)
+    copier.start_lsn = lsn - 1 if written == "after" else lsn + 1
+    if written == "after":
+        copier.copy(SourceFile(src, "filler/f.ibd", "innodb"))
+        assert (tmp_path / "out/filler/f.ibd").read_bytes()[PS : 4 * PS] == PAGES[PS:]
+    else:
+        with pytest.raises(Corrupt, match="page 0 is all zero but page 1 holds data"):
+            copier.copy(SourceFile(src, "filler/f.ibd", "innodb"))
