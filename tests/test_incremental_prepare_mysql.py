@@ -2,11 +2,13 @@
 between backups (tools/soak_incremental.py). MySQL has no redo-only recovery we can prove, so its incrementals
 start at the previous backup's start checkpoint and prepare lays the deltas over the base in order, then recovers
 once with the last link's redo (docs/PREPARE.md, "Incremental chains"). The prepared chain must start, pass CHECK
-TABLE and the bank invariant, and hold exactly what a full backup taken right after the last incremental holds."""
+TABLE and the bank invariant, and hold exactly what a full backup taken right after the last incremental holds.
+test_page_changed_after_the_base_copied_it isolates the case that start checkpoint is for."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from innostream.formats.fil0fil import FIL_HEADER_SIZE, parse_fil_header
 from innostream.formats.xtrabackup_meta import parse_checkpoints
 
-from tools.sandbox import Server, start_server
+from tools.sandbox import Server, start_server, table_checksums
 from tools.soak_incremental import (
     INNOSTREAM,
     REPO,
@@ -32,6 +35,7 @@ from tools.soak_incremental import (
     prepare_ours,
     prepare_reference,
     run,
+    start_on,
     tree_digest,
     verify,
 )
@@ -178,3 +182,101 @@ def test_mysql_step_by_step_then_kill_9_in_recovery(mysql_chain: Built, tmp_path
     assert got.checks == []
     assert got.contents == mysql_chain.reference.contents
 
+
+
+# --- the case the start checkpoint is for --------------------------------------------------------------------------
+
+_ROWS = 4000  # two 7000-byte rows a page: t.ibd (~40 MB) is bigger than mysql.ibd, so it is copied first
+_UPDATED = "id % 400 = 7"  # one row on each of 10 pages spread over the table
+
+
+def _copied(log_text: str, name: str) -> bool:
+    """The backup's log says ``name`` was copied: ``[NN] Copying .../name to ...`` then ``[NN]        ...done``
+    (other threads' and the redo copier's lines may come between)."""
+    thread = None
+    for line in log_text.splitlines():
+        if thread is None:
+            m = re.search(r"\[(\d+)\] Copying \S+/" + re.escape(name) + " to ", line)
+            thread = m.group(1) if m else None
+        elif f"[{thread}]        ...done" in line:
+            return True
+    return False
+
+
+def _page_lsns(path: Path, page_size: int = 16384) -> list[int]:
+    data = path.read_bytes()
+    return [parse_fil_header(data[off:off + FIL_HEADER_SIZE]).lsn for off in range(0, len(data), page_size)]
+
+
+def test_page_changed_after_the_base_copied_it(tmp_path: Path) -> None:
+    """A page the base copied early, then changed and flushed before the base's end checkpoint (start_lsn < page
+    LSN <= to_lsn) and never again. The chain never applies the base's redo, so the change reaches the prepared
+    chain only because the incremental copies pages newer than the base's start_lsn; with the peers' from_lsn =
+    to_lsn it would be lost (the test then fails on the UPDATE's rows). The base is copied slowly (--parallel 1
+    --throttle 8, t.ibd first) and the UPDATE waits for t.ibd's copy. MySQL's checkpoint cannot pass a page
+    still dirty, so innodb_max_dirty_pages_pct = 0 has the page cleaner write the pages at once: the checkpoint
+    passed the UPDATE about 2 s after t.ibd's copy, with some 7 s of the base (~70 MB) still to copy; neither the
+    backup's redo log consumer nor LOCK INSTANCE FOR BACKUP held it back."""
+    srv = start_server("mysql9", tmp_path / "src", options=SESSION_OPTIONS["mysql9"])
+    base, inc = tmp_path / "base", tmp_path / "inc"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        srv.execute_script(["CREATE DATABASE h", "SET SESSION cte_max_recursion_depth = 10000",
+                            "CREATE TABLE h.t (id INT PRIMARY KEY, v VARCHAR(7000)) ENGINE=InnoDB",
+                            "INSERT INTO h.t WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s "
+                            f"WHERE n < {_ROWS - 1}) SELECT n, LEFT(REPEAT(CONCAT(n, '-'), 2000), 7000) FROM s"])
+        srv.flush_dirty()
+        live = srv.datadir / "h" / "t.ibd"
+        log_file = tmp_path / "base.log"
+        argv = [*INNOSTREAM, "backup", "--socket", str(srv.socket), "--user", "root", "--datadir",
+                str(srv.datadir), "--target-dir", str(base), "--no-fsync", "--parallel", "1", "--throttle", "8"]
+        with open(log_file, "wb") as err:
+            proc = subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        while not _copied(log_file.read_text(), "h/t.ibd"):
+            assert proc.poll() is None, "the base ended before t.ibd was copied:\n" + log_file.read_text()[-3000:]
+            time.sleep(0.05)
+
+        srv.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")  # flush now, so the checkpoint can pass
+        srv.execute(f"UPDATE h.t SET v = CONCAT('U', SUBSTRING(v, 2)) WHERE {_UPDATED}")  # in place
+        changed_at = srv.status("Innodb_redo_log_current_lsn")
+        while srv.status("Innodb_redo_log_checkpoint_lsn") < changed_at:
+            assert proc.poll() is None, (f"the base ended before the checkpoint passed the UPDATE (LSN "
+                                         f"{changed_at}):\n" + log_file.read_text()[-3000:])
+            time.sleep(0.1)
+        assert proc.wait(timeout=300) == 0, log_file.read_text()[-3000:]
+        proc = None
+
+        # The precondition, from the pages themselves: t's changed pages are newer than the base's start
+        # checkpoint and not newer than its end checkpoint, and the base holds their older version.
+        cp = parse_checkpoints((base / "xtrabackup_checkpoints").read_bytes())
+        start = int(dict(cp.extra)["start_lsn"])
+        assert start < changed_at <= cp.to_lsn, (start, changed_at, cp.to_lsn)
+        live_lsns, base_lsns = _page_lsns(live), _page_lsns(base / "h" / "t.ibd")
+        changed = [n for n, (a, b) in enumerate(zip(live_lsns, base_lsns, strict=True)) if a != b]
+        assert len(changed) >= 10, changed  # the 10 rows' pages at least
+        for n in changed:
+            assert start < live_lsns[n] <= cp.to_lsn, (n, start, live_lsns[n], cp.to_lsn)
+            assert base_lsns[n] <= start, (n, base_lsns[n], start)
+
+        our_backup(srv, inc, base)  # nothing changed t since
+        assert _page_lsns(live) == live_lsns  # the pages were never changed again: only start_lsn brings them
+        want = table_checksums(srv, "h")
+        updated = srv.query("SELECT id FROM h.t WHERE v LIKE 'U%' ORDER BY id")
+        assert len(updated) == _ROWS // 400
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        srv.stop()
+
+    res = prepare_cmd(base, srv.server_binary, "--incremental-dir", str(inc))
+    assert res.returncode == 0, res.stderr
+    got_srv = start_on(base, "mysql9", tmp_path / "run")
+    try:
+        got = table_checksums(got_srv, "h")
+        got_updated = got_srv.query("SELECT id FROM h.t WHERE v LIKE 'U%' ORDER BY id")
+    finally:
+        got_srv.stop()
+    assert got_updated == updated, f"the UPDATE made while the base was copied is lost: {got_updated}"
+    assert got == want
