@@ -26,6 +26,7 @@ from innostream.archive.detect import read_any
 from innostream.archive.seekable import IndexedArchive, RangeSource
 from innostream.archive.types import DEFAULT_MAX_SIZE, SizeLimits
 from innostream.datadir import is_system_continuation, is_tablespace
+from innostream.ddl_track import NEW_SUFFIX
 from innostream.flavor import Flavor
 from innostream.formats.errors import InnostreamError
 from innostream.formats.fil0fil import UNIV_PAGE_SIZE_MAX
@@ -230,6 +231,7 @@ class PageValidator:
     def __init__(self, name: str, flavor: str | None,
                  resolve: Callable[[bytes], str | None] | None = None) -> None:
         self.name = name
+        self._plain = name.removesuffix(NEW_SUFFIX)  # what the file is named once prepare puts it in place
         self.flavor = flavor
         self._resolve = resolve
         self.info: Any = None
@@ -261,14 +263,14 @@ class PageValidator:
         # Page 0 all zero (docs/PAGES.md): reported at finish, by whether the file holds any data after it.
         # (not for ibdata2..., whose first page is a later page of the system tablespace)
         self.zero_page0 = (self.buf.count(0, 0, self.page_size) == self.page_size
-                           and not is_system_continuation(self.name))
+                           and not is_system_continuation(self._plain))
         self.data_after_page0 = self.zero_page0 and self.buf.count(0) != len(self.buf)
         return True
 
     def _lazy_page0(self) -> bool:
         """Page 0 all zero where the server may not have written it yet: a MariaDB file-per-table tablespace (never
         the system or undo tablespaces, whose page 0 exists from the start, nor MySQL, which writes it at once)."""
-        return self.zero_page0 and self.flavor == Flavor.MARIADB and self.name.endswith(".ibd")
+        return self.zero_page0 and self.flavor == Flavor.MARIADB and self._plain.endswith(".ibd")
 
     def _flush(self, final: bool) -> None:
         from innostream.formats.buf0checksum import validate_pages, validate_pages_any_format
@@ -513,7 +515,7 @@ class PageValidation:
             d = DeltaValidator(name, flavor or self.detected, lambda: self.metas.get(stem))
             self.validators.append(d)
             return d
-        if not is_tablespace(name):
+        if not is_tablespace(name.removesuffix(NEW_SUFFIX)):  # a whole copy DDL made during the backup, too
             return None
         v = PageValidator(name, flavor, self.resolve if flavor is None else None)
         self.validators.append(v)

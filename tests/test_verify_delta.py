@@ -200,3 +200,25 @@ def test_verify_checks_mariadb_backup_deltas(mariadb10, tmp_path):
         assert _checked(r.stderr) >= delta_pages
     finally:
         srv.execute(f"DROP DATABASE IF EXISTS {SCHEMA}")
+
+
+def test_whole_copies_of_ddl_during_the_backup_are_checked_too() -> None:
+    """``NAME.innostream-new`` (a table DDL created or rebuilt during a --lock-ddl=reduced copy, taken whole at the
+    end) is checked like the tablespace it becomes: a damaged page fails, and a MariaDB page 0 not written yet is
+    a warning as for ``NAME.ibd``."""
+    import gzip
+
+    from innostream.ddl_track import NEW_SUFFIX
+
+    pages = gzip.decompress((Path(__file__).resolve().parents[1] / "fixtures/pages/mariadb10-bulkload-head-16k"
+                             ".pages.gz").read_bytes())
+    name = f"{SCHEMA}/t.ibd{NEW_SUFFIX}"
+    [v] = _feed({name: pages}, "mariadb").validators
+    assert (v.pages, v.bad, v.note) == (4, [], None)
+    damaged = bytearray(pages)
+    damaged[2 * 16384 + 500] ^= 0x01
+    [v] = _feed({name: bytes(damaged)}, "mariadb").validators
+    assert [b[0] for b in v.bad] == [2]
+    [v] = _feed({name: bytes(16384) + pages[16384:]}, "mariadb").validators
+    assert v.bad == []
+    assert "page 0 is all zero but later pages hold data" in str(v.note)
