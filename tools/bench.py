@@ -537,11 +537,17 @@ def alternate(
     runs: int,
     contenders: list[tuple[Series, Callable[[int], PipelineResult]]],
 ) -> None:
-    """Run the contenders in turn, ``runs`` times each, the order rotated by one each round (A B, B A, A B ...; with
-    more contenders none is always first or always right after the same one); a failed run is kept and logged."""
+    """Run the contenders in turn, ``runs`` times each, the order rotated by one each round and reversed every
+    other round (A B C, A C B, C A B, C B A ...): none is always first, and none always runs right after the same
+    one. A plain rotation keeps the neighbours: the feature rows' default always ran right after the floor row,
+    which writes nothing, and in two runs of 2026-12-01 it came out 14-30 % faster than rows doing the same work.
+    The previous run's writes are synced first, so no run pays for another's write-back. A failed run is kept and
+    logged."""
     for i in range(runs):
         k = i % len(contenders) if contenders else 0
-        for series, run in contenders[k:] + contenders[:k]:
+        order = contenders[k:] + contenders[:k]
+        for series, run in reversed(order) if i % 2 else order:
+            os.sync()
             res = run(i)
             series.runs.append(res)
             state = "ok" if res.ok else f"FAILED {[p.returncode for p in res.procs]} (see {res.stderr_paths})"
