@@ -98,6 +98,17 @@ def parse_cluster_header(page: bytes | memoryview, page_size: int, *, file: str 
     return DeltaClusterHeader(last=magic == XB_DELTA_MAGIC_LAST, page_nos=tuple(slots[:count]))
 
 
+def check_cluster(header: DeltaClusterHeader, page_size: int, *, file: str | None = None, offset: int = 0) -> None:
+    """Every cluster but the last is full: the reader finds cluster k at page ``k * (page_size // 4)``.
+
+    Raises:
+        Corrupt: ``header`` is not the last cluster and not full.
+    """
+    if not header.last and len(header.page_nos) != cluster_capacity(page_size):
+        raise Corrupt(f"delta cluster with {len(header.page_nos)} pages is not the last, but not full",
+                      file=file, offset=offset)
+
+
 def build_cluster_header(page_nos: Iterable[int], page_size: int, *, last: bool) -> bytes:
     """Build one cluster header page; adds the terminator when the cluster is not full."""
     _check_page_size(page_size)
@@ -124,13 +135,10 @@ def iter_delta(
     """
     _check_page_size(page_size)
     view = memoryview(data)
-    capacity = cluster_capacity(page_size)
     offset = 0
     while True:
         header = parse_cluster_header(view[offset:offset + page_size], page_size, file=file, offset=offset)
-        if not header.last and len(header.page_nos) != capacity:
-            raise Corrupt(f"delta cluster with {len(header.page_nos)} pages is not the last, but not full",
-                          file=file, offset=offset)
+        check_cluster(header, page_size, file=file, offset=offset)
         end = offset + page_size * (1 + len(header.page_nos))
         if len(view) < end:
             raise Truncated(f"delta cluster needs {end - offset} bytes, {len(view) - offset} left",

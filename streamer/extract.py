@@ -390,7 +390,7 @@ class DeltaValidator:
 
     def _page(self, page: bytes, offset: int) -> None:
         from innostream.formats.buf0checksum import validate_pages
-        from innostream.formats.xtrabackup_delta import cluster_capacity, delta_space_infos, parse_cluster_header
+        from innostream.formats.xtrabackup_delta import check_cluster, delta_space_infos, parse_cluster_header
 
         ps = self.page_size
         if self.done:
@@ -399,12 +399,9 @@ class DeltaValidator:
         if not self.cluster and not self.last:  # a header page
             try:
                 header = parse_cluster_header(page, ps, file=self.name, offset=offset)
+                check_cluster(header, ps, file=self.name, offset=offset)
             except InnostreamError as exc:
                 self.error = str(exc)
-                return
-            if not header.last and len(header.page_nos) != cluster_capacity(ps):
-                self.error = (f"the cluster at offset {offset} holds {len(header.page_nos)} pages and is not the "
-                              "last, but not full")
                 return
             self.cluster, self.last = list(header.page_nos), header.last
             self.done = self.last and not self.cluster
@@ -416,13 +413,9 @@ class DeltaValidator:
         if no in self.seen:
             self.bad.append((no, "listed twice in the delta"))
         self.seen.add(no)
-        info = self.infos[0]
-        if info.space_id == 0 and info.extent_size <= no < 3 * info.extent_size:
-            pass  # ibdata1's doublewrite area: copies of other pages, never validated (as the backup)
-        else:
-            reasons = [validate_pages(page, i, no) for i in self.infos]
-            if all(reasons):
-                self.bad.append(reasons[0][0])
+        reasons = [validate_pages(page, i, no) for i in self.infos]  # (ibdata1's doublewrite area: never bad)
+        if all(reasons):
+            self.bad.append(reasons[0][0])
         if not self.cluster and self.last:
             self.done = True
 

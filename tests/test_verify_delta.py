@@ -124,6 +124,9 @@ def test_damaged_delta_is_reported(base, tmp_path):
     # A wrong magic in the cluster header.
     [v] = _feed({f"{SCHEMA}/t.ibd.meta": meta, f"{SCHEMA}/t.ibd.delta": b"nope" + delta[4:]}, "mariadb").validators
     assert "magic" in str(v.error).lower(), v.error
+    # The only cluster marked as followed by another (xtra), though not full.
+    [v] = _feed({f"{SCHEMA}/t.ibd.meta": meta, f"{SCHEMA}/t.ibd.delta": b"xtra" + delta[4:]}, "mariadb").validators
+    assert "is not the last, but not full" in str(v.error), v.error
     # Bytes after the last cluster.
     [v] = _feed({f"{SCHEMA}/t.ibd.meta": meta, f"{SCHEMA}/t.ibd.delta": delta + bytes(ps)}, "mariadb").validators
     assert "after the last cluster" in str(v.error), v.error

@@ -38,7 +38,7 @@ from innostream.families import Family, family
 from innostream.fileio import pwrite_all
 from innostream.formats import fsp0fsp
 from innostream.formats.errors import FormatError
-from innostream.formats.xtrabackup_delta import DeltaMeta, cluster_capacity, parse_cluster_header, parse_meta
+from innostream.formats.xtrabackup_delta import DeltaMeta, check_cluster, parse_cluster_header, parse_meta
 from innostream.formats.xtrabackup_meta import (
     BACKUP_TYPE_FULL,
     BACKUP_TYPE_FULL_PREPARED,
@@ -117,11 +117,9 @@ def _check_delta(path: Path, meta: DeltaMeta) -> int:
         while True:
             try:
                 header = parse_cluster_header(os.pread(fh.fileno(), ps, offset), ps, file=str(path), offset=offset)
-            except FormatError as exc:
+                check_cluster(header, ps, file=str(path), offset=offset)
+            except FormatError as exc:  # a bad magic, or a cluster not full but not the last
                 raise PrepareError(f"damaged incremental: {exc}", hint="take the incremental again") from None
-            if not header.last and len(header.page_nos) != cluster_capacity(ps):
-                raise PrepareError(f"damaged incremental: {path}: a cluster at offset {offset} is not full but not "
-                                   "the last", hint="take the incremental again")
             offset += ps * (1 + len(header.page_nos))
             pages += len(header.page_nos)
             if header.last:
