@@ -51,7 +51,7 @@ from innostream.formats.fil0fil import (
     FIL_PAGE_PAGE_COMPRESSED_ENCRYPTED,
     FIL_PAGE_TYPE,
 )
-from innostream.formats.fsp0fsp import FSP_FLAGS_FCRC32_MASK_MARKER, SpaceInfo
+from innostream.formats.fsp0fsp import FSP_FLAGS_FCRC32_MASK_MARKER, SpaceInfo, page_ssize, zip_space_info
 
 __all__ = [
     "ZERO_PAGE",
@@ -623,10 +623,7 @@ def validate_pages_any_format(buf: bytes | bytearray | memoryview, info: SpaceIn
     bad = validate_pages(buf, info, first_page_no)
     if not bad:
         return bad
-    from innostream.formats.fsp0fsp import zip_space_info
-
-    ssize = (info.logical_page_size >> 9).bit_length() - 1  # page size 512 << ssize
-    fcrc32 = replace(info, flags=FSP_FLAGS_FCRC32_MASK_MARKER | ssize, full_crc32=True)
+    fcrc32 = replace(info, flags=FSP_FLAGS_FCRC32_MASK_MARKER | page_ssize(info.logical_page_size), full_crc32=True)
     mv = memoryview(buf).cast("B")
     ps = info.physical_page_size
     zips = [zip_space_info(info, z) for z in (1024, 2048, 4096, 8192, 16384) if z <= min(ps, 16384)]

@@ -338,11 +338,16 @@ def parse_fsp_header(page0: bytes | memoryview) -> dict[str, Any]:
     return {k: v for k, v in parsed.items() if not k.startswith("_")}
 
 
+def page_ssize(size: int) -> int:
+    """The flags' shift for a page size: ``size == 512 << ssize`` (only exact for powers of two)."""
+    return (size >> 9).bit_length() - 1
+
+
 def unwritten_space_info(logical_page_size: int, flavor: str = "mariadb") -> SpaceInfo:
     """What to cut a tablespace into while its page 0 is still all zero (MariaDB writes it lazily): the server's
     page size, crc32/innodb flags. Only a first guess: ``validate_pages_any_format`` also accepts the other
     formats such a tablespace can turn out to have."""
-    ssize = (logical_page_size >> 9).bit_length() - 1  # page size 512 << ssize
+    ssize = page_ssize(logical_page_size)
     if 512 << ssize != logical_page_size or not 4096 <= logical_page_size <= 65536:
         raise ValueError(f"innodb_page_size {logical_page_size} is not a power of two from 4K to 64K")
     flags = 0 if ssize == UNIV_PAGE_SSIZE_ORIG else ssize << FSP_FLAGS_POS_PAGE_SSIZE
@@ -353,7 +358,7 @@ def unwritten_space_info(logical_page_size: int, flavor: str = "mariadb") -> Spa
 def zip_space_info(info: SpaceInfo, zip_size: int) -> SpaceInfo:
     """``info`` as a ROW_FORMAT=COMPRESSED tablespace of ``zip_size`` pages (post-Antelope, atomic blobs, the same
     logical page size): how a MariaDB tablespace whose page 0 is unwritten may turn out."""
-    zssize = (zip_size >> 9).bit_length() - 1
+    zssize = page_ssize(zip_size)
     if not UNIV_ZIP_SIZE_MIN <= zip_size <= min(info.logical_page_size, 16384) or 512 << zssize != zip_size:
         raise ValueError(f"no ROW_FORMAT=COMPRESSED page size {zip_size} with {info.logical_page_size}-byte pages")
     page_bits = info.flags & FSP_FLAGS_MASK_PAGE_SSIZE
