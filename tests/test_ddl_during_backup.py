@@ -80,6 +80,17 @@ def _check_tables(srv: Server) -> None:
             assert rows[-1][3] == "OK", (db, table, rows)
 
 
+def _check_restored(restored: Server, prepared: Path, source: dict[str, dict[str, tuple[int, int]]]) -> None:
+    """The prepared backup, restored and started, equals the source after the DDL."""
+    assert not list(prepared.rglob(f"*{NEW_SUFFIX}"))
+    assert not (prepared / DB / "t_drop.ibd").exists()
+    assert _state(restored) == source
+    assert set(source[DB]) == {"t_big", "t_new", "t_ren2", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep",
+                               "t_part"}
+    assert not restored.query("SELECT 1 FROM information_schema.schemata WHERE schema_name=%s", (GONE,))
+    _check_tables(restored)
+
+
 def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while text not in path.read_text(errors="replace"):
@@ -141,13 +152,7 @@ def test_ddl_runs_during_the_copy_and_the_backup_equals_the_source(kind: str, mo
 
     srv.stop()
     with prepared_and_started(srv, backup, tmp_path) as restored:
-        assert not list(backup.rglob(f"*{NEW_SUFFIX}"))
-        assert not (backup / DB / "t_drop.ibd").exists()
-        assert _state(restored) == source
-        assert set(source[DB]) == {"t_big", "t_new", "t_ren2", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep",
-                                   "t_part"}
-        assert not restored.query("SELECT 1 FROM information_schema.schemata WHERE schema_name=%s", (GONE,))
-        _check_tables(restored)
+        _check_restored(restored, backup, source)
 
 
 @pytest.mark.parametrize("kind", ["mariadb10", "mysql9"])
@@ -191,13 +196,7 @@ def test_ddl_during_an_incremental_copy(kind: str, fresh_server, tmp_path: Path)
 
     srv.stop()
     with prepared_and_started(srv, base, tmp_path, incrementals=[inc]) as restored:
-        assert not list(base.rglob(f"*{NEW_SUFFIX}"))
-        assert not (base / DB / "t_drop.ibd").exists()
-        assert _state(restored) == source
-        assert set(source[DB]) == {"t_big", "t_new", "t_ren2", "t_force", "t_trunc", "t_idx", "t_inst", "t_keep",
-                                   "t_part"}
-        assert not restored.query("SELECT 1 FROM information_schema.schemata WHERE schema_name=%s", (GONE,))
-        _check_tables(restored)
+        _check_restored(restored, base, source)
     # The incremental is unchanged by the prepare (its whole copies were copied, not moved).
     assert all((inc / (n + NEW_SUFFIX)).is_file() for n in record["replaced"])
 
