@@ -10,6 +10,7 @@ contents equal the source's at the end of the backup (no writes happen after the
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -193,6 +194,20 @@ def test_ddl_during_an_incremental_copy(kind: str, fresh_server, tmp_path: Path)
         assert (inc / (name + NEW_SUFFIX)).is_file(), name
     assert not list(inc.rglob("*.ibd"))
     assert (inc / DB / "t_keep.ibd.delta").is_file()
+
+    # An incremental whose record names a whole copy that is not there: refused before anything is changed.
+    broken = tmp_path / "inc-broken"
+    shutil.copytree(inc, broken)
+    (broken / (f"{DB}/t_force.ibd" + NEW_SUFFIX)).unlink()
+    before = {p.relative_to(base): p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    r = subprocess.run([sys.executable, "-m", "innostream", "prepare", "--target-dir", str(base),
+                        "--incremental-dir", str(broken), "--server-binary", str(srv.server_binary)],
+                       capture_output=True, text=True, cwd=REPO, check=False)
+    assert r.returncode == 7, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, r.stderr[-2000:]
+    assert f"names {DB}/t_force.ibd, but {DB}/t_force.ibd{NEW_SUFFIX} is missing; nothing was changed" in errors[0]
+    assert {p.relative_to(base): p.read_bytes() for p in base.rglob("*") if p.is_file()} == before
 
     srv.stop()
     with prepared_and_started(srv, base, tmp_path, incrementals=[inc]) as restored:
