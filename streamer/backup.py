@@ -491,7 +491,7 @@ class Backup:
 
         meta_info: dict[str, Any] = {"flavor": flavor, "server_version": facts.version,
                                      "tool": f"innostream {__version__}", "hostname": os.uname().nodename,
-                                     "start_time": started.isoformat(timespec="seconds")}
+                                     "start_time": started.isoformat(timespec="seconds"), "page_size": page_size}
         if base is not None:
             meta_info["from_lsn"] = base.from_lsn
         self.sink = _open_sink(cfg, self.out, meta_info)

@@ -229,8 +229,10 @@ class PageValidator:
     """
 
     def __init__(self, name: str, flavor: str | None,
-                 resolve: Callable[[bytes], str | None] | None = None) -> None:
+                 resolve: Callable[[bytes], str | None] | None = None, server_page_size: int | None = None) -> None:
         self.name = name
+        #: the server's innodb_page_size if the archive says it: how a tablespace whose page 0 is unwritten is cut
+        self.server_page_size = server_page_size
         self._plain = name.removesuffix(NEW_SUFFIX)  # what the file is named once prepare puts it in place
         self.flavor = flavor
         self._resolve = resolve
@@ -246,7 +248,7 @@ class PageValidator:
         self.error: str | None = None  # the file's structure is broken (never for a whole tablespace)
 
     def _setup(self) -> bool:
-        from innostream.formats.fsp0fsp import space_info
+        from innostream.formats.fsp0fsp import space_info, unwritten_space_info
 
         page0 = bytes(self.buf[:UNIV_PAGE_SIZE_MAX])
         if self.flavor is None:
@@ -262,8 +264,17 @@ class PageValidator:
         self.page_size = self.info.physical_page_size
         # Page 0 all zero (docs/PAGES.md): reported at finish, by whether the file holds any data after it.
         # (not for ibdata2..., whose first page is a later page of the system tablespace)
-        self.zero_page0 = (self.buf.count(0, 0, self.page_size) == self.page_size
-                           and not is_system_continuation(self._plain))
+        # (a written page 0 is never zero in its first bytes, the FIL header: the smaller size tells as well)
+        head = min(self.page_size, self.server_page_size or self.page_size)
+        self.zero_page0 = self.buf.count(0, 0, head) == head and not is_system_continuation(self._plain)
+        if self._lazy_page0() and self.server_page_size and self.server_page_size != self.page_size:
+            # an all-zero page 0 reads as 16K; the tablespace has the server's page size (as the copier cut it)
+            try:
+                self.info = unwritten_space_info(self.server_page_size, self.flavor)
+            except ValueError as exc:
+                self.note = f"no page validation: {exc}"
+                return False
+            self.page_size = self.info.physical_page_size
         self.data_after_page0 = self.zero_page0 and self.buf.count(0) != len(self.buf)
         return True
 
@@ -510,6 +521,8 @@ class PageValidation:
             return d
         if not is_tablespace(name.removesuffix(NEW_SUFFIX)):  # a whole copy DDL made during the backup, too
             return None
-        v = PageValidator(name, flavor, self.resolve if flavor is None else None)
+        page_size = meta.get("page_size")
+        v = PageValidator(name, flavor, self.resolve if flavor is None else None,
+                          page_size if isinstance(page_size, int) and not isinstance(page_size, bool) else None)
         self.validators.append(v)
         return v

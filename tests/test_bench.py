@@ -6,6 +6,7 @@ processes whose CPU, memory and output are known in advance.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -227,7 +228,7 @@ def test_feature_costs_and_encryption_target() -> None:
     assert f"| {bench.FEATURES_BACKUP} | tar \\| zstd -1 | **no** |" in text  # a pipe in a cell is escaped
 
 
-def test_alternate_rotates_and_reverses_the_order() -> None:
+def test_alternate_runs_a_balanced_order() -> None:
     order: list[str] = []
 
     def runner(name: str):
@@ -236,10 +237,48 @@ def test_alternate_rotates_and_reverses_the_order() -> None:
             return bench.PipelineResult(wall=1.0, procs=[], tree_rss_peak=0, out_bytes=0)
         return run
 
-    contenders = [(bench.Series("t", name, name), runner(name)) for name in "ABC"]
+    contenders = [(bench.Series("t", name, name), runner(name)) for name in "ABCD"]
     bench.alternate(4, contenders)
-    assert "".join(order) == "ABC" "ACB" "CAB" "CBA"  # each row after both others, and first or last
+    rounds = ["".join(order[i:i + 4]) for i in range(0, 16, 4)]
+    assert rounds == ["ABDC", "BCAD", "CDBA", "DACB"]
     assert all(len(s.runs) == 4 for s, _ in contenders)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8])
+def test_balanced_orders_put_each_contender_first_and_after_each_other_equally(n: int) -> None:
+    from collections import Counter
+
+    cycle = n if n % 2 == 0 else 2 * n
+    orders = bench.balanced_orders(n, 2 * cycle)
+    assert orders[:cycle] == orders[cycle:]
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    firsts = Counter(o[0] for o in orders[:cycle])
+    follows = Counter((a, b) for o in orders[:cycle] for a, b in itertools.pairwise(o))
+    assert set(firsts) == set(range(n))
+    assert len(set(firsts.values())) == 1
+    if n > 1:  # every ordered pair of two contenders is neighbours equally often
+        assert len(follows) == n * (n - 1)
+        assert len(set(follows.values())) == 1
+
+
+def test_paired_encryption_costs_take_the_ratio_per_round() -> None:
+    def run(wall: float, cpu: float, rc: int = 0) -> dict:
+        return {"wall": wall, "procs": [{"user": cpu, "sys": 0.0, "returncode": rc}]}
+
+    plain = _series(bench.ENCRYPTION_BACKUP, "innostream", 10.0, 100 * bench.MiB, 800)
+    sealed = _series(bench.ENCRYPTION_BACKUP, "innostream encrypted", 10.0, 100 * bench.MiB, 801)
+    # the machine slows down over the rounds: the medians of the runs would hide a pair's ratio, the pairs do not
+    plain["detail"] = [run(10.0, 10.0), run(20.0, 20.0), run(30.0, 30.0), run(5.0, 5.0, rc=1)]
+    sealed["detail"] = [run(10.5, 10.2), run(21.0, 21.0), run(33.0, 31.5), run(1.0, 1.0)]
+    (p,) = bench.paired_costs([plain, sealed])
+    assert p["pairs"] == 3  # the round with a failed run is left out
+    assert p["wall"] == pytest.approx(1.05)
+    assert p["wall_min"] == pytest.approx(1.05)
+    assert p["wall_max"] == pytest.approx(1.10)
+    assert p["cpu"] == pytest.approx(1.05)
+    targets = {t["target"]: t for t in bench.compute_targets({"series": [plain, sealed]})}
+    assert targets["backup zstd-1: encryption adds < 10% wall"]["met"] == "yes"
+    assert "median of 3 paired runs" in targets["backup zstd-1: encryption adds < 10% wall"]["measured"]
 
 
 def test_write_doc_keeps_hand_written_text(tmp_path: Path) -> None:
@@ -343,7 +382,7 @@ def test_whole_benchmark_on_a_tiny_dataset(tmp_path: Path) -> None:
 
     doc = tmp_path / "B.md"
     rc = bench.main(["--size", "24M", "--runs", "1", "--kinds", "mariadb10", "--workdir", str(tmp_path / "w"),
-                     "--load-time", "30", "--doc", str(doc)])
+                     "--load-time", "30", "--pairs", "1", "--doc", str(doc)])
     assert rc == 0
     results = json.loads(next((tmp_path / "w").glob("results-*.json")).read_text())
     kind = results["kinds"][0]
@@ -377,6 +416,11 @@ def test_whole_benchmark_on_a_tiny_dataset(tmp_path: Path) -> None:
     for tool in ("innostream fsync", "innostream encrypted", "mariadb-backup --parallel=2"):
         assert features[(bench.FEATURES_EXTRACT, tool)]["out_bytes"] == pytest.approx(plain, rel=0.02), tool
     assert any("encryption adds" in t["target"] for t in kind["targets"])
+    paired = {(t, tool): s for (t, tool), s in series.items() if t.startswith("encryption ")}
+    assert set(paired) == {(t, tool) for t in (bench.ENCRYPTION_BACKUP, bench.ENCRYPTION_EXTRACT)
+                           for tool in ("innostream", "innostream encrypted")}
+    assert all(s["ok"] for s in paired.values())
+    assert any("paired runs" in t["measured"] for t in kind["targets"])
     assert kind["validation"]["pages"] > 0
     load = {r["tool"]: r for r in kind["load"]}
     assert load["innostream"]["ok"]

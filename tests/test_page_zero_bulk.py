@@ -205,3 +205,37 @@ def test_data_already_there_with_page0_zero(tmp_path: Path, written: str) -> Non
     else:
         with pytest.raises(Corrupt, match="page 0 is all zero but page 1 holds data"):
             copier.copy(SourceFile(src, "filler/f.ibd", "innodb"))
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["page-size-in-archive", "old-archive"])
+def test_verify_cuts_a_zero_page0_tablespace_into_the_servers_pages(told: bool) -> None:
+    """verify, like the copier, cuts a tablespace whose page 0 is unwritten into the server's pages when the archive
+    says its ``page_size``; an older archive does not, and its 4K pages read as 16K ones fail (the gap this closes)."""
+    data, zs = _fixture("mariadb10-full_crc32-4k.pages.gz")
+    assert zs == 4096
+    info = space_info(data, "mariadb")
+    copy = bytearray(bytes(zs))
+    for no in range(1, 12):  # page 1 renumbered as pages 1-11: a 16K cut would see 4K page headers mid-page
+        page = bytearray(data[zs : 2 * zs])
+        struct.pack_into(">I", page, 4, no)
+        stamp_page(page, info)
+        copy += page
+    copy += bytes(4 * zs)
+    v = PageValidator("filler/f.ibd", "mariadb", server_page_size=4096 if told else None)
+    for off in range(0, len(copy), 3000):
+        v.feed(off, bytes(copy[off : off + 3000]))
+    v.finish(len(copy))
+    if not told:
+        assert v.bad, "16K pages made of 4K ones should not validate"
+        return
+    assert v.page_size == 4096
+    assert v.bad == []
+    assert v.pages == 16
+    assert v.note is not None
+    assert "page 0 is all zero but later pages hold data" in v.note
+    # a flipped byte in a data page is still found, at its 4K page number
+    copy[6 * zs + 300] ^= 0x10
+    v = PageValidator("filler/f.ibd", "mariadb", server_page_size=4096)
+    v.feed(0, bytes(copy))
+    v.finish(len(copy))
+    assert [no for no, _ in v.bad] == [6]

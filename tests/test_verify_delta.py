@@ -15,6 +15,7 @@ import pytest
 from innostream.backup import BackupConfig, run_backup
 from innostream.connection import ConnectionOptions
 from innostream.extract import PageValidation
+from innostream.formats import archive as fa
 from innostream.formats.fil0fil import FIL_PAGE_LSN
 from innostream.formats.xtrabackup_delta import iter_delta, parse_meta
 
@@ -78,6 +79,11 @@ def test_verify_checks_the_pages_of_our_deltas(base, tmp_path):
     with open(archive, "wb") as out:
         res = run_backup(_config(srv, incremental_basedir=str(full)), out)
     assert res.delta_pages > 0
+    # The stream header says the server's page size (how verify cuts a tablespace whose page 0 is unwritten).
+    with open(archive, "rb") as f:
+        fixed = f.read(fa.STREAM_HEADER_SIZE)
+        header = fa.parse_stream_header(fixed, f.read(fa.parse_stream_header_fixed(fixed)[3]))
+    assert header.meta["page_size"] == int(srv.query("SELECT @@innodb_page_size")[0][0])
     r = _verify(archive)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "did not come before" not in r.stderr

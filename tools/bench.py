@@ -19,6 +19,8 @@ drift in the machine's load hits both sides alike:
   ``--decrypt-key-file``), beside ``mariadb-backup --parallel=2``, the same work done naively (``tar | zstd -1``,
   ``zstd -d | tar -x``) and the machine's floor for a backup (every datadir file read once, nothing else), all
   alternated;
+* encryption cost, paired: ours zstd-1 plain and with ``--encrypt-key-file`` back to back in each of ``--pairs``
+  rounds, then their extracts; the ratio is taken per round, so the machine's drift cancels;
 * a backup while ``sysbench oltp_write_only`` writes: redo lag of our log copier from its ``>> log scanned up to``
   lines against the server LSN sampled every 0.25 s.
 
@@ -75,6 +77,9 @@ TARGET_ENCRYPTION_EXTRA = 0.10  # AES-256-GCM may add at most this share of wall
 FEATURES_BACKUP = "features backup zstd-1"
 FEATURES_EXTRACT = "features extract zstd-1"
 FEATURE_THROTTLE = 10_000
+#: The paired encryption-cost tests (:func:`bench_encryption`).
+ENCRYPTION_BACKUP = "encryption backup zstd-1"
+ENCRYPTION_EXTRACT = "encryption extract zstd-1"
 #: A copier lagging more than this share of the redo capacity "barely" keeps up: our own margin, not the team's.
 TARGET_LAG_SHARE = 0.5
 
@@ -533,20 +538,35 @@ def set_cache(paths: Iterable[Path], state: str) -> int:
     return total
 
 
+def balanced_orders(n: int, rounds: int) -> list[list[int]]:
+    """The order of ``n`` contenders in each of ``rounds`` rounds: a Williams design (a balanced Latin square), in
+    which every contender runs first once and right after every other contender once per ``n`` rounds (``2n`` when
+    ``n`` is odd: the square and its mirror). A rotation, even one reversed every other round, leaves some pairs
+    neighbours in most rounds: the feature rows' default kept running right after the floor row, which writes
+    nothing, and in runs of 2026-12-01 it came out 14-30 % faster than rows doing the same work."""
+    if n <= 0:
+        return [[] for _ in range(rounds)]
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    square = [[(x + r) % n for x in first] for r in range(n)]
+    if n % 2:
+        square += [row[::-1] for row in square]
+    return [square[i % len(square)] for i in range(rounds)]
+
+
 def alternate(
     runs: int,
     contenders: list[tuple[Series, Callable[[int], PipelineResult]]],
 ) -> None:
-    """Run the contenders in turn, ``runs`` times each, the order rotated by one each round and reversed every
-    other round (A B C, A C B, C A B, C B A ...): none is always first, and none always runs right after the same
-    one. A plain rotation keeps the neighbours: the feature rows' default always ran right after the floor row,
-    which writes nothing, and in two runs of 2026-12-01 it came out 14-30 % faster than rows doing the same work.
-    The previous run's writes are synced first, so no run pays for another's write-back. A failed run is kept and
-    logged."""
-    for i in range(runs):
-        k = i % len(contenders) if contenders else 0
-        order = contenders[k:] + contenders[:k]
-        for series, run in reversed(order) if i % 2 else order:
+    """Run the contenders in turn, ``runs`` times each, in the orders of :func:`balanced_orders`. The previous
+    run's writes are synced first, so no run pays for another's write-back. A failed run is kept and logged."""
+    for i, order in enumerate(balanced_orders(len(contenders), runs)):
+        for series, run in (contenders[k] for k in order):
             os.sync()
             res = run(i)
             series.runs.append(res)
@@ -666,6 +686,57 @@ def bench_features(server: Any, out: Path, runs: int, cache: str, with_extract: 
                   for tool, (st, archive) in extracts.items()]
     alternate(runs, contenders)
     return series + [s for s, _ in contenders]
+
+
+def bench_encryption(server: Any, out: Path, pairs: int, cache: str, with_extract: bool) -> list[Series]:
+    """What AES-256-GCM costs, measured in pairs: ours zstd-1 at its defaults and the same with
+    ``--encrypt-key-file``, back to back ``pairs`` times in alternating order (A B, B A, ...), then the extracts of
+    their archives the same way. Each pair shares the machine's state of the moment, so the median of the per-pair
+    ratios (:func:`paired_costs`) holds still where the medians of the feature rows drift with the machine's speed."""
+    key = out / "encryption.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    key.chmod(0o600)
+    files = {"innostream": out / "encryption-plain.out", "innostream encrypted": out / "encryption-sealed.out"}
+    extra = {"innostream": [], "innostream encrypted": [f"--encrypt-key-file={key}"]}
+    contenders = []
+    for tool, dest in files.items():
+        st = ours_backup(server, compress=True, extra=extra[tool])
+        contenders.append((Series(ENCRYPTION_BACKUP, tool, show(st, stdout=dest.name)),
+                           _backup_runner(st, dest, out / "logs" / ENCRYPTION_BACKUP / _slug(tool), server, cache)))
+    alternate(pairs, contenders)
+    series = [s for s, _ in contenders]
+    if not with_extract:
+        return series
+    target = out / "encryption-extract"
+    extracts = {"innostream": ours_extract(target),
+                "innostream encrypted": ours_extract(target, extra=[f"--decrypt-key-file={key}"])}
+    contenders = [(Series(ENCRYPTION_EXTRACT, tool, show(st, stdin=files[tool].name)),
+                   _extract_runner(st, files[tool], target, out / "logs" / ENCRYPTION_EXTRACT / _slug(tool)))
+                  for tool, st in extracts.items()]
+    alternate(pairs, contenders)
+    return series + [s for s, _ in contenders]
+
+
+def paired_costs(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For the paired encryption tests: the encrypted run's wall and CPU over the plain run's of the same round,
+    their median and range over the rounds (both runs of a round must have succeeded)."""
+    out = []
+    for test in (ENCRYPTION_BACKUP, ENCRYPTION_EXTRACT):
+        rows = {s["tool"]: s for s in series if s["test"] == test}
+        plain, sealed = rows.get("innostream"), rows.get("innostream encrypted")
+        if not plain or not sealed:
+            continue
+        walls, cpus = [], []
+        for a, b in zip(plain["detail"], sealed["detail"], strict=False):
+            if all(p["returncode"] == 0 for p in a["procs"] + b["procs"]) and a["wall"] > 0:
+                walls.append(b["wall"] / a["wall"])
+                cpus.append(sum(p["user"] + p["sys"] for p in b["procs"]) /
+                            max(1e-9, sum(p["user"] + p["sys"] for p in a["procs"])))
+        if walls:
+            out.append({"test": test, "pairs": len(walls), "wall": statistics.median(walls), "wall_min": min(walls),
+                        "wall_max": max(walls), "cpu": statistics.median(cpus),
+                        "rss": _ratio(sealed["rss_sum"], plain["rss_sum"]), "rss_sealed": sealed["rss_sum"]})
+    return out
 
 
 def _slug(tool: str) -> str:
@@ -966,7 +1037,8 @@ def render(results: dict[str, Any]) -> str:
             *([f"Peer: `{kind['peer_version']}`.", ""] if kind.get("peer_version") else []),
             f"Dataset: sysbench {meta['tables']} tables x {meta['rows']} rows = {human(meta['table_bytes'])} of "
             f"tablespaces, {human(meta['data_bytes'])} of files in the datadir (with redo and system files); "
-            f"median of {results['runs']} runs per cell, tools alternated, the order rotated each round; datadir "
+            f"median of {results['runs']} runs per cell, tools alternated in a balanced order (each runs first, and "
+            f"right after each other, equally often); datadir "
             f"page cache {results.get('cache', '?')} before each backup run.",
             "",
             "| test | tool | ok | wall s (median) | wall min–max | CPU s | other CPU s | peak RSS (sum) | tree RSS "
@@ -992,6 +1064,14 @@ def render(results: dict[str, Any]) -> str:
                       "| test | row | wall | CPU | peak RSS |", "|---|---|---:|---:|---:|"]
             lines += [f"| {c['test']} | {_cell(c['tool'])} | {_pct(c['wall'])} | {_pct(c['cpu'])} | {_pct(c['rss'])} |"
                       for c in costs]
+        paired = paired_costs(kind["series"])
+        if paired:
+            lines += ["", "Encryption cost, paired: in each round the plain and the encrypted run back to back (order "
+                      "alternating), the ratio taken per round; median and range over the rounds:", "",
+                      "| test | pairs | wall (median) | wall range | CPU (median) | peak RSS |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {p['test']} | {p['pairs']} | {_pct(p['wall'])} | {_pct(p['wall_min'])} to "
+                      f"{_pct(p['wall_max'])} | {_pct(p['cpu'])} | {_pct(p['rss'])} |" for p in paired]
         v = kind.get("validation")
         if v:
             share = f", {v['share']:.1%} of the {v['share_of']} zstd-1 backup's median wall" if "share" in v else ""
@@ -1103,8 +1183,16 @@ def compute_targets(kind: dict[str, Any]) -> list[dict[str, str]]:
         rows.append({"target": f"page validation < {TARGET_VALIDATION_SHARE:.0%} of backup time",
                      "measured": f"{v['share']:.1%} (validate_pages alone vs {v['share_of']} backup wall)",
                      "met": yes(v["share"] < TARGET_VALIDATION_SHARE)})
+    paired = paired_costs(kind["series"])
+    for p in paired:
+        rows.append({"target": f"{p['test'].removeprefix('encryption ')}: encryption adds < "
+                               f"{TARGET_ENCRYPTION_EXTRA:.0%} wall",
+                     "measured": f"{p['wall'] - 1:+.1%} wall (median of {p['pairs']} paired runs, "
+                                 f"{p['wall_min'] - 1:+.1%} to {p['wall_max'] - 1:+.1%}), {p['cpu'] - 1:+.1%} CPU, "
+                                 f"peak RSS {human(p['rss_sealed'])}",
+                     "met": yes(p["wall"] - 1 < TARGET_ENCRYPTION_EXTRA)})
     enc = {(s["test"], s["tool"]): s for s in kind["series"] if s["test"].startswith("features ") and s["ok"]}
-    for test in (FEATURES_BACKUP, FEATURES_EXTRACT):
+    for test in (FEATURES_BACKUP, FEATURES_EXTRACT) if not paired else ():
         plain, sealed = enc.get((test, "innostream")), enc.get((test, "innostream encrypted"))
         if plain and sealed and plain["wall"]:
             extra = sealed["wall"] / plain["wall"] - 1
@@ -1188,6 +1276,8 @@ def run_kind(kind: str, args: argparse.Namespace, have_ours: dict[str, bool]) ->
                 break
         if "features" not in args.skip and with_ours_b:
             series += bench_features(server, out, args.runs, args.cache, with_ours_x, with_peer)
+        if "encryption" not in args.skip and with_ours_b:
+            series += bench_encryption(server, out, args.pairs, args.cache, with_ours_x)
         validation = None
         if "validation" not in args.skip:
             if with_ours_b and have_ours["no_validate"]:
@@ -1230,7 +1320,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="reuse a dataset already loaded in the work dir")
     parser.add_argument("--load-time", type=int, default=900,
                         help="cap in seconds on the sysbench write load, which stops when the backup ends")
-    parser.add_argument("--skip", default="", help="comma-separated: backup,extract,features,validation,load")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated: backup,extract,features,encryption,validation,load")
+    parser.add_argument("--pairs", type=int, default=8,
+                        help="rounds of the paired encryption-cost test (default 8)")
     parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
                         help="datadir files out of (default) or in the page cache before each backup run")
     parser.add_argument("--keep-output", action="store_true",
