@@ -435,3 +435,28 @@ def test_whole_benchmark_on_a_tiny_dataset(tmp_path: Path) -> None:
     assert doc.read_text() == before
     # Only logs are left behind by default.
     assert [p.name for p in (tmp_path / "w" / "runs" / "mariadb10").iterdir()] == ["logs"]
+
+
+def test_codec_bench_writes_the_same_frames_sealed(tmp_path: Path) -> None:
+    """tools/bench_codec times the real writer: the sealed archive has the plain one's frames plus a 16-byte tag
+    each, and its report names the paired extra."""
+    import subprocess
+
+    from innostream.archive import crypt
+    from innostream.archive.codec import ZstdCodec
+
+    from tools import bench_codec
+
+    data = (b"innodb page text " * 4000)[: 3 << 20] + bytes(range(256)) * 4096
+    blobs = [("db/a.ibd", data), ("db/b.ibd", data[: 1 << 20])]
+    _, _, plain = bench_codec.write_archive(blobs, ZstdCodec(1), 2)
+    _, _, sealed = bench_codec.write_archive(blobs, crypt.new_codec(ZstdCodec(1), bytes(32)), 2)
+    frames = 4 + 1  # a's four 1 MiB chunks, b's one
+    assert sealed - plain >= 16 * frames
+    (tmp_path / "db").mkdir()
+    for name, blob in blobs:
+        (tmp_path / name).write_bytes(blob)
+    r = subprocess.run([PY, "-m", "tools.bench_codec", "--datadir", str(tmp_path), "--rounds", "2"],
+                       capture_output=True, text=True, timeout=120, check=False, cwd=bench.REPO)
+    assert r.returncode == 0, r.stderr
+    assert "Paired over 2 rounds: AES-256-GCM adds" in r.stdout
