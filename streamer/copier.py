@@ -363,7 +363,8 @@ class FileCopier:
         zero = bytes(self.chunk_size)
         end = 0
         for offset, view in self._chunks(fd, src, space):
-            if view != zero[: len(view)]:  # all-zero chunks stay holes / gaps
+            if not zero.startswith(view):  # all-zero chunks stay holes (a memcmp: comparing a memoryview with
+                # bytes goes item by item, 2 CPU s per GiB of zero chunks)
                 self.sink.write(file_id, offset, view)
             end = offset + len(view)
         self.sink.end_file(file_id, end)
