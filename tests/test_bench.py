@@ -440,6 +440,7 @@ def test_whole_benchmark_on_a_tiny_dataset(tmp_path: Path) -> None:
 def test_codec_bench_writes_the_same_frames_sealed(tmp_path: Path) -> None:
     """tools/bench_codec times the real writer: the sealed archive has the plain one's frames plus a 16-byte tag
     each, and its report names the paired extra."""
+    import io
     import subprocess
 
     from innostream.archive import crypt
@@ -449,8 +450,11 @@ def test_codec_bench_writes_the_same_frames_sealed(tmp_path: Path) -> None:
 
     data = (b"innodb page text " * 4000)[: 3 << 20] + bytes(range(256)) * 4096
     blobs = [("db/a.ibd", data), ("db/b.ibd", data[: 1 << 20])]
-    _, _, plain = bench_codec.write_archive(blobs, ZstdCodec(1), 2)
-    _, _, sealed = bench_codec.write_archive(blobs, crypt.new_codec(ZstdCodec(1), bytes(32)), 2)
+    _, _, plain = bench_codec.write_archive(blobs, ZstdCodec(1), 2, io.BytesIO())
+    key = bytes(32)
+    out = io.BytesIO()
+    _, _, sealed = bench_codec.write_archive(blobs, crypt.new_codec(ZstdCodec(1), key), 2, out)
+    assert bench_codec.read_archive(out.getvalue(), key, 2)[2] == len(out.getvalue())
     frames = 4 + 1  # a's four 1 MiB chunks, b's one
     assert sealed - plain >= 16 * frames
     (tmp_path / "db").mkdir()
@@ -459,4 +463,5 @@ def test_codec_bench_writes_the_same_frames_sealed(tmp_path: Path) -> None:
     r = subprocess.run([PY, "-m", "tools.bench_codec", "--datadir", str(tmp_path), "--rounds", "2"],
                        capture_output=True, text=True, timeout=120, check=False, cwd=bench.REPO)
     assert r.returncode == 0, r.stderr
-    assert "Paired over 2 rounds: AES-256-GCM adds" in r.stdout
+    assert "Write, paired over 2 rounds: AES-256-GCM adds" in r.stdout
+    assert "Read, paired over 2 rounds: AES-256-GCM adds" in r.stdout

@@ -4,27 +4,32 @@ Run by hand::
 
     .venv/bin/python -m tools.bench_codec --datadir /tmp/innostream-bench/mariadb10-2048M/data --rounds 8
 
-Every ``.ibd`` under ``--datadir`` is read into memory once, then written as an archive to ``/dev/null`` by the real
-:class:`~innostream.archive.writer.ArchiveWriter` (two encoder threads, as a backup at ``--parallel 2`` has), once with
-zstd-1 and once with zstd-1 + AES-256-GCM in each round, the order alternating. The process's CPU seconds (user+sys)
-and wall are taken per run and the encrypted run's extra over the plain run of the same round is reported: on this
-shared VM the speed drifts by tens of percent within minutes, and only a pair run back to back shares it. The
-full-pipeline counterpart, with the server and the disks, is ``tools.bench``'s paired encryption test.
+Every ``.ibd`` under ``--datadir`` is read into memory once. Write: the real
+:class:`~innostream.archive.writer.ArchiveWriter` (two encoder threads, as a backup at ``--parallel 2`` has) makes an
+archive of them in memory, once with zstd-1 and once with zstd-1 + AES-256-GCM in each round, the order alternating.
+Read: the real reader checks each of the two archives as ``verify`` does (two threads: every frame checksum,
+decryption, decompression, every file digest; no page validation, no disk), paired the same way. The process's CPU
+seconds (user+sys) and wall are taken per run, and the encrypted run's extra over the plain run of the same round is
+reported: on this shared VM the speed drifts by tens of percent within minutes, and only a pair run back to back
+shares it. The full-pipeline counterpart, with the server and the disks, is ``tools.bench``'s paired encryption test.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from innostream.archive import crypt
 from innostream.archive.codec import Codec, ZstdCodec
 from innostream.archive.writer import ArchiveWriter
+from innostream.extract import verify
 
 CHUNK = 4 << 20  # what a copier thread hands the writer at a time
 
@@ -34,19 +39,28 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def write_archive(blobs: list[tuple[str, bytes]], codec: Codec, threads: int) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds and stored bytes of one archive of ``blobs`` written to /dev/null."""
+def write_archive(blobs: list[tuple[str, bytes]], codec: Codec, threads: int,
+                  out: BinaryIO) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and stored bytes of one archive of ``blobs`` written to ``out``."""
     t0, c0 = time.monotonic(), _cpu()
-    with open(os.devnull, "wb") as out:
-        w = ArchiveWriter(out, codec=codec, threads=threads)
-        for name, data in blobs:
-            fid = w.begin_file(name)
-            view = memoryview(data)
-            for off in range(0, len(data), CHUNK):
-                w.write(fid, off, view[off : off + CHUNK])
-            w.end_file(fid, len(data))
-        w.close()
+    w = ArchiveWriter(out, codec=codec, threads=threads)
+    for name, data in blobs:
+        fid = w.begin_file(name)
+        view = memoryview(data)
+        for off in range(0, len(data), CHUNK):
+            w.write(fid, off, view[off : off + CHUNK])
+        w.end_file(fid, len(data))
+    w.close()
     return time.monotonic() - t0, _cpu() - c0, w.stored_bytes
+
+
+def read_archive(archive: bytes, key: bytes | None, threads: int) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and archive bytes of checking ``archive`` as ``verify`` does."""
+    t0, c0 = time.monotonic(), _cpu()
+    summary = verify(io.BytesIO(archive), parallel=threads, key=key)
+    if summary.warnings:
+        raise SystemExit(f"verify warned: {summary.warnings}")
+    return time.monotonic() - t0, _cpu() - c0, len(archive)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,29 +77,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(blobs)} tablespaces, {total / 2**20:.0f} MiB in memory; {args.rounds} rounds, "
           f"{args.threads} encoder threads", file=sys.stderr)
     key = os.urandom(32)
-    runs: dict[str, list[tuple[float, float, int]]] = {"zstd-1": [], "zstd-1 + AES-256-GCM": []}
+    names = ("zstd-1", "zstd-1 + AES-256-GCM")
+    writes: dict[str, list[tuple[float, float, int]]] = {n: [] for n in names}
+    reads: dict[str, list[tuple[float, float, int]]] = {n: [] for n in names}
+    archives: dict[str, bytes] = {}
     for i in range(args.rounds):
-        order = list(runs) if i % 2 == 0 else list(reversed(runs))
-        for name in order:
+        for name in names if i % 2 == 0 else names[::-1]:
             codec: Codec = ZstdCodec(1)
             if name != "zstd-1":
                 codec = crypt.new_codec(codec, key)
-            runs[name].append(write_archive(blobs, codec, args.threads))
-            wall, cpu, stored = runs[name][-1]
-            print(f"  round {i + 1}: {name:<22} {wall:6.2f} s wall {cpu:6.2f} s CPU {stored / 2**20:.0f} MiB",
+            buf = io.BytesIO()
+            writes[name].append(write_archive(blobs, codec, args.threads, buf))
+            archives[name] = buf.getvalue()
+            wall, cpu, stored = writes[name][-1]
+            print(f"  round {i + 1}: write {name:<22} {wall:6.2f} s wall {cpu:6.2f} s CPU {stored / 2**20:.0f} MiB",
                   file=sys.stderr)
-    plain, sealed = runs.values()
-    cpu_extra = [b[1] - a[1] for a, b in zip(plain, sealed, strict=True)]
-    wall_extra = [b[0] / a[0] - 1 for a, b in zip(plain, sealed, strict=True)]
-    stored = sealed[0][2]
-    med_cpu = statistics.median(cpu_extra)
-    print("| codec | wall s (median) | CPU s (median) | stored |\n|---|---:|---:|---:|")
-    for name, rs in runs.items():
-        print(f"| {name} | {statistics.median(r[0] for r in rs):.2f} | {statistics.median(r[1] for r in rs):.2f} | "
-              f"{rs[0][2] / 2**20:.0f} MiB |")
-    print(f"\nPaired over {args.rounds} rounds: AES-256-GCM adds {med_cpu:+.2f} CPU s (median; "
-          f"{min(cpu_extra):+.2f} to {max(cpu_extra):+.2f}) = {med_cpu / (stored / 1e9):.2f} CPU s per GB sealed, "
-          f"and {statistics.median(wall_extra):+.1%} wall (median; {min(wall_extra):+.1%} to {max(wall_extra):+.1%}).")
+        for name in names[::-1] if i % 2 == 0 else names:
+            reads[name].append(read_archive(archives[name], key if name != "zstd-1" else None, args.threads))
+            wall, cpu, _ = reads[name][-1]
+            print(f"  round {i + 1}: read  {name:<22} {wall:6.2f} s wall {cpu:6.2f} s CPU", file=sys.stderr)
+    print("| direction | codec | wall s (median) | CPU s (median) | archive |\n|---|---|---:|---:|---:|")
+    for direction, runs in (("write", writes), ("read", reads)):
+        for name, rs in runs.items():
+            print(f"| {direction} | {name} | {statistics.median(r[0] for r in rs):.2f} | "
+                  f"{statistics.median(r[1] for r in rs):.2f} | {rs[0][2] / 2**20:.0f} MiB |")
+    print()
+    for direction, runs in (("write", writes), ("read", reads)):
+        plain, sealed = runs.values()
+        cpu_extra = [b[1] - a[1] for a, b in zip(plain, sealed, strict=True)]
+        wall_extra = [b[0] / a[0] - 1 for a, b in zip(plain, sealed, strict=True)]
+        med_cpu = statistics.median(cpu_extra)
+        print(f"{direction.capitalize()}, paired over {args.rounds} rounds: AES-256-GCM adds {med_cpu:+.2f} CPU s "
+              f"(median; {min(cpu_extra):+.2f} to {max(cpu_extra):+.2f}) = {med_cpu / (sealed[0][2] / 1e9):.2f} CPU "
+              f"s per GB of archive, and {statistics.median(wall_extra):+.1%} wall (median; "
+              f"{min(wall_extra):+.1%} to {max(wall_extra):+.1%}).")
     return 0
 
 

@@ -10,7 +10,11 @@ table's rows (a contiguous id range, as a time-ordered workload touches recent r
 sysbench's ``non_index_update``; evenly spread changes, or changes of the indexed ``k``, touch a page in most of
 the table or its index at ~70 rows a page), then the incremental (``--incremental-basedir`` the full) and, on
 MySQL, the same with ``--page-tracking`` (component_mysqlbackup installed and tracking before the full).
-Reported: wall time, CPU, peak RSS (:func:`tools.bench.run_pipeline`), bytes written and pages in the deltas.
+Reported: wall time, CPU, peak RSS (:func:`tools.bench.run_pipeline`), bytes written and pages in the deltas, and of
+those the pages whose LSN is at or below the full's ``to_lsn``: what a MySQL incremental carries because it starts at
+its base's *start* checkpoint (docs/PREPARE.md), which the peers' rule (``from_lsn = to_lsn``) would leave out.
+With ``--load-during-full SECONDS`` a ``sysbench oltp_write_only`` load (2 threads) runs while the full is taken, as
+on a busy server, where the two checkpoints are far apart.
 Each incremental is taken into a new directory from the same full, the kinds alternating when ``--runs`` > 1.
 The table goes to stdout and, between the ``bench-incremental`` markers, into docs/BENCHMARKS.md.
 """
@@ -21,6 +25,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,14 +53,24 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _delta_pages(path: Path) -> int:
+def _delta_pages(path: Path, upto_lsn: int) -> tuple[int, int]:
+    """Pages in the deltas under ``path``, and how many of them have a page LSN at or below ``upto_lsn``."""
+    from innostream.formats.fil0fil import FIL_PAGE_LSN
     from innostream.formats.xtrabackup_delta import iter_delta, parse_meta
 
-    total = 0
+    total = old = 0
     for delta in path.rglob("*.delta"):
         meta = parse_meta(delta.with_name(delta.name[: -len(".delta")] + ".meta").read_bytes())
-        total += sum(1 for _ in iter_delta(delta.read_bytes(), meta.physical_page_size))
-    return total
+        for _, page in iter_delta(delta.read_bytes(), meta.physical_page_size):
+            total += 1
+            old += int.from_bytes(page[FIL_PAGE_LSN : FIL_PAGE_LSN + 8], "big") <= upto_lsn
+    return total, old
+
+
+def _checkpoints(target: Path) -> Any:
+    from innostream.formats.xtrabackup_meta import parse_checkpoints
+
+    return parse_checkpoints((target / "xtrabackup_checkpoints").read_bytes())
 
 
 def _backup(server: Any, target: Path, logs: Path, *extra: str) -> PipelineResult:
@@ -90,14 +105,34 @@ def _checkpoint(server: Any, timeout: float = 120.0) -> None:
         server.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {old}")
 
 
-def _row(label: str, runs: list[PipelineResult], out_bytes: list[int], pages: list[int]) -> dict[str, Any]:
+def _row(label: str, runs: list[PipelineResult], out_bytes: list[int], pages: list[tuple[int, int]]) -> dict[str, Any]:
     return {"backup": label, "runs": len(runs), "wall": statistics.median(r.wall for r in runs),
             "cpu": statistics.median(r.cpu for r in runs),
             "rss": statistics.median(max(r.rss_sum, r.tree_rss_peak) for r in runs),
-            "bytes": statistics.median(out_bytes), "delta_pages": statistics.median(pages) if pages else None}
+            "bytes": statistics.median(out_bytes),
+            "delta_pages": statistics.median(p[0] for p in pages) if pages else None,
+            "before_to_lsn": statistics.median(p[1] for p in pages) if pages else None}
 
 
-def bench_kind(kind: str, size: int, workdir: Path, keep: bool, runs: int, changed: float) -> dict[str, Any]:
+def _full_under_load(server: Any, meta: dict[str, Any], full: Path, logs: Path, seconds: int) -> PipelineResult:
+    """The full backup while sysbench writes (from a few seconds before it until it ends, ``seconds`` at most)."""
+    from tools.bench import WARMUP_SECONDS, sysbench_argv
+
+    logs.mkdir(parents=True, exist_ok=True)
+    argv = sysbench_argv(server, "oltp_write_only", f"--tables={meta['tables']}", f"--table-size={meta['rows']}",
+                         "--threads=2", f"--time={seconds}", "run")
+    with open(logs / "sysbench.out", "wb") as out:
+        load = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(WARMUP_SECONDS)
+            return _backup(server, full, logs)
+        finally:
+            load.terminate()
+            load.wait(timeout=60)
+
+
+def bench_kind(kind: str, size: int, workdir: Path, keep: bool, runs: int, changed: float,
+               load_seconds: int = 0) -> dict[str, Any]:
     server, meta = prepare_dataset(kind, size, workdir, keep)
     out = workdir / f"{kind}-incremental"
     out.mkdir(parents=True, exist_ok=True)
@@ -109,10 +144,12 @@ def bench_kind(kind: str, size: int, workdir: Path, keep: bool, runs: int, chang
                 server.execute("INSTALL COMPONENT 'file://component_mysqlbackup'")
             server.query("SELECT mysqlbackup_page_track_set(1)")
             _checkpoint(server)  # past the start of the tracking: the full's to_lsn must be covered by it
-        log(f"{kind}: full backup")
+        log(f"{kind}: full backup" + (" under sysbench oltp_write_only" if load_seconds else ""))
         full = out / "full"
-        full_run = _backup(server, full, out / "logs-full")
+        full_run = (_full_under_load(server, meta, full, out / "logs-full", load_seconds) if load_seconds
+                    else _backup(server, full, out / "logs-full"))
         full_bytes = _dir_bytes(full)
+        full_cp = _checkpoints(full)
         rows = int(meta["rows"])
         upto = max(1, int(rows * changed))
         for t in range(1, int(meta["tables"]) + 1):
@@ -121,7 +158,9 @@ def bench_kind(kind: str, size: int, workdir: Path, keep: bool, runs: int, chang
         # As after an hour of a real server: the changed pages are on disk (in the deltas), not only in the redo.
         _checkpoint(server)
         kinds = [("incremental", ())] + ([("incremental --page-tracking", ("--page-tracking",))] if tracking else [])
-        results: dict[str, tuple[list[PipelineResult], list[int], list[int]]] = {k: ([], [], []) for k, _ in kinds}
+        results: dict[str, tuple[list[PipelineResult], list[int], list[tuple[int, int]]]] = {
+            k: ([], [], []) for k, _ in kinds}
+        from_lsn = 0
         for i in range(runs):
             for label, extra in kinds:
                 target = out / f"inc-{i}-{'pt' if extra else 'scan'}"
@@ -130,31 +169,41 @@ def bench_kind(kind: str, size: int, workdir: Path, keep: bool, runs: int, chang
                               f"--incremental-basedir={full}", *extra)
                 results[label][0].append(res)
                 results[label][1].append(_dir_bytes(target))
-                results[label][2].append(_delta_pages(target))
+                results[label][2].append(_delta_pages(target, full_cp.to_lsn))
+                from_lsn = _checkpoints(target).from_lsn
                 shutil.rmtree(target)
         rows_out = [_row("full", [full_run], [full_bytes], [])]
         rows_out += [_row(label, *results[label]) for label, _ in kinds]
         return {"kind": kind, "version": server.version, "data_bytes": meta["data_bytes"], "tables": meta["tables"],
-                "rows": rows, "changed_rows": upto * int(meta["tables"]), "results": rows_out}
+                "rows": rows, "changed_rows": upto * int(meta["tables"]), "results": rows_out,
+                "load_during_full": load_seconds, "full_to_lsn": full_cp.to_lsn, "inc_from_lsn": from_lsn}
     finally:
         server.stop()
 
 
 def render(results: list[dict[str, Any]], env: dict[str, Any], size: int, changed: float) -> str:
+    load = max((r.get("load_during_full", 0) for r in results), default=0)
     lines = [f"Dataset: sysbench, about {human(size)} ({changed:.0%} of each table's rows changed after the full, "
              "a contiguous id range, `SET c = REVERSE(c)`, then the dirty pages flushed). Measured "
              f"{env.get('date', '')} on {env.get('cores', '?')} cores; `innostream backup --target-dir` with "
-             "`--no-fsync`; bytes are the files written, RSS the peak of the backup process.", ""]
+             "`--no-fsync`; bytes are the files written, RSS the peak of the backup process. "
+             + ("The full was taken during `sysbench oltp_write_only` (2 threads). " if load else
+                "The full was taken on an idle server. ")
+             + "*LSN <= full's to_lsn*: delta pages a `from_lsn = to_lsn` incremental would not carry.", ""]
     for r in results:
+        lsns = (f"; full's to_lsn {r['full_to_lsn']}, the incremental's from_lsn {r['inc_from_lsn']}"
+                if "full_to_lsn" in r else "")
         lines += [f"**{r['kind']}** ({r['version']}, data {human(r['data_bytes'])}, "
-                  f"{r['changed_rows']} rows changed)", "",
-                  "| backup | wall s | CPU s | peak RSS | bytes | vs full | delta pages |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  f"{r['changed_rows']} rows changed{lsns})", "",
+                  "| backup | wall s | CPU s | peak RSS | bytes | vs full | delta pages | LSN <= full's to_lsn |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         full = r["results"][0]
         for x in r["results"]:
+            old = x.get("before_to_lsn")
             lines.append(f"| {x['backup']} | {x['wall']:.1f} | {x['cpu']:.1f} | {human(x['rss'])} | "
                          f"{human(x['bytes'])} | {x['bytes'] / full['bytes']:.1%} | "
-                         f"{'-' if x['delta_pages'] is None else int(x['delta_pages'])} |")
+                         f"{'-' if x['delta_pages'] is None else int(x['delta_pages'])} | "
+                         f"{'-' if old is None else int(old)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -176,12 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="mariadb10,mysql9")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--changed", type=float, default=0.01, help="fraction of each table's rows updated")
+    ap.add_argument("--load-during-full", type=int, default=0, metavar="SECONDS",
+                    help="take the full while sysbench oltp_write_only writes (at most SECONDS; default: idle)")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     ap.add_argument("--keep", action="store_true", help="reuse a loaded dataset (tools.bench's)")
     ap.add_argument("--doc", type=Path, default=DEFAULT_DOC)
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
-    results = [bench_kind(k, args.size, args.workdir, args.keep, args.runs, args.changed)
+    results = [bench_kind(k, args.size, args.workdir, args.keep, args.runs, args.changed, args.load_during_full)
                for k in args.kinds.split(",")]
     env = environment()
     text = render(results, env, args.size, args.changed)
