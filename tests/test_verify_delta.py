@@ -231,3 +231,51 @@ def test_whole_copies_of_ddl_during_the_backup_are_checked_too() -> None:
     [v] = _feed({name: bytes(16384) + pages[16384:]}, "mariadb").validators
     assert v.bad == []
     assert "page 0 is all zero but later pages hold data" in str(v.note)
+
+
+@pytest.mark.parametrize("base", ["mariadb10", "mysql9"], indirect=True)
+def test_verify_a_backup_directory(base, tmp_path):
+    """``verify DIR``: a full and an incremental backup directory, their pages and deltas checked; a flipped byte
+    and a missing xtrabackup_checkpoints found (exit 3)."""
+    import shutil
+
+    srv, full = base
+    r = _verify(full)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "verified backup directory" in r.stderr
+    assert "(full-backuped)" in r.stderr
+    ps = int(srv.query("SELECT @@innodb_page_size")[0][0])
+    data = (full / SCHEMA / "t.ibd").read_bytes()
+    written = sum(1 for i in range(0, len(data), ps) if data.count(0, i, i + ps) != ps)
+    assert written > 20
+    assert _checked(r.stderr) >= written  # every page holding data (and those of the other tablespaces)
+    inc = tmp_path / "inc"
+    res = run_backup(_config(srv, target_dir=inc, incremental_basedir=str(full)))
+    assert res.delta_pages > 0
+    r = _verify(inc)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(incremental)" in r.stderr
+    assert _checked(r.stderr) >= res.delta_pages
+    # One byte of a data page of the full changed (past its header): that file and page, exit 3.
+    bad = tmp_path / "bad"
+    shutil.copytree(full, bad)
+    ibd = bad / SCHEMA / "t.ibd"
+    with open(ibd, "r+b") as f:
+        f.seek(3 * ps + 1000)
+        b = f.read(1)
+        f.seek(3 * ps + 1000)
+        f.write(bytes([b[0] ^ 0x20]))
+    r = _verify(bad)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert f"corrupt page: {SCHEMA}/t.ibd page 3" in r.stderr
+    # A backup that never finished has no xtrabackup_checkpoints (it is written last).
+    (bad / "xtrabackup_checkpoints").unlink()
+    r = _verify(bad)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "not a complete backup: xtrabackup_checkpoints is missing" in r.stderr
+    # A key makes no sense for a directory.
+    key = tmp_path / "k"
+    key.write_bytes(bytes(32))
+    key.chmod(0o600)
+    r = _verify(full, "--decrypt-key-file", str(key))
+    assert r.returncode == 2, r.stderr[-2000:]

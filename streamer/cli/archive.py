@@ -11,7 +11,7 @@ import click
 from innostream.archive.types import DEFAULT_MAX_SIZE, tar_escape
 from innostream.archive.xbstream import DIALECTS
 from innostream.cli.storage import s3_options
-from innostream.extract import DELTA_META_LATE, PageValidation, extract, list_archive, verify
+from innostream.extract import DELTA_META_LATE, PageValidation, extract, list_archive, verify, verify_directory
 from innostream.flavor import Flavor
 from innostream.formats.errors import Corrupt
 from innostream.log import log
@@ -175,6 +175,9 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
                timeout: float, decrypt_key_file: str | None = None, decrypt_key_command: str | None = None) -> None:
     """Check every checksum, file digest, the trailer and the InnoDB pages, writing nothing.
 
+    ARCHIVE may also be a backup directory (of backup --target-dir or extract; full or incremental): its
+    xtrabackup_checkpoints, every InnoDB page of its tablespaces and every page in its .delta files are checked.
+
     With --restore, prove instead that the backup restores: an archive (file or stdin) is extracted, a backup
     directory copied (reflink where possible; the original is only read) into a scratch directory, prepared,
     restored, a server started on it (no networking), every table checked (CHECK TABLE, row count); exit 0 only if
@@ -203,14 +206,36 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
             if source is not sys.stdin.buffer:
                 source.close()
         return
-    inp = _open_input(archive)
     pages = PageValidation(flavor)
+    if archive != "-" and Path(archive).is_dir():
+        if key is not None:
+            raise click.UsageError("a backup directory is not encrypted: --decrypt-key-file/"
+                                   "--decrypt-key-command apply to an archive")
+        d = verify_directory(Path(archive), pages)
+        checked = _report_pages(pages, [])
+        how = f" (as {pages.detected}, told by the pages)" if pages.detected and not flavor else ""
+        log.info("verified backup directory %s (%s): %d files checked, %d bytes, %d InnoDB pages checked%s; OK",
+                 archive, d.backup_type, d.files, d.data_bytes, checked, how)
+        return
+    inp = _open_input(archive)
     try:
         summary = verify(inp, parallel=parallel, fmt=fmt, dialect=xbstream_dialect, observer_factory=pages,
                          max_size=max_size, key=key)
     finally:
         if inp is not sys.stdin.buffer:
             inp.close()
+    checked = _report_pages(pages, summary.warnings)
+    how = f" (as {pages.detected}, told by the pages)" if pages.detected and not flavor else ""
+    if summary.authenticated is False:
+        log.info("verified the structure of an encrypted archive: %d frames; contents NOT authenticated (give "
+                 "--decrypt-key-file or --decrypt-key-command to check them)", summary.frames)
+        return
+    log.info("verified %s: %d files, %d bytes of data, %d frames, %d InnoDB pages checked%s; OK", summary.format,
+             len(summary.files), sum(f.size for f in summary.files), summary.frames, checked, how)
+
+
+def _report_pages(pages: PageValidation, warnings: list[str]) -> int:
+    """Log what the page validators found; raise Corrupt (exit 3) for a bad page or file; the pages checked."""
     checked = sum(v.pages for v in pages.validators)
     late_meta = [v.name for v in pages.validators if v.note == DELTA_META_LATE]
     for v in pages.validators:
@@ -224,7 +249,7 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
     broken = [(v.name, v.error) for v in pages.validators if v.error]
     for name, why in broken[:20]:
         log.error("corrupt file: %s: %s", name, why)
-    for w in summary.warnings:
+    for w in warnings:
         log.warning("%s", w)
     if broken:
         name, why = broken[0]
@@ -232,10 +257,4 @@ def verify_cmd(archive: str, fmt: str, xbstream_dialect: str, max_size: int, par
     if bad:
         name, page_no, why = bad[0]
         raise Corrupt(f"{len(bad)} corrupt page(s), first: {why}", file=name, page=page_no)
-    how = f" (as {pages.detected}, told by the pages)" if pages.detected and not flavor else ""
-    if summary.authenticated is False:
-        log.info("verified the structure of an encrypted archive: %d frames; contents NOT authenticated (give "
-                 "--decrypt-key-file or --decrypt-key-command to check them)", summary.frames)
-        return
-    log.info("verified %s: %d files, %d bytes of data, %d frames, %d InnoDB pages checked%s; OK", summary.format,
-             len(summary.files), sum(f.size for f in summary.files), summary.frames, checked, how)
+    return checked
