@@ -257,7 +257,7 @@ def verify_directory(root: Path, observer_factory: ObserverFactory) -> Directory
 
     Raises:
         Corrupt: no ``xtrabackup_checkpoints`` (the backup did not finish: it is written last), or one that does not
-            parse; SourceError: a file cannot be read.
+            parse; a ``.delta`` without its ``.meta``; SourceError: a file cannot be read.
     """
     from innostream.formats.xtrabackup_meta import (
         BACKUP_MY_CNF,
@@ -282,6 +282,11 @@ def verify_directory(root: Path, observer_factory: ObserverFactory) -> Directory
         meta["page_size"] = int(cnf["innodb_page_size"])
     summary = DirectorySummary(cp.backup_type, meta["flavor"])
     names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    present = set(names)
+    for name in names:
+        if name.endswith(".delta") and name[: -len(".delta")] + ".meta" not in present:
+            raise Corrupt(f"{name} has no .meta beside it: its page size and space id are unknown, and prepare "
+                          "cannot apply it", file=str(root / name), hint="copy the backup again, with every file")
     # an incremental's .meta before every .delta: the delta's page size and format come from it
     for name in sorted(names, key=lambda n: not n.endswith(".meta")):
         observer = observer_factory(name, meta)

@@ -256,6 +256,13 @@ def test_verify_a_backup_directory(base, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "(incremental)" in r.stderr
     assert _checked(r.stderr) >= res.delta_pages
+    # A .delta whose .meta was lost: refused, naming it (prepare could not apply it).
+    lost = tmp_path / "lost"
+    shutil.copytree(inc, lost)
+    (lost / SCHEMA / "t.ibd.meta").unlink()
+    r = _verify(lost)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert f"{SCHEMA}/t.ibd.delta has no .meta beside it" in r.stderr
     # One byte of a data page of the full changed (past its header): that file and page, exit 3.
     bad = tmp_path / "bad"
     shutil.copytree(full, bad)
