@@ -9,7 +9,6 @@ verified: they are the commit point, so a half-extracted backup never looks comp
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import time
@@ -31,6 +30,7 @@ from innostream.archive.types import DEFAULT_MAX_SIZE, SizeLimits
 from innostream.datadir import is_system_continuation, is_tablespace
 from innostream.ddl_track import NEW_SUFFIX
 from innostream.errors import SourceError
+from innostream.fileio import data_regions
 from innostream.flavor import Flavor
 from innostream.formats.errors import Corrupt, InnostreamError
 from innostream.formats.fil0fil import UNIV_PAGE_SIZE_MAX
@@ -233,23 +233,6 @@ def _read_small(path: Path, limit: int = 1 << 20) -> bytes | None:
         raise SourceError(f"cannot read the backup: {exc.strerror}", file=str(path)) from None
 
 
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """(start, end) of the file's data; the holes between are zeros (the whole file where SEEK_DATA is missing)."""
-    out: list[tuple[int, int]] = []
-    pos = 0
-    try:
-        while pos < size:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-            end = min(size, os.lseek(fd, start, os.SEEK_HOLE))
-            out.append((start, end))
-            pos = end
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # no data after pos
-            return out
-        return [(0, size)] if size else []
-    return out
-
-
 def verify_directory(root: Path, observer_factory: ObserverFactory) -> DirectorySummary:
     """Check a backup directory (``backup --target-dir``, ``extract``, prepared or not, full or incremental) as
     ``verify`` checks an archive's members: its ``xtrabackup_checkpoints`` parses, and every tablespace, whole copy
@@ -277,7 +260,7 @@ def verify_directory(root: Path, observer_factory: ObserverFactory) -> Directory
     info = parse_info(info_raw, file=str(root / XTRABACKUP_INFO)) if info_raw is not None else {}
     cnf = parse_backup_my_cnf(cnf_raw, file=str(root / BACKUP_MY_CNF)) if cnf_raw is not None else {}
     version = info.get("server_version", "")
-    meta: dict[str, Any] = {"flavor": ("mariadb" if "mariadb" in version.lower() else "mysql") if version else None}
+    meta: dict[str, Any] = {"flavor": Flavor.of_version(version).value if version else None}
     if cnf.get("innodb_page_size", "").isdigit():
         meta["page_size"] = int(cnf["innodb_page_size"])
     summary = DirectorySummary(cp.backup_type, meta["flavor"])
@@ -299,7 +282,7 @@ def verify_directory(root: Path, observer_factory: ObserverFactory) -> Directory
             raise SourceError(f"cannot read the backup: {exc.strerror}", file=str(path)) from None
         try:
             size = os.fstat(fd).st_size
-            for start, end in _data_extents(fd, size):
+            for start, end in data_regions(fd, size):
                 for off in range(start, end, _DIR_READ):
                     data = os.pread(fd, min(_DIR_READ, end - off), off)
                     if not data:

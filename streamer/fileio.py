@@ -8,6 +8,7 @@ until writable. Errors stay :class:`OSError`: the caller knows which file it was
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import stat
@@ -84,3 +85,24 @@ def fsync_output(out: Any) -> bool:
         return False
     os.fsync(fd)
     return True
+
+
+def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, end)]`` of the file's data, skipping holes (``SEEK_DATA``/``SEEK_HOLE``); the whole file if the file
+    system cannot tell. Restore copies these, ``verify`` of a backup directory reads them."""
+    regions = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole remains
+                    break
+                raise
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            regions.append((start, min(end, size)))
+            pos = end
+    except OSError:
+        return [(0, size)] if size else []
+    return regions

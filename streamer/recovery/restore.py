@@ -27,7 +27,7 @@ from pathlib import Path
 from innostream.datadir import REMOTE_FILES, RemoteFile, read_remote_files
 from innostream.ddl_track import NEW_SUFFIX, RECORD
 from innostream.errors import FileExistsInTarget, PrepareError, TargetError
-from innostream.fileio import file_mode, pwrite_all
+from innostream.fileio import data_regions, file_mode, pwrite_all
 from innostream.formats.xtrabackup_meta import BACKUP_TYPE_FULL_PREPARED, METADATA_FILES
 from innostream.log import log
 from innostream.recovery.backupdir import BackupDir, read_backup_dir
@@ -69,26 +69,6 @@ class RestoreResult:
     files: int = 0
     bytes: int = 0
     seconds: float = 0.0
-
-
-def _data_regions(fd: int, size: int) -> list[tuple[int, int]]:
-    """``[(start, end)]`` of the file's data, skipping holes; the whole file if the FS cannot tell."""
-    regions = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole remains
-                    break
-                raise
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            regions.append((start, min(end, size)))
-            pos = end
-    except OSError:
-        return [(0, size)] if size else []
-    return regions
 
 
 def _exists(path: Path) -> FileExistsInTarget:
@@ -140,7 +120,7 @@ def copy_regions(fd_in: int, fd_out: int, size: int, *, src: Path, dst: Path) ->
         TargetError: the source shrank while it was copied.
     """
     copied = 0
-    for start, end in _data_regions(fd_in, size):
+    for start, end in data_regions(fd_in, size):
         pos = start
         while pos < end:
             n = min(COPY_CHUNK, end - pos)
