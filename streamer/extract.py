@@ -244,6 +244,8 @@ def verify_directory(root: Path, observer_factory: ObserverFactory) -> Directory
     """
     from innostream.formats.xtrabackup_meta import (
         BACKUP_MY_CNF,
+        MB_CHECKPOINTS,
+        MB_INFO,
         XTRABACKUP_CHECKPOINTS,
         XTRABACKUP_INFO,
         parse_backup_my_cnf,
@@ -251,14 +253,22 @@ def verify_directory(root: Path, observer_factory: ObserverFactory) -> Directory
         parse_info,
     )
 
-    raw = _read_small(root / XTRABACKUP_CHECKPOINTS)
+    def first(*names: str) -> tuple[Path, bytes | None]:
+        """The first of ``names`` that is there (mariadb-backup 11 writes its own names), and its bytes."""
+        for n in names:
+            raw = _read_small(root / n)
+            if raw is not None:
+                return root / n, raw
+        return root / names[0], None
+
+    cp_path, raw = first(XTRABACKUP_CHECKPOINTS, MB_CHECKPOINTS)
     if raw is None:
         raise Corrupt(f"not a complete backup: {XTRABACKUP_CHECKPOINTS} is missing", file=str(root),
                       hint="a backup writes it last, so one that stopped halfway has none; take the backup again")
-    cp = parse_checkpoints(raw, file=str(root / XTRABACKUP_CHECKPOINTS))
-    info_raw, cnf_raw = _read_small(root / XTRABACKUP_INFO), _read_small(root / BACKUP_MY_CNF)
-    info = parse_info(info_raw, file=str(root / XTRABACKUP_INFO)) if info_raw is not None else {}
-    cnf = parse_backup_my_cnf(cnf_raw, file=str(root / BACKUP_MY_CNF)) if cnf_raw is not None else {}
+    cp = parse_checkpoints(raw, file=str(cp_path))
+    (info_path, info_raw), (cnf_path, cnf_raw) = first(XTRABACKUP_INFO, MB_INFO), first(BACKUP_MY_CNF)
+    info = parse_info(info_raw, file=str(info_path)) if info_raw is not None else {}
+    cnf = parse_backup_my_cnf(cnf_raw, file=str(cnf_path)) if cnf_raw is not None else {}
     version = info.get("server_version", "")
     meta: dict[str, Any] = {"flavor": Flavor.of_version(version).value if version else None}
     if cnf.get("innodb_page_size", "").isdigit():

@@ -275,6 +275,14 @@ def test_verify_a_backup_directory(base, tmp_path):
     r = _verify(bad)
     assert r.returncode == 3, r.stderr[-2000:]
     assert f"corrupt page: {SCHEMA}/t.ibd page 3" in r.stderr
+    # mariadb-backup 11's names for the two metadata files, as prepare reads them (recovery/backupdir.py).
+    mb = tmp_path / "mb-names"
+    shutil.copytree(full, mb)
+    (mb / "xtrabackup_checkpoints").rename(mb / "mariadb_backup_checkpoints")
+    (mb / "xtrabackup_info").rename(mb / "mariadb_backup_info")
+    r = _verify(mb)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(full-backuped)" in r.stderr
     # A backup that never finished has no xtrabackup_checkpoints (it is written last).
     (bad / "xtrabackup_checkpoints").unlink()
     r = _verify(bad)
